@@ -1,0 +1,1 @@
+"""Datasets (CVUSA, VIGOR, synthetic), image decoding, paired augmentation, samplers."""

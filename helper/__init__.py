@@ -1,0 +1,1 @@
+"""Training/evaluation infrastructure: parser, engine, losses, metrics, checkpoints, DDP."""
