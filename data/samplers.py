@@ -1,0 +1,295 @@
+"""Samplers: distributed shuffling, VIGOR conflict-free batches, hard-negative neighbours.
+
+Every order is a function of ``(seed, epoch)`` only (``numpy.random.default_rng([seed,
+epoch])``), so all ranks of a distributed run build the same global order and each
+takes its own part; call ``set_epoch(epoch)`` before each epoch.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterator, List, NamedTuple, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from helper.errors import UserError
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+
+
+class DistributedShuffleSampler(Sampler[int]):
+    """Indices ``0..n-1`` for one rank, like ``torch.utils.data.DistributedSampler``.
+
+    The global order is a permutation drawn from ``(seed, epoch)`` (identity when
+    ``shuffle=False``). It is truncated to a multiple of ``world_size`` when ``drop_last``,
+    else padded by wrapping around to the start; rank ``r`` takes positions
+    ``r, r + world_size, ...``. Every rank gets the same number of indices; together they
+    cover each index exactly once, plus the wrapped padding (< world_size indices).
+    For evaluation use ``shuffle=False`` and gather features by index (padding repeats).
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = False):
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        _check_rank(rank, world_size)
+        self.n, self.seed, self.shuffle = int(n), int(seed), bool(shuffle)
+        self.rank, self.world_size, self.drop_last = int(rank), int(world_size), bool(drop_last)
+        self.epoch = 0
+        if self.drop_last:
+            self.num_samples = self.n // self.world_size
+        else:
+            self.num_samples = -(-self.n // self.world_size)
+        self.total_size = self.num_samples * self.world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def global_order(self) -> np.ndarray:
+        """The padded/truncated order of all ranks for the current epoch (``total_size``,)."""
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        if self.total_size <= self.n:
+            return order[: self.total_size]
+        return np.resize(order, self.total_size)  # repeats from the start as often as needed
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.global_order()[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class EpochPlan(NamedTuple):
+    """One epoch of :class:`VigorBatchSampler`: global batches and what was left out.
+
+    ``batches``: global batches (lists of panorama indices). ``last_partial``: with
+    ``drop_last``, the greedy batch that could not be completed (every panorama of
+    ``dropped`` not in it shares a satellite with it); empty otherwise. ``dropped``: all
+    panoramas not in ``batches`` (``last_partial`` first).
+    """
+
+    batches: List[List[int]]
+    last_partial: List[int]
+    dropped: List[int]
+
+
+class VigorBatchSampler(Sampler[List[int]]):
+    """Batches of VIGOR training panoramas with no shared satellite in any global batch.
+
+    Args:
+        positive: (N,) global satellite index of each panorama's positive.
+        semi: (N, 3) semi-positive satellite indices (negative values are ignored).
+        batch_size: panoramas per rank; a global batch holds ``world_size * batch_size``.
+        seed, rank, world_size: every rank must pass the same seed and data.
+        drop_last: drop the final global batch the greedy procedure cannot complete
+            (required when ``world_size > 1`` so every rank gets full, equal batches).
+        mining_fraction: with :meth:`set_hard_neighbours`, the share of each global batch
+            filled with panoramas whose positives are hard neighbours (see below).
+
+    Guarantees for every epoch (see :meth:`plan`):
+
+    * no global batch holds two panoramas sharing any of their four satellites
+      (positive or semi-positives) -- the official VIGOR rule;
+    * no panorama appears twice; with ``drop_last=False`` every panorama appears exactly
+      once (the last batches may then be smaller); with ``drop_last=True`` every emitted
+      global batch is full and the panoramas left out (``plan().dropped``) are exactly those
+      remaining when the random order is exhausted and one greedy pass over all remaining
+      panoramas cannot complete a batch (with VIGOR's sparse overlaps, fewer than a batch);
+    * rank ``r`` receives ``global_batch[r * batch_size:(r + 1) * batch_size]``;
+    * the batches depend only on ``(seed, epoch)`` and the hard neighbours.
+
+    Greedy construction, O(N) per epoch when conflicts are rare: walk a random permutation;
+    a panorama that conflicts with the batch being built goes to a deferred queue, which is
+    retried first when the next batch starts.
+
+    Hard-negative mining (after :meth:`set_hard_neighbours`): each global batch starts with
+    the next unused panorama; then, breadth-first over the hard neighbours of the positive
+    satellites already in the batch (most similar first), the unused panorama whose positive
+    is that neighbour is added when conflict-free, up to ``round(mining_fraction * global
+    batch)`` panoramas; the rest is filled as without mining.
+    """
+
+    def __init__(self, positive, semi, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = True, mining_fraction: float = 0.5):
+        positive = np.asarray(positive, dtype=np.int64).reshape(-1)
+        semi = np.asarray(semi, dtype=np.int64)
+        semi = semi.reshape(len(positive), -1) if len(positive) else semi.reshape(0, 3)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _check_rank(rank, world_size)
+        if world_size > 1 and not drop_last:
+            raise ValueError("VigorBatchSampler needs drop_last=True when world_size > 1 "
+                             "(every rank must receive full batches)")
+        if not 0.0 <= mining_fraction <= 1.0:
+            raise ValueError(f"mining_fraction must be in [0, 1], got {mining_fraction}")
+        if drop_last and len(positive) < batch_size * world_size:
+            raise UserError(f"--batch_size {batch_size} x {world_size} process(es) = {batch_size * world_size} "
+                            f"panoramas per global batch, but the training split has only {len(positive)}; "
+                            "lower --batch_size")
+        self.positive = positive
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.rank, self.world_size, self.drop_last = int(rank), int(world_size), bool(drop_last)
+        self.global_batch_size = self.batch_size * self.world_size
+        self.mining_fraction = float(mining_fraction)
+        self.epoch = 0
+        all_sats = np.concatenate([positive[:, None], semi], axis=1)
+        self._sats = [tuple(int(s) for s in row if s >= 0) for row in all_sats.tolist()]
+        # panoramas grouped by positive satellite (CSR): _by_pos[_starts[s]:_starts[s+1]]
+        num_sats = int(all_sats.max()) + 1 if all_sats.size else 0
+        self._by_pos = np.argsort(positive, kind="stable")
+        self._starts = np.searchsorted(positive[self._by_pos], np.arange(num_sats + 1))
+        self._num_sats = num_sats
+        self._neighbours: Optional[np.ndarray] = None
+        self._cache: Optional[tuple] = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_hard_neighbours(self, neighbours) -> None:
+        """Enable mining with ``neighbours`` M x K (satellite -> its K most similar others,
+        -1 padding), e.g. :func:`topk_neighbours` of the satellite descriptors; ``None``
+        disables it. All ranks must set the same array."""
+        if neighbours is None:
+            self._neighbours = None
+        else:
+            if isinstance(neighbours, torch.Tensor):
+                neighbours = neighbours.detach().cpu().numpy()
+            neighbours = np.asarray(neighbours, dtype=np.int64)
+            if neighbours.ndim != 2 or neighbours.shape[0] < self._num_sats:
+                raise ValueError(f"neighbours must be M x K with M >= {self._num_sats} satellites, "
+                                 f"got shape {neighbours.shape}")
+            self._neighbours = neighbours
+        self._cache = None
+
+    # -- construction
+    def plan(self, epoch: Optional[int] = None) -> EpochPlan:
+        """The global batches of ``epoch`` (default: the current one), cached."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        plan = self._build(epoch)
+        self._cache = (epoch, plan)
+        return plan
+
+    def _build(self, epoch: int) -> EpochPlan:
+        n, size = len(self._sats), self.global_batch_size
+        sats = self._sats
+        order = np.random.default_rng([self.seed, epoch]).permutation(n).tolist()
+        used = bytearray(n)
+        deferred: deque = deque()
+        neighbours = self._neighbours
+        quota = int(round(self.mining_fraction * size)) if neighbours is not None else 0
+        batches: List[List[int]] = []
+        pos = 0
+        while True:
+            batch: List[int] = []
+            taken: set = set()
+
+            def add(i: int) -> None:
+                batch.append(i)
+                taken.update(sats[i])
+                used[i] = 1
+                if quota and len(batch) == 1:
+                    self._mine(i, batch, taken, used, quota)
+
+            for _ in range(len(deferred)):
+                if len(batch) == size:
+                    break
+                i = deferred.popleft()
+                if used[i]:
+                    continue
+                if taken.isdisjoint(sats[i]):
+                    add(i)
+                else:
+                    deferred.append(i)
+            while len(batch) < size and pos < n:
+                i = order[pos]
+                pos += 1
+                if used[i]:
+                    continue
+                if taken.isdisjoint(sats[i]):
+                    add(i)
+                else:
+                    deferred.append(i)
+            if len(batch) == size:
+                batches.append(batch)
+            elif not batch:
+                return EpochPlan(batches, [], [])
+            elif self.drop_last:
+                rest = [i for i in deferred if not used[i]]
+                return EpochPlan(batches, batch, batch + rest)
+            else:
+                batches.append(batch)
+
+    def _mine(self, seed_pano: int, batch: List[int], taken: set, used: bytearray, quota: int) -> None:
+        """Breadth-first over hard neighbours of the batch's positives (see the class doc)."""
+        size = self.global_batch_size
+        neighbours, positive, by_pos, starts = self._neighbours, self.positive, self._by_pos, self._starts
+        frontier = deque([int(positive[seed_pano])])
+        seen = {frontier[0]}
+        mined = 0
+        while frontier and mined < quota and len(batch) < size:
+            sat = frontier.popleft()
+            if sat >= len(neighbours):
+                continue
+            for other in neighbours[sat].tolist():
+                if other < 0 or other in seen or other >= self._num_sats:
+                    continue
+                seen.add(other)
+                for p in by_pos[starts[other]:starts[other + 1]].tolist():
+                    if not used[p] and taken.isdisjoint(self._sats[p]):
+                        batch.append(p)
+                        taken.update(self._sats[p])
+                        used[p] = 1
+                        mined += 1
+                        frontier.append(other)
+                        break  # panoramas with the same positive conflict anyway
+                if mined >= quota or len(batch) >= size:
+                    return
+
+    # -- Sampler API
+    def __iter__(self) -> Iterator[List[int]]:
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        for batch in self.plan().batches:
+            yield batch[lo:hi]
+
+    def __len__(self) -> int:
+        return len(self.plan().batches)
+
+
+@torch.no_grad()
+def topk_neighbours(desc: torch.Tensor, k: int, chunk_size: int = 1024, exclude_self: bool = True) -> torch.Tensor:
+    """For each row of ``desc`` (M x D), the indices of its ``k`` most similar rows.
+
+    Similarity is the dot product (cosine for L2-normalised descriptors), computed in
+    float32 (float64 inputs stay float64) over row blocks: peak extra memory
+    O(chunk_size x M), never M x M. Returns M x k long on ``desc``'s device, most similar
+    first; ``exclude_self`` leaves each row out of its own list; columns beyond the
+    available rows are -1.
+    """
+    if desc.ndim != 2:
+        raise ValueError(f"desc must be M x D, got shape {tuple(desc.shape)}")
+    if k < 0 or chunk_size < 1:
+        raise ValueError(f"need k >= 0 and chunk_size >= 1, got k={k}, chunk_size={chunk_size}")
+    m = desc.shape[0]
+    if desc.dtype != torch.float64:
+        desc = desc.float()
+    out = torch.full((m, k), -1, dtype=torch.long, device=desc.device)
+    kk = min(k, m - 1 if exclude_self else m)
+    if kk <= 0:
+        return out
+    for start in range(0, m, chunk_size):
+        stop = min(start + chunk_size, m)
+        sim = desc[start:stop] @ desc.T
+        if exclude_self:
+            rows = torch.arange(stop - start, device=desc.device)
+            sim[rows, rows + start] = float("-inf")
+        out[start:stop, :kk] = sim.topk(kk, dim=1).indices
+    return out

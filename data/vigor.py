@@ -1,0 +1,541 @@
+"""VIGOR: index of the on-disk dataset, the paired VIGOR augmentation and the datasets.
+
+Layout (datasets.md)::
+
+    <root>/<City>/panorama/<id>,<lat>,<lon>,.jpg        2048 x 1024, north at column W/2
+    <root>/<City>/satellite/satellite_<lat>_<lon>.png   640 x 640, north up
+    <root>/<City>/polarmap/satellite_<lat>_<lon>.png    optional: polar image of the tile
+    <root>/splits/<City>/satellite_list.txt
+    <root>/splits/<City>/same_area_balanced_{train,test}.txt
+    <root>/splits/<City>/pano_label_balanced.txt        cross-area: every panorama of the city
+
+Indexing: a satellite's *global index* is its position in the concatenation of the
+cities' ``satellite_list.txt`` in the order the cities are given (official order:
+:data:`SAME_AREA_CITIES`, :data:`CROSS_TRAIN`, :data:`CROSS_TEST`).
+
+Label lines have 13 space-separated fields
+``pano sat_pos d0 d1 sat_semi1 d0 d1 sat_semi2 d0 d1 sat_semi3 d0 d1``.
+``(d0, d1)`` is the satellite centre minus the panorama in pixels of the 640 tile:
+the panorama sits at **row 320 + d0, column 320 - d1** (d0 > 0: south of the centre,
+d1 > 0: west of it). Positions are continuous pixel coordinates in which the tile spans
+``[0, S]`` and its centre is ``S/2``: pixel ``(r, c)`` has its centre at ``(r + .5, c + .5)``.
+
+Panorama columns (same layout as the polar images): column 0 looks South, W/4 West,
+W/2 North, 3W/4 East (heading grows clockwise from left to right).
+
+Paired augmentation (kept consistent for panorama, aerial/polar image and deltas):
+
+* horizontal flip (east <-> west mirror): aerial ``np.flip(axis=1)``; panorama and polar
+  image: heading ``h -> -h``, i.e. new column ``c`` = old column ``(W - c) mod W``
+  (``np.roll(np.flip(p, 1), 1, axis=1)``); deltas ``(d0, d1) -> (d0, -d1)``.
+* rotation of the aerial by ``90 deg * k`` counter-clockwise (``np.rot90(a, k)``):
+  the old east now points up, so the panorama (and polar image) is rolled left by
+  ``W/4 * k`` (``np.roll(p, -k*W//4, axis=1)``); deltas ``(d0, d1) -> (d1, -d0)`` per step.
+* the flip is applied before the rotation.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.io import read_image, to_tensor
+from helper.errors import UserError
+
+SAME_AREA_CITIES = ("NewYork", "Seattle", "SanFrancisco", "Chicago")
+CROSS_TRAIN = ("NewYork", "Seattle")
+CROSS_TEST = ("SanFrancisco", "Chicago")
+
+TILE_SIDE = 640
+"""Side in pixels of the original satellite tiles; the label deltas are in these pixels."""
+
+SPLITS = ("train", "test")
+MODES = ("same", "cross")
+_MAX_LISTED = 5
+
+
+# ----------------------------------------------------------------------------- parsing
+def parse_panorama_name(name: str) -> Tuple[str, float, float]:
+    """``'<id>,<lat>,<lon>,.jpg'`` (a path is reduced to its basename) -> ``(id, lat, lon)``.
+
+    The id may start with ``-`` or contain ``_``; the name is split on ``,``.
+    Raises :class:`UserError` when the name does not have that form.
+    """
+    base = os.path.basename(name.strip())
+    fields = base.split(",")
+    try:
+        if len(fields) < 4 or not fields[0] or not fields[-1].startswith("."):
+            raise ValueError
+        return ",".join(fields[:-3]), float(fields[-3]), float(fields[-2])
+    except ValueError:
+        raise UserError(f"cannot parse VIGOR panorama name {base!r}: expected '<id>,<lat>,<lon>,.jpg'") from None
+
+
+def parse_satellite_name(name: str) -> Tuple[float, float]:
+    """``'satellite_<lat>_<lon>.png'`` (or a path to it) -> ``(lat, lon)`` of the tile centre.
+
+    Uses the last two ``_``-separated fields of the file stem.
+    Raises :class:`UserError` when the name does not have that form.
+    """
+    stem = os.path.splitext(os.path.basename(name.strip()))[0]
+    fields = stem.split("_")
+    try:
+        if len(fields) < 3:
+            raise ValueError
+        return float(fields[-2]), float(fields[-1])
+    except ValueError:
+        raise UserError(f"cannot parse VIGOR satellite name {name!r}: expected 'satellite_<lat>_<lon>.png'") from None
+
+
+def read_list(path: str) -> List[Tuple[int, str]]:
+    """Non-blank lines of a text file as ``(line_number, stripped_text)``, 1-based.
+
+    Tolerates CRLF/CR line endings, a UTF-8 BOM and a missing final newline.
+    """
+    try:
+        with open(path, "r", encoding="utf-8-sig", newline=None) as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise UserError(f"VIGOR list file not found: {path}; check --data_root and that the splits/ folder "
+                        "was extracted completely") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read VIGOR list file {path}: {exc}") from None
+    out = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.strip()
+        if line:
+            out.append((number, line))
+    return out
+
+
+def polar_relpath(satellite_relpath: str) -> str:
+    """Polar-image path for a satellite path, both relative to the data root.
+
+    ``<City>/satellite/satellite_<lat>_<lon>.png`` -> ``<City>/polarmap/satellite_<lat>_<lon>.png``:
+    the SAFA polar transform of the tile with the tile's own side as S (written by
+    ``python -m data.convert_polar --dataset vigor``).
+    """
+    city_dir, _, name = satellite_relpath.replace("\\", "/").rpartition("/satellite/")
+    if not city_dir:
+        raise ValueError(f"not a VIGOR satellite path: {satellite_relpath!r}")
+    return f"{city_dir}/polarmap/{os.path.splitext(name)[0]}.png"
+
+
+def panorama_pixel(delta: Sequence[float], side: float = TILE_SIDE) -> Tuple[float, float]:
+    """Continuous ``(row, col)`` of the panorama in a tile of side ``side`` from ``(d0, d1)``.
+
+    ``(d0, d1)`` are in pixels of the 640 tile; the result is scaled to ``side``:
+    ``row = side/2 + d0 * side/640``, ``col = side/2 - d1 * side/640``.
+    """
+    scale = side / TILE_SIDE
+    return side / 2.0 + float(delta[0]) * scale, side / 2.0 - float(delta[1]) * scale
+
+
+# ------------------------------------------------------------------- paired augmentation
+def flip_panorama(pano: np.ndarray) -> np.ndarray:
+    """East-west mirror of an ``H x W x C`` panorama (or polar image): column c <- (W - c) mod W."""
+    return np.roll(np.flip(pano, axis=1), 1, axis=1)
+
+
+def rotate_panorama(pano: np.ndarray, k: int) -> np.ndarray:
+    """Panorama matching the aerial rotated ``90 deg * k`` counter-clockwise: roll left by ``W/4 * k``."""
+    width = pano.shape[1]
+    if width % 4:
+        raise UserError(f"panorama width {width} must be a multiple of 4 to rotate by 90 degrees; "
+                        "pick another --pano_size or disable rotation")
+    return np.roll(pano, -(k % 4) * (width // 4), axis=1)
+
+
+def flip_aerial(aerial: np.ndarray) -> np.ndarray:
+    """East-west mirror of an ``S x S x C`` north-up aerial (``np.flip(axis=1)``)."""
+    return np.flip(aerial, axis=1)
+
+
+def rotate_aerial(aerial: np.ndarray, k: int) -> np.ndarray:
+    """Rotate an ``S x S x C`` aerial by ``90 deg * k`` counter-clockwise (``np.rot90``)."""
+    return np.rot90(aerial, k % 4, axes=(0, 1))
+
+
+def flip_deltas(delta: np.ndarray) -> np.ndarray:
+    """Deltas ``(..., 2)`` after an east-west flip of the tile: ``(d0, d1) -> (d0, -d1)``."""
+    out = np.array(delta, dtype=np.float64, copy=True)
+    out[..., 1] = -out[..., 1]
+    return out
+
+
+def rotate_deltas(delta: np.ndarray, k: int) -> np.ndarray:
+    """Deltas ``(..., 2)`` after a ``90 deg * k`` counter-clockwise rotation of the tile.
+
+    One step maps the panorama's offset from the centre ``(down, right) = (d0, -d1)`` to
+    ``(-right, down)``, i.e. ``(d0, d1) -> (d1, -d0)``.
+    """
+    out = np.array(delta, dtype=np.float64, copy=True)
+    for _ in range(k % 4):
+        out = np.stack([out[..., 1], -out[..., 0]], axis=-1)
+    return out
+
+
+def augment_pair(pano: np.ndarray, satellite: np.ndarray, delta: np.ndarray, flip: bool, k: int,
+                 satellite_is_polar: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Apply the flip (first) and the ``k`` quarter-turn rotation to a VIGOR pair.
+
+    ``pano`` ``H x W x C``; ``satellite`` a north-up ``S x S x C`` aerial or, with
+    ``satellite_is_polar``, a polar image in the panorama layout; ``delta`` ``(..., 2)``.
+    Returns contiguous arrays ``(pano, satellite, delta)``.
+    """
+    delta = np.asarray(delta, dtype=np.float64)
+    if flip:
+        pano = flip_panorama(pano)
+        satellite = flip_panorama(satellite) if satellite_is_polar else flip_aerial(satellite)
+        delta = flip_deltas(delta)
+    if k % 4:
+        pano = rotate_panorama(pano, k)
+        satellite = rotate_panorama(satellite, k) if satellite_is_polar else rotate_aerial(satellite, k)
+        delta = rotate_deltas(delta, k)
+    return np.ascontiguousarray(pano), np.ascontiguousarray(satellite), delta
+
+
+# ------------------------------------------------------------------------------- index
+def _city_hint(data_root: str) -> str:
+    """Which city folders exist under data_root (a folder with panorama/ or satellite/)."""
+    try:
+        found = sorted(name for name in os.listdir(data_root)
+                       if os.path.isdir(os.path.join(data_root, name, "panorama"))
+                       or os.path.isdir(os.path.join(data_root, name, "satellite")))
+    except OSError:
+        found = []
+    return ", ".join(found) if found else "none"
+
+
+def _listdir_set(path: str) -> set:
+    try:
+        return set(os.listdir(path))
+    except OSError:
+        return set()
+
+
+class VigorIndex:
+    """Parsed VIGOR split: panorama and satellite paths, GPS and labels (no image is read).
+
+    Args:
+        data_root: folder holding ``<City>/`` and ``splits/``.
+        cities: city names in indexing order (official: :data:`SAME_AREA_CITIES`
+            for ``mode="same"``; :data:`CROSS_TRAIN` / :data:`CROSS_TEST` for ``mode="cross"``).
+        split: ``"train"`` or ``"test"``. Same-area reads ``same_area_balanced_<split>.txt``;
+            cross-area reads ``pano_label_balanced.txt`` of the given cities for either split
+            (the caller passes the training cities for train and the test cities for test).
+        mode: ``"same"`` or ``"cross"``.
+        check_files: verify up front that every panorama and satellite file exists.
+
+    Attributes (N panoramas, M satellites; paths relative to ``data_root``):
+        pano_paths (N,) str ``<City>/panorama/<name>``; pano_gps (N, 2) float64 (lat, lon);
+        pano_city (N,) int index into ``cities``;
+        sat_paths (M,) str ``<City>/satellite/<name>``; sat_gps (M, 2) float64 (lat, lon);
+        sat_city (M,) int; sat_ranges: city -> (start, stop) global satellite indices;
+        positive (N,) int64 global satellite index; semi (N, 3) int64 semi-positives;
+        deltas (N, 4, 2) float64 ``(d0, d1)`` for the positive then the three semi-positives;
+        label_files: the label files read, in order.
+    """
+
+    def __init__(self, data_root: str, cities: Sequence[str], split: str, mode: str, check_files: bool = True):
+        if split not in SPLITS:
+            raise UserError(f"unknown VIGOR split {split!r}; valid: {', '.join(SPLITS)}")
+        if mode not in MODES:
+            raise UserError(f"unknown VIGOR mode {mode!r}; valid: {', '.join(MODES)} (--mode)")
+        cities = tuple(str(c).strip() for c in cities)
+        if not cities or any(not c for c in cities):
+            raise UserError("no VIGOR city given; pass e.g. --cities NewYork,Seattle,SanFrancisco,Chicago")
+        duplicates = sorted({c for c in cities if cities.count(c) > 1})
+        if duplicates:
+            raise UserError(f"VIGOR city listed twice: {', '.join(duplicates)}; each city may appear once")
+        self.data_root = str(data_root)
+        self.cities = cities
+        self.split = split
+        self.mode = mode
+        self._check_layout()
+
+        sat_paths: List[str] = []
+        sat_gps: List[Tuple[float, float]] = []
+        sat_city: List[int] = []
+        self.sat_ranges: Dict[str, Tuple[int, int]] = {}
+        city_lookup: List[Dict[str, int]] = []
+        global_lookup: Dict[str, int] = {}
+        for c, city in enumerate(cities):
+            list_file = os.path.join(self.data_root, "splits", city, "satellite_list.txt")
+            start = len(sat_paths)
+            lookup: Dict[str, int] = {}
+            for number, name in read_list(list_file):
+                if name in lookup:
+                    raise UserError(f"{list_file}:{number}: satellite {name!r} listed twice "
+                                    f"(first at global index {lookup[name]}); fix the list file")
+                try:
+                    sat_gps.append(parse_satellite_name(name))
+                except UserError as exc:
+                    raise UserError(f"{list_file}:{number}: {exc}") from None
+                lookup[name] = len(sat_paths)
+                global_lookup.setdefault(name, len(sat_paths))
+                sat_paths.append(f"{city}/satellite/{name}")
+                sat_city.append(c)
+            if len(sat_paths) == start:
+                raise UserError(f"VIGOR satellite list is empty: {list_file}")
+            self.sat_ranges[city] = (start, len(sat_paths))
+            city_lookup.append(lookup)
+
+        pano_paths: List[str] = []
+        pano_gps: List[Tuple[float, float]] = []
+        pano_city: List[int] = []
+        sats: List[List[int]] = []
+        deltas: List[List[float]] = []
+        self.label_files: List[str] = []
+        label_name = f"same_area_balanced_{split}.txt" if mode == "same" else "pano_label_balanced.txt"
+        for c, city in enumerate(cities):
+            label_file = os.path.join(self.data_root, "splits", city, label_name)
+            self.label_files.append(label_file)
+            for number, line in read_list(label_file):
+                fields = line.split()
+                where = f"{label_file}:{number}"
+                if len(fields) != 13:
+                    raise UserError(f"{where}: malformed VIGOR label line with {len(fields)} fields, expected 13 "
+                                    "('pano sat_pos d0 d1 sat_semi1 d0 d1 sat_semi2 d0 d1 sat_semi3 d0 d1')")
+                try:
+                    pano_gps.append(parse_panorama_name(fields[0])[1:])
+                except UserError as exc:
+                    raise UserError(f"{where}: {exc}") from None
+                row = []
+                for field in (1, 4, 7, 10):
+                    name = fields[field]
+                    index = city_lookup[c].get(name, global_lookup.get(name))
+                    if index is None:
+                        raise UserError(f"{where}: satellite {name!r} is not in the satellite lists of "
+                                        f"{', '.join(cities)}; the label and list files do not match")
+                    row.append(index)
+                try:
+                    values = [float(fields[i]) for i in (2, 3, 5, 6, 8, 9, 11, 12)]
+                except ValueError:
+                    raise UserError(f"{where}: malformed VIGOR label line: the pixel offsets "
+                                    "(fields 3-4, 6-7, 9-10, 12-13) must be numbers") from None
+                sats.append(row)
+                deltas.append(values)
+                pano_paths.append(f"{city}/panorama/{os.path.basename(fields[0])}")
+                pano_city.append(c)
+            if not pano_paths or pano_city[-1] != c:
+                raise UserError(f"VIGOR label file has no panorama: {label_file}")
+
+        self.pano_paths = np.array(pano_paths)
+        self.pano_gps = np.array(pano_gps, dtype=np.float64).reshape(-1, 2)
+        self.pano_city = np.array(pano_city, dtype=np.int64)
+        self.sat_paths = np.array(sat_paths)
+        self.sat_gps = np.array(sat_gps, dtype=np.float64).reshape(-1, 2)
+        self.sat_city = np.array(sat_city, dtype=np.int64)
+        sats_array = np.array(sats, dtype=np.int64).reshape(-1, 4)
+        self.positive = np.ascontiguousarray(sats_array[:, 0])
+        self.semi = np.ascontiguousarray(sats_array[:, 1:])
+        self.deltas = np.array(deltas, dtype=np.float64).reshape(-1, 4, 2)
+        if check_files:
+            self.check_files()
+
+    # -- checks
+    def _check_layout(self) -> None:
+        root = self.data_root
+        if not os.path.isdir(root):
+            raise UserError(f"VIGOR data root not found: {root}; pass --data_root pointing at the folder that "
+                            "holds the city folders (NewYork/, Seattle/, ...) and splits/")
+        for city in self.cities:
+            expected = (os.path.join(root, city), os.path.join(root, "splits", city))
+            missing = [path for path in expected if not os.path.isdir(path)]
+            if missing:
+                hint = ""
+                nested = os.path.join(root, "VIGOR")
+                if os.path.isdir(os.path.join(nested, city)):
+                    hint = f" (the archive seems nested: try --data_root {nested})"
+                raise UserError(
+                    f"VIGOR city {city!r} not found: missing {' and '.join(missing)}{hint}; cities found under "
+                    f"{root}: {_city_hint(root)}. Pass the cities you have with --cities A,B (same-area) or "
+                    "--train_cities A,B --test_cities C,D (cross-area)")
+
+    def check_files(self) -> None:
+        """Raise a :class:`UserError` (count + first few) when panorama or satellite files are missing."""
+        for kind, paths in (("panorama", self.pano_paths), ("satellite", self.sat_paths)):
+            _check_exist(self.data_root, paths, kind, "re-extract the VIGOR archive or check --data_root")
+
+    # -- accessors
+    @property
+    def num_panoramas(self) -> int:
+        return len(self.pano_paths)
+
+    @property
+    def num_satellites(self) -> int:
+        return len(self.sat_paths)
+
+    def __len__(self) -> int:
+        return self.num_panoramas
+
+    def pano_file(self, i: int) -> str:
+        return os.path.join(self.data_root, str(self.pano_paths[i]))
+
+    def sat_file(self, j: int) -> str:
+        return os.path.join(self.data_root, str(self.sat_paths[j]))
+
+    def polar_file(self, j: int) -> str:
+        return os.path.join(self.data_root, polar_relpath(str(self.sat_paths[j])))
+
+    def __repr__(self) -> str:
+        return (f"VigorIndex(mode={self.mode!r}, split={self.split!r}, cities={list(self.cities)}, "
+                f"panoramas={self.num_panoramas}, satellites={self.num_satellites})")
+
+
+def _check_exist(root: str, relpaths: Iterable[str], kind: str, fix: str) -> None:
+    """Check relative paths exist by listing each parent folder once (fast for 100k files)."""
+    listings: Dict[str, set] = {}
+    missing = []
+    total = 0
+    for rel in relpaths:
+        rel = str(rel)
+        total += 1
+        folder, _, name = rel.rpartition("/")
+        if folder not in listings:
+            listings[folder] = _listdir_set(os.path.join(root, folder))
+        if name not in listings[folder]:
+            missing.append(os.path.join(root, rel))
+    if missing:
+        first = ", ".join(missing[:_MAX_LISTED])
+        raise UserError(f"{len(missing)} of {total} VIGOR {kind} files are missing (first: {first}); {fix}")
+
+
+def vigor_indices(data_root: str, mode: str, cities: Optional[Sequence[str]] = None,
+                  train_cities: Optional[Sequence[str]] = None, test_cities: Optional[Sequence[str]] = None,
+                  check_files: bool = True) -> Tuple[VigorIndex, VigorIndex]:
+    """``(train_index, test_index)`` for a mode, with the official city orders as defaults.
+
+    Same-area: both splits over ``cities`` (default :data:`SAME_AREA_CITIES`).
+    Cross-area: ``train_cities`` (default :data:`CROSS_TRAIN`) and ``test_cities``
+    (default :data:`CROSS_TEST`).
+    """
+    if mode == "same":
+        cities = tuple(cities) if cities else SAME_AREA_CITIES
+        return (VigorIndex(data_root, cities, "train", "same", check_files),
+                VigorIndex(data_root, cities, "test", "same", check_files))
+    if mode == "cross":
+        train = tuple(train_cities) if train_cities else CROSS_TRAIN
+        test = tuple(test_cities) if test_cities else CROSS_TEST
+        overlap = sorted(set(train) & set(test))
+        if overlap:
+            raise UserError(f"cross-area training and test cities overlap: {', '.join(overlap)}; "
+                            "--train_cities and --test_cities must be disjoint")
+        return (VigorIndex(data_root, train, "train", "cross", check_files),
+                VigorIndex(data_root, test, "test", "cross", check_files))
+    raise UserError(f"unknown VIGOR mode {mode!r}; valid: {', '.join(MODES)} (--mode)")
+
+
+# ----------------------------------------------------------------------------- datasets
+def _size(size: Sequence[int], what: str) -> Tuple[int, int]:
+    if size is None or len(size) != 2 or int(size[0]) <= 0 or int(size[1]) <= 0:
+        raise UserError(f"{what} must be two positive integers H,W; got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _check_polar_files(index: VigorIndex, sat_indices: Iterable[int]) -> None:
+    _check_exist(index.data_root, (polar_relpath(str(index.sat_paths[j])) for j in sat_indices), "polar",
+                 f"create them with `python -m data.convert_polar --dataset vigor --data_root {index.data_root}` "
+                 "or train without --polar_files")
+
+
+class VigorPairs(Dataset):
+    """Training pairs: each panorama with its positive satellite.
+
+    Sample: ``{"street": 3 x pano_H x pano_W, "satellite": 3 x sate_H x sate_W`` (or
+    ``3 x pano_H x pano_W`` polar image when ``polar_files``), ``"index"``: panorama
+    position in the split, ``"positive"``: global satellite index, ``"semi"``: (3,) long
+    semi-positives, ``"delta"``: (2,) float64 ``(d0, d1)`` of the positive after
+    augmentation (640-tile pixels), ``"flip"``: bool, ``"rotation"``: k quarter turns}.
+    Images are ImageNet-normalised (:func:`data.io.to_tensor`).
+
+    ``augment`` enables a random east-west flip (p = 0.5); ``rotate`` a random rotation
+    by ``90 deg * k``, k uniform in {0, 1, 2, 3} (see the module docstring). The draw is a
+    function of ``(seed, epoch, index)``; call :meth:`set_epoch` before each epoch (with
+    ``persistent_workers=True`` the workers keep the epoch they were started with).
+    """
+
+    def __init__(self, index: VigorIndex, sate_size=(320, 320), pano_size=(320, 640), augment: bool = False,
+                 rotate: bool = False, polar_files: bool = False, seed: int = 0):
+        self.index = index
+        self.sate_size = _size(sate_size, "sate_size")
+        self.pano_size = _size(pano_size, "pano_size")
+        self.augment = bool(augment)
+        self.rotate = bool(rotate)
+        self.polar_files = bool(polar_files)
+        self.seed = int(seed)
+        self.epoch = 0
+        if self.rotate and self.pano_size[1] % 4:
+            raise UserError(f"pano_size width {self.pano_size[1]} must be a multiple of 4 for rotation augmentation")
+        if self.rotate and not self.polar_files and self.sate_size[0] != self.sate_size[1]:
+            raise UserError(f"rotation augmentation needs a square sate_size, got {self.sate_size}")
+        if self.polar_files:
+            _check_polar_files(index, np.unique(index.positive))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.index.num_panoramas
+
+    def draw(self, i: int) -> Tuple[bool, int]:
+        """``(flip, k)`` used for sample ``i`` at the current epoch."""
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        flip, k = bool(rng.random() < 0.5), int(rng.integers(4))
+        return flip and self.augment, k if self.rotate else 0
+
+    def __getitem__(self, i: int) -> dict:
+        index = self.index
+        positive = int(index.positive[i])
+        pano = read_image(index.pano_file(i), self.pano_size)
+        if self.polar_files:
+            satellite = read_image(index.polar_file(positive), self.pano_size)
+        else:
+            satellite = read_image(index.sat_file(positive), self.sate_size)
+        flip, k = self.draw(i)
+        pano, satellite, delta = augment_pair(pano, satellite, index.deltas[i, 0], flip, k, self.polar_files)
+        return {"street": to_tensor(pano), "satellite": to_tensor(satellite), "index": int(i),
+                "positive": positive, "semi": torch.from_numpy(index.semi[i].copy()),
+                "delta": torch.from_numpy(delta), "flip": flip, "rotation": k}
+
+
+class VigorPanoramas(Dataset):
+    """Queries: ``{"street": 3 x pano_H x pano_W, "index": panorama position in the split}``."""
+
+    def __init__(self, index: VigorIndex, pano_size=(320, 640)):
+        self.index = index
+        self.pano_size = _size(pano_size, "pano_size")
+
+    def __len__(self) -> int:
+        return self.index.num_panoramas
+
+    def __getitem__(self, i: int) -> dict:
+        return {"street": to_tensor(read_image(self.index.pano_file(i), self.pano_size)), "index": int(i)}
+
+
+class VigorSatellites(Dataset):
+    """References: ``{"satellite": 3 x H x W, "index": global satellite index}``.
+
+    ``H x W`` is ``sate_size``, or ``pano_size`` with ``polar_files`` (then the polar image
+    ``<City>/polarmap/<satellite name>.png`` is read instead of the tile).
+    """
+
+    def __init__(self, index: VigorIndex, sate_size=(320, 320), polar_files: bool = False, pano_size=None):
+        self.index = index
+        self.polar_files = bool(polar_files)
+        if self.polar_files:
+            self.size = _size(pano_size, "pano_size (needed with polar_files)")
+            _check_polar_files(index, range(index.num_satellites))
+        else:
+            self.size = _size(sate_size, "sate_size")
+
+    def __len__(self) -> int:
+        return self.index.num_satellites
+
+    def __getitem__(self, j: int) -> dict:
+        path = self.index.polar_file(j) if self.polar_files else self.index.sat_file(j)
+        return {"satellite": to_tensor(read_image(path, self.size)), "index": int(j)}

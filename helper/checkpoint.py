@@ -1,0 +1,116 @@
+"""Self-describing, versioned checkpoints: atomic writes, safe loads.
+
+A checkpoint is a plain dict saved with ``torch.save`` and loadable with
+``torch.load(weights_only=True)`` (no pickled code is ever executed):
+``version``, ``config`` (the plain cfg dict), ``model`` (unwrapped state_dict),
+``optimizer``, ``scaler`` (when AMP fp16 is used), ``epoch`` and ``step`` (where to
+continue), ``best_metric``, ``rng`` (torch/CUDA/numpy/python states), ``git`` (commit).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import subprocess
+import zipfile
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from helper.errors import UserError
+
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("version", "config", "model", "epoch")
+
+
+def git_commit() -> Optional[str]:
+    """The commit of the code that runs, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every RNG state as tensors and plain values (weights_only-loadable)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["gauss"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file, fsync, then ``os.replace``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``, on CPU) or raise a clear UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if "global" in line.lower()), None)
+        if detail is None:
+            raise UserError(f"{path} is not a readable checkpoint (not a torch file or corrupted)") from None
+        raise UserError(
+            f"refusing to load {path}: it carries pickled Python objects that could run code "
+            f"({detail[:200]}). Only load checkpoints written by this code; never disable "
+            f"weights_only for files from others") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file: {first})") from None
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise UserError(f"{path} is not a checkpoint of this project (expected keys {', '.join(REQUIRED_KEYS)}); "
+                        f"a bare state_dict cannot say how to rebuild its model")
+    if state["version"] > CHECKPOINT_VERSION:
+        raise UserError(f"{path} has checkpoint version {state['version']}; this code reads up to "
+                        f"{CHECKPOINT_VERSION}: update the code")
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], path: str) -> None:
+    """Strictly load weights; a mismatch is a UserError listing the differing keys."""
+    result = model.state_dict()
+    missing = sorted(set(result) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(result))
+    mismatched = sorted(k for k in set(result) & set(state_dict) if result[k].shape != state_dict[k].shape)
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if keys:
+                parts.append(f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})")
+        raise UserError(f"the weights in {path} do not fit the model built from its config ({'; '.join(parts)})")
+    model.load_state_dict(state_dict, strict=True)

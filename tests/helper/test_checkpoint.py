@@ -1,0 +1,105 @@
+"""Checkpoints: atomic writes, weights_only loads, refusal of pickled code, strict weights."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from helper.checkpoint import (CHECKPOINT_VERSION, load_checkpoint, load_model_state, rng_state,
+                               save_checkpoint, set_rng_state)
+from helper.errors import UserError
+
+
+def _state(model):
+    return {"version": CHECKPOINT_VERSION, "config": {"transform": "polar"}, "model": model.state_dict(),
+            "epoch": 3, "best_metric": 12.5, "rng": rng_state()}
+
+
+def test_round_trip_and_weights_only(tmp_path):
+    model = torch.nn.Linear(4, 2)
+    path = str(tmp_path / "last.pth")
+    save_checkpoint(path, _state(model))
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+    state = torch.load(path, weights_only=True)  # loadable without pickled code
+    assert state["epoch"] == 3 and state["config"] == {"transform": "polar"}
+    loaded = load_checkpoint(path)
+    other = torch.nn.Linear(4, 2)
+    load_model_state(other, loaded["model"], path)
+    assert torch.equal(other.weight, model.weight)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_CHECKPOINT",))
+
+
+def test_malicious_pickle_refused_and_not_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = str(tmp_path / "evil.pth")
+    torch.save({"version": 1, "config": {}, "model": {}, "epoch": 0, "x": _Payload()}, path)
+    with pytest.raises(UserError, match="refusing to load"):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_not_a_checkpoint(tmp_path, content):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(str(path))
+
+
+def test_truncated_checkpoint(tmp_path):
+    path = str(tmp_path / "last.pth")
+    save_checkpoint(path, _state(torch.nn.Linear(64, 64)))
+    data = open(path, "rb").read()
+    with open(path, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_bare_state_dict_and_missing_file(tmp_path):
+    path = str(tmp_path / "weights.pth")
+    torch.save(torch.nn.Linear(2, 2).state_dict(), path)
+    with pytest.raises(UserError, match="not a checkpoint of this project"):
+        load_checkpoint(path)
+    with pytest.raises(UserError, match="checkpoint not found"):
+        load_checkpoint(str(tmp_path / "missing.pth"))
+
+
+def test_mismatched_weights_are_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="shape mismatch: bias, weight"):
+        load_model_state(torch.nn.Linear(4, 3), torch.nn.Linear(4, 2).state_dict(), "x.pth")
+    with pytest.raises(UserError, match="missing: 0.bias"):
+        load_model_state(torch.nn.Sequential(torch.nn.Linear(2, 2)), {"0.weight": torch.zeros(2, 2)}, "x.pth")
+
+
+def test_atomic_write_keeps_previous_file_on_failure(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pth")
+    save_checkpoint(path, _state(torch.nn.Linear(2, 2)))
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"version": 1})
+    assert load_checkpoint(path)["epoch"] == 3
+    assert os.listdir(tmp_path) == ["last.pth"]
+
+
+def test_rng_state_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    path = str(tmp_path / "rng.pth")
+    save_checkpoint(path, {"rng": state})
+    set_rng_state(torch.load(path, weights_only=True)["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]

@@ -1,0 +1,72 @@
+"""The shared command line: defaults, config files, validation with clear messages."""
+import json
+
+import pytest
+
+from helper.errors import UserError
+from helper.parser import build_test_parser, parse_test_args, parse_train_config
+
+
+def test_cvusa_defaults_and_fixed_flags():
+    cfg = parse_train_config("cvusa", ["--data_root", "/d", "--transform", "tps", "--no-pretrained",
+                                       "--sate_size", "64,64", "--pano_size", "32,176", "--lambda_l1", "0.5"])
+    assert cfg["dataset"] == "cvusa" and cfg["transform"] == "tps" and cfg["pretrained"] is False
+    assert cfg["sate_size"] == [64, 64] and cfg["pano_size"] == [32, 176]
+    assert cfg["train_csv"] == "splits/train-19zl.csv" and cfg["val_csv"] == "splits/val-19zl.csv"
+    assert cfg["lambda_sm"] == 10.0 and cfg["hard_ratios"] == [1.0, 0.1, 0.05, 0.01]
+    assert cfg["name"] == "cvusa_tps_vgg16" and cfg["eval_batch_size"] == 2 * cfg["batch_size"]
+    json.dumps(cfg)  # plain JSON
+
+
+def test_vigor_flags():
+    cfg = parse_train_config("vigor", ["--mode", "cross", "--train_cities", "NewYork", "--test_cities",
+                                       "Chicago,Seattle"])
+    assert cfg["mode"] == "cross" and cfg["train_cities"] == ["NewYork"]
+    assert cfg["test_cities"] == ["Chicago", "Seattle"]
+    assert cfg["cities"] == ["NewYork", "Seattle", "SanFrancisco", "Chicago"]
+    assert cfg["pano_size"] == [320, 640] and cfg["sate_size"] == [320, 320]
+
+
+def test_config_file_then_command_line(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"transform": "affine", "lr": 0.001, "batch_size": 7}))
+    cfg = parse_train_config("cvusa", ["--config", str(path), "--batch_size", "9"])
+    assert cfg["transform"] == "affine" and cfg["lr"] == 0.001 and cfg["batch_size"] == 9
+    path.write_text(json.dumps({"trasnform": "affine"}))
+    with pytest.raises(UserError, match="unknown keys: trasnform"):
+        parse_train_config("cvusa", ["--config", str(path)])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--polar_files", "--transform", "tps"], "--polar_files needs --transform polar"),
+    (["--stn_init", "polar", "--transform", "affine"], "only available for --transform tps"),
+    (["--lambda_l1", "1", "--transform", "polar"], "--lambda_l1 guides a spatial transformer"),
+    (["--amp", "bf16", "--device", "cpu"], "needs a CUDA device"),
+    (["--hard_ratios", "1,0"], "--hard_ratios must be numbers in"),
+])
+def test_invalid_combinations(argv, message):
+    with pytest.raises(UserError, match=message):
+        parse_train_config("cvusa", argv)
+
+
+@pytest.mark.parametrize("argv", [["--transform", "spline"], ["--sate_size", "16,16"], ["--batch_size", "0"]])
+def test_bad_values_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_train_config("cvusa", argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_unknown_transform_lists_choices(capsys):
+    with pytest.raises(SystemExit):
+        parse_train_config("cvusa", ["--transform", "spline"])
+    err = capsys.readouterr().err
+    for name in ("none", "polar", "affine", "composed_affine", "tps"):
+        assert name in err
+
+
+def test_test_parser_tracks_explicit_flags():
+    args = parse_test_args("vigor", ["--checkpoint", "c.pth", "--data_root", "/v", "--cities", "Chicago"])
+    assert args.explicit == {"data_root", "cities"}
+    with pytest.raises(SystemExit):
+        build_test_parser("cvusa").parse_args([])  # --checkpoint is required
