@@ -1,6 +1,5 @@
 """Checkpoints: atomic writes, weights_only loads, refusal of pickled code, strict weights."""
 import os
-import pickle
 
 import pytest
 import torch
