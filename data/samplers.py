@@ -168,6 +168,13 @@ class VigorBatchSampler(Sampler[List[int]]):
             self._neighbours = neighbours
         self._cache = None
 
+    def state_dict(self) -> dict:
+        """What a checkpoint must hold to replay the current epoch's batches (the mined neighbours)."""
+        return {} if self._neighbours is None else {"hard_neighbours": torch.from_numpy(self._neighbours)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_hard_neighbours(state.get("hard_neighbours"))
+
     # -- construction
     def plan(self, epoch: Optional[int] = None) -> EpochPlan:
         """The global batches of ``epoch`` (default: the current one), cached."""

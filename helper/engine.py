@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from data.io import normalise
 from helper import distributed
 from helper.checkpoint import (CHECKPOINT_VERSION, git_commit, load_model_state,
                                rng_state, save_checkpoint, set_rng_state)
@@ -123,10 +124,13 @@ class StopFlag:
 
 
 def move_images(batch: dict, key: str, device: torch.device) -> Optional[torch.Tensor]:
+    """``batch[key]`` on ``device``, normalised there when it arrived as uint8, channels_last on CUDA."""
     tensor = batch.get(key)
     if tensor is None:
         return None
     tensor = tensor.to(device, non_blocking=True)
+    if tensor.dtype == torch.uint8:
+        tensor = normalise(tensor)
     return tensor.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else tensor
 
 
@@ -266,7 +270,7 @@ def evaluation_due(cfg: dict, epoch: int) -> bool:
 
 
 def training_state(cfg, model, optimizer, scaler, epoch: int, progress: EpochProgress,
-                   best_metric: float) -> dict:
+                   best_metric: float, batch_sampler=None) -> dict:
     """The checkpoint dict; ``epoch``/``progress`` say where training continues."""
     state = {
         "version": CHECKPOINT_VERSION,
@@ -281,6 +285,8 @@ def training_state(cfg, model, optimizer, scaler, epoch: int, progress: EpochPro
     }
     if scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
+    if hasattr(batch_sampler, "state_dict"):
+        state["sampler"] = batch_sampler.state_dict()
     return state
 
 
@@ -323,6 +329,8 @@ def fit(cfg: dict, task, env: distributed.DistEnv, resume: Optional[dict] = None
 
     train_set = task.train_dataset(cfg)
     batch_sampler = ResumableBatchSampler(task.train_batch_sampler(cfg, train_set, env))
+    if resume is not None and "sampler" in resume:
+        batch_sampler.batch_sampler.load_state_dict(resume["sampler"])
     loader = make_loader(EpochKeyed(train_set), cfg["batch_size"], cfg["workers"], env, batch_sampler=batch_sampler)
     writer = SummaryWriter(run_dir) if env.is_main else None
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
@@ -335,7 +343,8 @@ def fit(cfg: dict, task, env: distributed.DistEnv, resume: Optional[dict] = None
         return path
 
     def on_interrupt(epoch: int, progress_now: EpochProgress):
-        path = save("last.pth", training_state(cfg, model, optimizer, scaler, epoch, progress_now, best_metric))
+        path = save("last.pth", training_state(cfg, model, optimizer, scaler, epoch, progress_now, best_metric,
+                                                 batch_sampler.batch_sampler))
         distributed.barrier()
         raise Interrupted(stop.signum, path)
 
@@ -378,11 +387,12 @@ def fit(cfg: dict, task, env: distributed.DistEnv, resume: Optional[dict] = None
                             writer.add_scalar(f"{direction}/{name}", value, epoch + 1)
                 writer.flush()
             progress = EpochProgress()
-            state = training_state(cfg, model, optimizer, scaler, epoch + 1, progress, best_metric)
+            task.after_epoch(cfg, model, env, batch_sampler.batch_sampler)
+            state = training_state(cfg, model, optimizer, scaler, epoch + 1, progress, best_metric,
+                                   batch_sampler.batch_sampler)
             save("last.pth", state)
             if improved:
                 save("best.pth", state)
-            task.after_epoch(cfg, model, env, batch_sampler.batch_sampler)
             if stop.should_stop(env.device) and epoch + 1 < cfg["n_epochs"]:
                 raise Interrupted(stop.signum, os.path.join(run_dir, "last.pth"))
     if writer is not None:

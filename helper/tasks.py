@@ -28,7 +28,7 @@ class CVUSATask:
 
         return CVUSA(cfg["data_root"], csv, sate_size=cfg["sate_size"], pano_size=cfg["pano_size"],
                      augment=train and cfg.get("augment", False), rotate=train and cfg.get("rotate", False),
-                     polar_files=cfg["polar_files"], seed=cfg.get("seed", 0))
+                     polar_files=cfg["polar_files"], seed=cfg.get("seed", 0), normalise=False)
 
     def train_dataset(self, cfg: dict):
         return self._dataset(cfg, cfg["train_csv"], train=True)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.io import IMAGENET_MEAN, IMAGENET_STD, write_image_atomic
+from data.io import IMAGENET_MEAN, IMAGENET_STD, normalise, write_image_atomic
 
 SEPARATOR = 4
 
@@ -38,8 +38,8 @@ def transform_grid(model, sample: Dict[str, torch.Tensor], cfg: dict) -> torch.T
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    satellite = sample["satellite"].to(device)
-    street = sample["street"].to(device)
+    satellite, street = (sample[key].to(device) for key in ("satellite", "street"))
+    satellite, street = (normalise(x) if x.dtype == torch.uint8 else x for x in (satellite, street))
     _, _, aux = model(None, satellite, return_aux=True)
     polar = PolarTransform(satellite.shape[-2:], cfg["pano_size"], cfg.get("polar_files", False)).to(device)
     columns = [satellite, aux["transformed"], polar(satellite), street]

@@ -1,0 +1,208 @@
+"""The SAFA polar transform (reference values), the exact fast converter and its CLI."""
+import glob
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from data import convert_polar
+from data.convert_polar import (polar_gather_table, polar_image_uint8, polar_source_coords, polar_transform,
+                                polar_transform_fast)
+from data.io import read_image
+from helper.errors import EXIT_USER_ERROR, UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _brute_force_polar(image, height, width):
+    """datasets.md, one output pixel at a time."""
+    side = image.shape[0]
+    out = np.zeros((height, width, image.shape[2]))
+    for i in range(height):
+        for j in range(width):
+            r = (side / 2) / height * (height - 1 - i)
+            row = side / 2 + r * np.cos(2 * np.pi * j / width)
+            col = side / 2 - r * np.sin(2 * np.pi * j / width)
+            r0, c0 = int(np.floor(row)), int(np.floor(col))
+            dr, dc = row - r0, col - c0
+            for rr, cc, w in ((r0, c0, (1 - dr) * (1 - dc)), (r0, c0 + 1, (1 - dr) * dc),
+                              (r0 + 1, c0, dr * (1 - dc)), (r0 + 1, c0 + 1, dr * dc)):
+                if 0 <= rr < side and 0 <= cc < side:
+                    out[i, j] += w * image[rr, cc]
+    return out
+
+
+@pytest.mark.parametrize("side,height,width", [(9, 4, 8), (10, 5, 12)])
+def test_polar_transform_matches_the_formula(side, height, width):
+    image = np.random.default_rng(0).integers(0, 256, (side, side, 2)).astype(np.uint8)
+    np.testing.assert_allclose(polar_transform(image, height, width), _brute_force_polar(image, height, width),
+                               atol=1e-4)
+
+
+def test_polar_reference_geometry():
+    row, col = polar_source_coords(750, 112, 616)
+    assert (row[-1] == 375).all() and (col[-1] == 375).all()  # last row: the centre S/2
+    radius = 375 / 112 * 111
+    assert row[0, 0] == pytest.approx(375 + radius) and col[0, 0] == pytest.approx(375)  # column 0: South
+    assert col[0, 154] == pytest.approx(375 - radius) and row[0, 154] == pytest.approx(375)  # W/4: West
+    assert row[0, 308] == pytest.approx(375 - radius)  # W/2: North
+    assert col[0, 462] == pytest.approx(375 + radius)  # 3W/4: East
+
+
+@pytest.mark.parametrize("side,height,width,channels", [(750, 112, 616, 3), (31, 7, 20, 3), (32, 8, 16, 1),
+                                                        (40, 50, 64, 3)])
+def test_fast_transform_is_bit_identical(side, height, width, channels):
+    rng = np.random.default_rng(side)
+    image = rng.integers(0, 256, (side, side, channels), dtype=np.uint8)
+    reference = polar_transform(image, height, width)
+    fast = polar_transform_fast(image, height, width)
+    assert fast.dtype == np.float32 and fast.shape == (height, width, channels)
+    assert np.array_equal(fast, reference)
+    assert np.array_equal(polar_image_uint8(image, height, width),
+                          np.clip(np.rint(reference), 0, 255).astype(np.uint8))
+    floats = rng.random((side, side, channels)).astype(np.float32)
+    assert np.array_equal(polar_transform_fast(floats, height, width), polar_transform(floats, height, width))
+
+
+def test_gather_table_taps():
+    side, height, width = 20, 25, 16  # height > S/2: the inner rows are denser than pixels
+    index, weight = polar_gather_table(side, height, width, 3)
+    assert index.shape == weight.shape == (4, height * width * 3)
+    assert index.min() >= 0 and index.max() < side * side * 3
+    assert (weight >= 0).all()
+    row, col = polar_source_coords(side, height, width)
+    r0, c0 = np.floor(row).astype(int), np.floor(col).astype(int)
+    taps = [(r0, c0), (r0, c0 + 1), (r0 + 1, c0), (r0 + 1, c0 + 1)]
+    for k, (rr, cc) in enumerate(taps):
+        inside = ((rr >= 0) & (rr < side) & (cc >= 0) & (cc < side)).repeat(3)
+        assert (weight[k][~inside] == 0).all()  # outside neighbours contribute nothing
+        flat = (rr * side + cc).repeat(3) * 3 + np.tile(np.arange(3), height * width)
+        assert np.array_equal(index[k][inside], flat[inside])  # channel-interleaved flat index
+    all_inside = ((r0 + 1 < side) & (c0 + 1 < side) & (r0 >= 0) & (c0 >= 0)).repeat(3)
+    assert not all_inside.all()  # the outer ring touches row/column S (outside)
+    np.testing.assert_allclose(weight.sum(axis=0)[all_inside], 1.0, atol=1e-12)
+    with pytest.raises(ValueError, match="square"):
+        polar_transform_fast(np.zeros((4, 5, 3)), 2, 4)
+
+
+def _make_aerials(root, names, side=40, folder="bingmap/19"):
+    os.makedirs(os.path.join(root, folder), exist_ok=True)
+    rng = np.random.default_rng(1)
+    paths = []
+    for name in names:
+        coarse = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+        image = cv2.resize(coarse, (side, side), interpolation=cv2.INTER_CUBIC)
+        path = os.path.join(root, folder, name)
+        cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, 95] if name.endswith(".jpg") else [])
+        paths.append(path)
+    return paths
+
+
+def _write_splits(root, train, val):
+    os.makedirs(os.path.join(root, "splits"), exist_ok=True)
+    for csv, ids in (("train-19zl.csv", train), ("val-19zl.csv", val)):
+        with open(os.path.join(root, "splits", csv), "w") as handle:
+            handle.write("".join(f"bingmap/19/{i}.jpg,streetview/panos/{i}.jpg,streetview/annotations/{i}.png\r\n"
+                                 for i in ids))
+
+
+def _run(root, *extra):
+    return convert_polar.main(["--data_root", str(root), "--no_progress", *extra])
+
+
+def _expected(aerial_path, height, width):
+    return np.clip(np.rint(polar_transform(read_image(aerial_path), height, width)), 0, 255).astype(np.uint8)
+
+
+def test_cli_writes_rint_of_the_reference(tmp_path):
+    root = str(tmp_path)
+    _make_aerials(root, ["0000001.jpg", "0000002.jpg", "0000003.jpg", "0000009.jpg"])
+    _write_splits(root, ["0000001", "0000002"], ["0000003", "0000002"])  # 0000009 is in no split
+    summary = _run(root, "--height", "12", "--width", "48", "--workers", "1")
+    assert summary == {"converted": 3, "skipped": 0}
+    assert sorted(os.listdir(os.path.join(root, "polarmap/19"))) == ["0000001.png", "0000002.png", "0000003.png"]
+    for name in ("0000001", "0000002", "0000003"):
+        written = cv2.imread(os.path.join(root, "polarmap/19", name + ".png"), cv2.IMREAD_UNCHANGED)
+        assert written.dtype == np.uint8 and written.shape == (12, 48, 3)
+        assert np.array_equal(written[:, :, ::-1], _expected(os.path.join(root, "bingmap/19", name + ".jpg"), 12, 48))
+    assert not glob.glob(os.path.join(root, "polarmap/19", "*.tmp*"))
+
+
+def test_cli_worker_pool_skip_existing_and_overwrite(tmp_path):
+    root = str(tmp_path)
+    paths = _make_aerials(root, [f"{i:07d}.jpg" for i in range(1, 6)])  # no splits: all of bingmap/19
+    assert _run(root, "--workers", "2") == {"converted": 5, "skipped": 0}
+    target = os.path.join(root, "polarmap/19/0000002.png")
+    expected = _expected(paths[1], 112, 616)  # default CVUSA size
+    assert np.array_equal(read_image(target), expected)
+    cv2.imwrite(target, np.zeros((112, 616, 3), np.uint8))  # an existing file of the right size
+    assert _run(root, "--workers", "2") == {"converted": 0, "skipped": 5}
+    assert not read_image(target).any()  # left alone
+    cv2.imwrite(target, np.zeros((3, 3, 3), np.uint8))  # an existing file of another size: refuse to mix
+    with pytest.raises(UserError, match="1 existing polar images are not 112x616") as info:
+        _run(root, "--workers", "2")
+    assert target in str(info.value) and "3x3" in str(info.value)
+    assert _run(root, "--workers", "2", "--overwrite") == {"converted": 5, "skipped": 0}
+    assert np.array_equal(read_image(target), expected)
+    os.remove(target)
+    assert _run(root, "--workers", "1") == {"converted": 1, "skipped": 4}
+    assert np.array_equal(read_image(target), expected)
+
+
+def test_cli_user_errors(tmp_path):
+    root = str(tmp_path)
+    _make_aerials(root, ["0000001.jpg"])
+    _write_splits(root, ["0000001", "0000002"], [])
+    with pytest.raises(UserError, match="1 of 2 files") as info:
+        _run(root)
+    assert os.path.join(root, "bingmap/19/0000002.jpg") in str(info.value)
+    with pytest.raises(UserError, match="split CSV not found"):
+        _run(root, "--csv", "splits/other.csv")
+
+    nested = str(tmp_path / "nested")
+    _make_aerials(nested, ["0000001.jpg"], folder="bingmap/bingmap/19")
+    with pytest.raises(UserError, match="nested folder"):
+        _run(nested)
+
+    oblong = str(tmp_path / "oblong")
+    os.makedirs(os.path.join(oblong, "bingmap/19"))
+    cv2.imwrite(os.path.join(oblong, "bingmap/19/0000001.jpg"), np.zeros((20, 30, 3), np.uint8))
+    with pytest.raises(UserError, match="not square") as info:
+        _run(oblong, "--workers", "1")
+    assert "0000001.jpg" in str(info.value)
+
+
+def test_cli_missing_data_root_exits_2_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "data.convert_polar", "--data_root", str(tmp_path / "nowhere")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == EXIT_USER_ERROR
+    assert result.stderr.startswith("error: data root not found") and str(tmp_path / "nowhere") in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_vigor(tmp_path):
+    root = str(tmp_path / "VIGOR")
+    names = ["satellite_40.71234567_-74.00123456.png", "satellite_40.7125_-74.0015.png"]
+    paths = _make_aerials(root, names, side=32, folder="NewYork/satellite")
+    _make_aerials(root, ["satellite_41.9_-87.6.png"], side=32, folder="Chicago/satellite")
+    os.makedirs(os.path.join(root, "splits/NewYork"))  # not a city folder (no satellite/)
+    assert _run(root, "--dataset", "vigor", "--cities", "NewYork", "--height", "8", "--width", "16") == {
+        "converted": 2, "skipped": 0}
+    for name, path in zip(names, paths):
+        written = read_image(os.path.join(root, "NewYork/polarmap", name))
+        assert np.array_equal(written, _expected(path, 8, 16))
+    assert not os.path.exists(os.path.join(root, "Chicago/polarmap"))
+    with pytest.raises(UserError, match="--overwrite") as info:  # default 320 x 640 over the 8 x 16 files
+        _run(root, "--dataset", "vigor", "--workers", "1")
+    assert "2 existing polar images" in str(info.value) and names[0] in str(info.value)
+    assert _run(root, "--dataset", "vigor", "--workers", "1", "--overwrite") == {"converted": 3, "skipped": 0}
+    assert read_image(os.path.join(root, "Chicago/polarmap/satellite_41.9_-87.6.png")).shape == (320, 640, 3)
+    with pytest.raises(UserError, match="Seattle") as info:
+        _run(root, "--dataset", "vigor", "--cities", "NewYork,Seattle")
+    assert "present: Chicago, NewYork" in str(info.value)
+    with pytest.raises(UserError, match="no VIGOR city folders") as info:  # data_root one level too high
+        _run(str(tmp_path), "--dataset", "vigor")
+    assert f"they exist under {root}: pass that as --data_root" in str(info.value)
