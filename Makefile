@@ -21,7 +21,7 @@ test-all: $(VENV)/.installed
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
-	$(PY) -m demo
+	$(PY) scripts/demo.py
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_eval.py

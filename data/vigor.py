@@ -17,21 +17,28 @@ Label lines have 13 space-separated fields
 ``pano sat_pos d0 d1 sat_semi1 d0 d1 sat_semi2 d0 d1 sat_semi3 d0 d1``.
 ``(d0, d1)`` is the satellite centre minus the panorama in pixels of the 640 tile:
 the panorama sits at **row 320 + d0, column 320 - d1** (d0 > 0: south of the centre,
-d1 > 0: west of it). Positions are continuous pixel coordinates in which the tile spans
-``[0, S]`` and its centre is ``S/2``: pixel ``(r, c)`` has its centre at ``(r + .5, c + .5)``.
+d1 > 0: west of it).
+
+Position convention (:func:`panorama_pixel`): pixel *index* coordinates, as in the official
+VIGOR/CCVPE code (``S/2 + delta`` used directly as a pixel position) and the SAFA polar
+formula: pixel ``[r, c]`` sits at ``(row, col) = (r, c)`` and the tile centre (zero deltas,
+the GPS of the tile) is index ``(S/2, S/2)``, the centre of the polar transform. With
+``s = S / 640`` the panorama is at ``(row, col) = (S/2 + d0 * s, S/2 - d1 * s)`` in an
+aerial of side ``S``. This is the frame of :func:`data.augment.aerial_point`.
 
 Panorama columns (same layout as the polar images): column 0 looks South, W/4 West,
 W/2 North, 3W/4 East (heading grows clockwise from left to right).
 
-Paired augmentation (kept consistent for panorama, aerial/polar image and deltas):
+Paired augmentation: the images are augmented by :func:`data.augment.paired_augment`
+(project-wide convention, exact commutation with the SAFA polar transform; decisions from
+:func:`data.augment.sample_rng`). Its flip and rotations pivot on index ``(S/2, S/2)``, the
+tile centre of this convention, so the deltas transform without any dependence on ``S``:
 
-* horizontal flip (east <-> west mirror): aerial ``np.flip(axis=1)``; panorama and polar
-  image: heading ``h -> -h``, i.e. new column ``c`` = old column ``(W - c) mod W``
-  (``np.roll(np.flip(p, 1), 1, axis=1)``); deltas ``(d0, d1) -> (d0, -d1)``.
-* rotation of the aerial by ``90 deg * k`` counter-clockwise (``np.rot90(a, k)``):
-  the old east now points up, so the panorama (and polar image) is rolled left by
-  ``W/4 * k`` (``np.roll(p, -k*W//4, axis=1)``); deltas ``(d0, d1) -> (d1, -d0)`` per step.
-* the flip is applied before the rotation.
+* flip (index column ``c -> S - c``): ``(d0, d1) -> (d0, -d1)`` (:func:`flip_deltas`);
+* one counter-clockwise quarter turn (index ``(r, c) -> (S - c, r)``):
+  ``(d0, d1) -> (d1, -d0)`` (:func:`rotate_deltas`); panorama rolled left by ``W/4``;
+* the flip is applied before the rotation (:func:`augment_deltas`). The fixed point of every
+  augmentation is the tile centre, deltas ``(0, 0)``.
 """
 from __future__ import annotations
 
@@ -42,7 +49,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.io import read_image, to_tensor
+from data.augment import paired_augment, sample_rng
+from data.io import read_image, to_tensor, to_uint8_tensor
 from helper.errors import UserError
 
 SAME_AREA_CITIES = ("NewYork", "Seattle", "SanFrancisco", "Chicago")
@@ -125,77 +133,47 @@ def polar_relpath(satellite_relpath: str) -> str:
 
 
 def panorama_pixel(delta: Sequence[float], side: float = TILE_SIDE) -> Tuple[float, float]:
-    """Continuous ``(row, col)`` of the panorama in a tile of side ``side`` from ``(d0, d1)``.
+    """Index ``(row, col)`` of the panorama in an aerial of side ``side`` from ``(d0, d1)``.
 
-    ``(d0, d1)`` are in pixels of the 640 tile; the result is scaled to ``side``:
-    ``row = side/2 + d0 * side/640``, ``col = side/2 - d1 * side/640``.
+    ``(d0, d1)`` are in pixels of the 640 tile; the result is scaled to ``side``, in pixel
+    index coordinates (pixel ``[r, c]`` at ``(r, c)``, tile centre = polar centre at
+    ``(side/2, side/2)``): ``row = side/2 + d0 * side/640``, ``col = side/2 - d1 * side/640``.
     """
-    scale = side / TILE_SIDE
-    return side / 2.0 + float(delta[0]) * scale, side / 2.0 - float(delta[1]) * scale
+    return (side / 2.0 + float(delta[0]) * side / TILE_SIDE,
+            side / 2.0 - float(delta[1]) * side / TILE_SIDE)
 
 
 # ------------------------------------------------------------------- paired augmentation
-def flip_panorama(pano: np.ndarray) -> np.ndarray:
-    """East-west mirror of an ``H x W x C`` panorama (or polar image): column c <- (W - c) mod W."""
-    return np.roll(np.flip(pano, axis=1), 1, axis=1)
+def flip_deltas(delta) -> np.ndarray:
+    """Deltas ``(..., 2)`` after :func:`data.augment.flip_aerial`: ``(d0, d1) -> (d0, -d1)``.
 
-
-def rotate_panorama(pano: np.ndarray, k: int) -> np.ndarray:
-    """Panorama matching the aerial rotated ``90 deg * k`` counter-clockwise: roll left by ``W/4 * k``."""
-    width = pano.shape[1]
-    if width % 4:
-        raise UserError(f"panorama width {width} must be a multiple of 4 to rotate by 90 degrees; "
-                        "pick another --pano_size or disable rotation")
-    return np.roll(pano, -(k % 4) * (width // 4), axis=1)
-
-
-def flip_aerial(aerial: np.ndarray) -> np.ndarray:
-    """East-west mirror of an ``S x S x C`` north-up aerial (``np.flip(axis=1)``)."""
-    return np.flip(aerial, axis=1)
-
-
-def rotate_aerial(aerial: np.ndarray, k: int) -> np.ndarray:
-    """Rotate an ``S x S x C`` aerial by ``90 deg * k`` counter-clockwise (``np.rot90``)."""
-    return np.rot90(aerial, k % 4, axes=(0, 1))
-
-
-def flip_deltas(delta: np.ndarray) -> np.ndarray:
-    """Deltas ``(..., 2)`` after an east-west flip of the tile: ``(d0, d1) -> (d0, -d1)``."""
+    The flip maps index column ``c -> S - c``, the mirror about the tile centre ``S/2``.
+    """
     out = np.array(delta, dtype=np.float64, copy=True)
     out[..., 1] = -out[..., 1]
     return out
 
 
-def rotate_deltas(delta: np.ndarray, k: int) -> np.ndarray:
-    """Deltas ``(..., 2)`` after a ``90 deg * k`` counter-clockwise rotation of the tile.
+def rotate_deltas(delta, k: int) -> np.ndarray:
+    """Deltas ``(..., 2)`` after :func:`data.augment.rotate_aerial` by ``90 deg * k`` counter-clockwise.
 
-    One step maps the panorama's offset from the centre ``(down, right) = (d0, -d1)`` to
-    ``(-right, down)``, i.e. ``(d0, d1) -> (d1, -d0)``.
+    One quarter turn maps index ``(r, c) -> (S - c, r)`` about the tile centre
+    ``(S/2, S/2)``, hence ``(d0, d1) -> (d1, -d0)`` per step.
     """
     out = np.array(delta, dtype=np.float64, copy=True)
-    for _ in range(k % 4):
+    for _ in range(int(k) % 4):
         out = np.stack([out[..., 1], -out[..., 0]], axis=-1)
     return out
 
 
-def augment_pair(pano: np.ndarray, satellite: np.ndarray, delta: np.ndarray, flip: bool, k: int,
-                 satellite_is_polar: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Apply the flip (first) and the ``k`` quarter-turn rotation to a VIGOR pair.
+def augment_deltas(delta, flip: bool, rotation: int) -> np.ndarray:
+    """Deltas ``(..., 2)`` after :func:`data.augment.paired_augment` with ``{"flip", "rotation"}``.
 
-    ``pano`` ``H x W x C``; ``satellite`` a north-up ``S x S x C`` aerial or, with
-    ``satellite_is_polar``, a polar image in the panorama layout; ``delta`` ``(..., 2)``.
-    Returns contiguous arrays ``(pano, satellite, delta)``.
+    The flip comes first, then the rotation, as in :func:`data.augment.paired_augment`. The
+    rules do not depend on the aerial's side (nor on whether it is a polar image).
     """
-    delta = np.asarray(delta, dtype=np.float64)
-    if flip:
-        pano = flip_panorama(pano)
-        satellite = flip_panorama(satellite) if satellite_is_polar else flip_aerial(satellite)
-        delta = flip_deltas(delta)
-    if k % 4:
-        pano = rotate_panorama(pano, k)
-        satellite = rotate_panorama(satellite, k) if satellite_is_polar else rotate_aerial(satellite, k)
-        delta = rotate_deltas(delta, k)
-    return np.ascontiguousarray(pano), np.ascontiguousarray(satellite), delta
+    out = flip_deltas(delta) if flip else np.array(delta, dtype=np.float64, copy=True)
+    return rotate_deltas(out, rotation)
 
 
 # ------------------------------------------------------------------------------- index
@@ -443,24 +421,37 @@ def _check_polar_files(index: VigorIndex, sat_indices: Iterable[int]) -> None:
                  "or train without --polar_files")
 
 
+def _converter(normalise: bool):
+    """:func:`data.io.to_tensor` (normalised float32) or :func:`data.io.to_uint8_tensor`."""
+    return to_tensor if normalise else to_uint8_tensor
+
+
 class VigorPairs(Dataset):
     """Training pairs: each panorama with its positive satellite.
 
     Sample: ``{"street": 3 x pano_H x pano_W, "satellite": 3 x sate_H x sate_W`` (or
     ``3 x pano_H x pano_W`` polar image when ``polar_files``), ``"index"``: panorama
     position in the split, ``"positive"``: global satellite index, ``"semi"``: (3,) long
-    semi-positives, ``"delta"``: (2,) float64 ``(d0, d1)`` of the positive after
-    augmentation (640-tile pixels), ``"flip"``: bool, ``"rotation"``: k quarter turns}.
-    Images are ImageNet-normalised (:func:`data.io.to_tensor`).
+    semi-positives, ``"delta"``: (2,) float64 ``(d0, d1)`` of the positive relative to the
+    *augmented* tile (640-tile pixels, :func:`augment_deltas`; the panorama sits at index
+    :func:`panorama_pixel` ``(delta, sate_H)`` of the augmented aerial), ``"flip"``: bool,
+    ``"rotation"``: k quarter turns}.
 
     ``augment`` enables a random east-west flip (p = 0.5); ``rotate`` a random rotation
-    by ``90 deg * k``, k uniform in {0, 1, 2, 3} (see the module docstring). The draw is a
-    function of ``(seed, epoch, index)``; call :meth:`set_epoch` before each epoch (with
+    by ``90 deg * k``, k uniform in {0, 1, 2, 3}; both by :func:`data.augment.paired_augment`
+    on the resized uint8 images with the Generator :func:`data.augment.sample_rng`
+    ``(seed, epoch, index)``. Call :meth:`set_epoch` before each epoch (with
     ``persistent_workers=True`` the workers keep the epoch they were started with).
+    With ``polar_files`` the polar image is augmented like a panorama and the deltas
+    refer to the 640 tile it was computed from.
+
+    ``normalise``: True (default): float32 ImageNet-normalised tensors (:func:`data.io.to_tensor`).
+    False: uint8 ``3 x H x W`` tensors (:func:`data.io.to_uint8_tensor`), a quarter of the bytes
+    through DataLoader workers; :func:`data.io.normalise` on the device gives the same values.
     """
 
     def __init__(self, index: VigorIndex, sate_size=(320, 320), pano_size=(320, 640), augment: bool = False,
-                 rotate: bool = False, polar_files: bool = False, seed: int = 0):
+                 rotate: bool = False, polar_files: bool = False, seed: int = 0, normalise: bool = True):
         self.index = index
         self.sate_size = _size(sate_size, "sate_size")
         self.pano_size = _size(pano_size, "pano_size")
@@ -468,6 +459,7 @@ class VigorPairs(Dataset):
         self.rotate = bool(rotate)
         self.polar_files = bool(polar_files)
         self.seed = int(seed)
+        self.normalise = bool(normalise)
         self.epoch = 0
         if self.rotate and self.pano_size[1] % 4:
             raise UserError(f"pano_size width {self.pano_size[1]} must be a multiple of 4 for rotation augmentation")
@@ -482,39 +474,50 @@ class VigorPairs(Dataset):
     def __len__(self) -> int:
         return self.index.num_panoramas
 
-    def draw(self, i: int) -> Tuple[bool, int]:
-        """``(flip, k)`` used for sample ``i`` at the current epoch."""
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
-        flip, k = bool(rng.random() < 0.5), int(rng.integers(4))
-        return flip and self.augment, k if self.rotate else 0
-
     def __getitem__(self, i: int) -> dict:
         index = self.index
+        i = int(i)
+        if i < 0:
+            i += len(self)
         positive = int(index.positive[i])
         pano = read_image(index.pano_file(i), self.pano_size)
         if self.polar_files:
             satellite = read_image(index.polar_file(positive), self.pano_size)
         else:
             satellite = read_image(index.sat_file(positive), self.sate_size)
-        flip, k = self.draw(i)
-        pano, satellite, delta = augment_pair(pano, satellite, index.deltas[i, 0], flip, k, self.polar_files)
-        return {"street": to_tensor(pano), "satellite": to_tensor(satellite), "index": int(i),
+        flip, k = False, 0
+        delta = np.array(index.deltas[i, 0], dtype=np.float64)
+        if self.augment or self.rotate:
+            pano, satellite, params = paired_augment(pano, satellite, sample_rng(self.seed, self.epoch, i),
+                                                     flip=self.augment, rotate=self.rotate,
+                                                     satellite_is_polar=self.polar_files)
+            flip, k = bool(params["flip"]), int(params["rotation"])
+            delta = augment_deltas(delta, flip, k)
+        convert = _converter(self.normalise)
+        return {"street": convert(pano), "satellite": convert(satellite), "index": i,
                 "positive": positive, "semi": torch.from_numpy(index.semi[i].copy()),
                 "delta": torch.from_numpy(delta), "flip": flip, "rotation": k}
 
 
 class VigorPanoramas(Dataset):
-    """Queries: ``{"street": 3 x pano_H x pano_W, "index": panorama position in the split}``."""
+    """Queries: ``{"street": 3 x pano_H x pano_W, "index": panorama position in the split}``.
 
-    def __init__(self, index: VigorIndex, pano_size=(320, 640)):
+    ``normalise``: True (default): float32 ImageNet-normalised tensors (:func:`data.io.to_tensor`).
+    False: uint8 ``3 x H x W`` tensors (:func:`data.io.to_uint8_tensor`), a quarter of the bytes
+    through DataLoader workers; :func:`data.io.normalise` on the device gives the same values.
+    """
+
+    def __init__(self, index: VigorIndex, pano_size=(320, 640), normalise: bool = True):
         self.index = index
         self.pano_size = _size(pano_size, "pano_size")
+        self.normalise = bool(normalise)
 
     def __len__(self) -> int:
         return self.index.num_panoramas
 
     def __getitem__(self, i: int) -> dict:
-        return {"street": to_tensor(read_image(self.index.pano_file(i), self.pano_size)), "index": int(i)}
+        image = read_image(self.index.pano_file(i), self.pano_size)
+        return {"street": _converter(self.normalise)(image), "index": int(i)}
 
 
 class VigorSatellites(Dataset):
@@ -522,11 +525,17 @@ class VigorSatellites(Dataset):
 
     ``H x W`` is ``sate_size``, or ``pano_size`` with ``polar_files`` (then the polar image
     ``<City>/polarmap/<satellite name>.png`` is read instead of the tile).
+
+    ``normalise``: True (default): float32 ImageNet-normalised tensors (:func:`data.io.to_tensor`).
+    False: uint8 ``3 x H x W`` tensors (:func:`data.io.to_uint8_tensor`), a quarter of the bytes
+    through DataLoader workers; :func:`data.io.normalise` on the device gives the same values.
     """
 
-    def __init__(self, index: VigorIndex, sate_size=(320, 320), polar_files: bool = False, pano_size=None):
+    def __init__(self, index: VigorIndex, sate_size=(320, 320), polar_files: bool = False, pano_size=None,
+                 normalise: bool = True):
         self.index = index
         self.polar_files = bool(polar_files)
+        self.normalise = bool(normalise)
         if self.polar_files:
             self.size = _size(pano_size, "pano_size (needed with polar_files)")
             _check_polar_files(index, range(index.num_satellites))
@@ -538,4 +547,4 @@ class VigorSatellites(Dataset):
 
     def __getitem__(self, j: int) -> dict:
         path = self.index.polar_file(j) if self.polar_files else self.index.sat_file(j)
-        return {"satellite": to_tensor(read_image(path, self.size)), "index": int(j)}
+        return {"satellite": _converter(self.normalise)(read_image(path, self.size)), "index": int(j)}

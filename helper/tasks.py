@@ -93,7 +93,7 @@ class VigorTask:
 
         return VigorPairs(self._index(cfg, "train"), sate_size=cfg["sate_size"], pano_size=cfg["pano_size"],
                           augment=cfg.get("augment", False), rotate=cfg.get("rotate", False),
-                          polar_files=cfg["polar_files"], seed=cfg["seed"])
+                          polar_files=cfg["polar_files"], seed=cfg["seed"], normalise=False)
 
     def train_batch_sampler(self, cfg: dict, dataset, env):
         from data.samplers import VigorBatchSampler
@@ -107,13 +107,13 @@ class VigorTask:
         from data.vigor import VigorPanoramas, VigorSatellites
 
         index = self._index(cfg, "test")
-        street = extract_features(model, VigorPanoramas(index, pano_size=cfg["pano_size"]), env, ("street",),
-                                  cfg["eval_batch_size"], cfg["workers"], desc="panoramas")["street"]
-        satellite = extract_features(model, VigorSatellites(index, sate_size=cfg["sate_size"],
-                                                            polar_files=cfg["polar_files"],
-                                                            pano_size=cfg["pano_size"]),
-                                     env, ("satellite",), cfg["eval_batch_size"], cfg["workers"],
-                                     desc="satellites")["satellite"]
+        panoramas = VigorPanoramas(index, pano_size=cfg["pano_size"], normalise=False)
+        street = extract_features(model, panoramas, env, ("street",), cfg["eval_batch_size"], cfg["workers"],
+                                  desc="panoramas")["street"]
+        satellites = VigorSatellites(index, sate_size=cfg["sate_size"], polar_files=cfg["polar_files"],
+                                     pano_size=cfg["pano_size"], normalise=False)
+        satellite = extract_features(model, satellites, env, ("satellite",), cfg["eval_batch_size"],
+                                     cfg["workers"], desc="satellites")["satellite"]
         positive = torch.as_tensor(index.positive, dtype=torch.long)
         semi = torch.as_tensor(index.semi, dtype=torch.long)
         results = evaluate_retrieval(street.to(env.device), satellite.to(env.device), positive.to(env.device),
@@ -126,7 +126,7 @@ class VigorTask:
         from data.vigor import VigorPairs
 
         dataset = VigorPairs(self._index(cfg, "test"), sate_size=cfg["sate_size"], pano_size=cfg["pano_size"],
-                             polar_files=cfg["polar_files"])
+                             polar_files=cfg["polar_files"], normalise=False)
         return _stack([dataset[i] for i in range(min(VISUAL_SAMPLES, len(dataset)))])
 
     def after_epoch(self, cfg: dict, model, env, batch_sampler) -> None:
@@ -138,7 +138,7 @@ class VigorTask:
 
         index = self._index(cfg, "train")
         satellites = VigorSatellites(index, sate_size=cfg["sate_size"], polar_files=cfg["polar_files"],
-                                     pano_size=cfg["pano_size"])
+                                     pano_size=cfg["pano_size"], normalise=False)
         desc = extract_features(model, satellites, env, ("satellite",), cfg["eval_batch_size"], cfg["workers"],
                                 desc="mining")["satellite"]
         neighbours = topk_neighbours(desc.to(env.device), cfg["mining_k"]).cpu()

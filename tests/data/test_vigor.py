@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+import data.augment as augment_module
+from data.augment import aerial_point, paired_augment, sample_rng
 from data.convert_polar import polar_transform
-from data.io import read_image, to_tensor
-from data.vigor import (CROSS_TEST, CROSS_TRAIN, SAME_AREA_CITIES, VigorIndex, VigorPairs, VigorPanoramas,
-                        VigorSatellites, augment_pair, flip_deltas, flip_panorama, panorama_pixel,
+from data.io import normalise, read_image, to_tensor
+from data.vigor import (CROSS_TEST, CROSS_TRAIN, SAME_AREA_CITIES, TILE_SIDE, VigorIndex, VigorPairs,
+                        VigorPanoramas, VigorSatellites, augment_deltas, flip_deltas, panorama_pixel,
                         parse_panorama_name, parse_satellite_name, polar_relpath, read_list, rotate_deltas,
-                        rotate_panorama, vigor_indices)
+                        vigor_indices)
 from helper.errors import UserError
 
 REAL_PANO = "-0-MZBp3e1p5aBhMLnaUNQ,41.88373255988426,-87.62657128046946,.jpg"
@@ -316,19 +318,14 @@ def test_polar_files(tmp_path):
 
 
 # ------------------------------------------------------------------------ augmentation
-def test_panorama_flip_and_roll_column_maps():
-    width = 16
-    pano = np.tile(np.arange(width, dtype=np.int64)[None, :, None], (2, 1, 1))
-    flipped = flip_panorama(pano)[0, :, 0]
-    assert flipped.tolist() == [(width - c) % width for c in range(width)]
-    # north (W/2) stays north, east (3W/4) now shows the old west (W/4)
-    assert flipped[width // 2] == width // 2 and flipped[3 * width // 4] == width // 4
-    rolled = rotate_panorama(pano, 1)[0, :, 0]
-    assert rolled[width // 2] == 3 * width // 4  # north now shows the old east
-    assert np.array_equal(flip_panorama(flip_panorama(pano)), pano)
-    assert np.array_equal(rotate_panorama(pano, 4), pano)
-    with pytest.raises(UserError, match="multiple of 4"):
-        rotate_panorama(np.zeros((2, 10, 3)), 1)
+# Images are augmented by data.augment (its image formulas are tested in test_augment.py);
+# here: the VIGOR deltas under that convention, and VigorPairs wiring it together.
+def test_panorama_pixel_index_convention():
+    # index coordinates: zero deltas = the tile centre = the polar centre, index S/2
+    assert panorama_pixel((0.0, 0.0), 640) == (320.0, 320.0)
+    assert panorama_pixel((0.0, 0.0), 37) == (18.5, 18.5)
+    assert panorama_pixel((30.0, -70.0)) == (350.0, 390.0)     # south-east of the centre
+    assert panorama_pixel((30.0, -70.0), 64) == (35.0, 39.0)
 
 
 def test_delta_rules():
@@ -338,6 +335,30 @@ def test_delta_rules():
     np.testing.assert_array_equal(rotate_deltas(delta, 2), -delta)
     np.testing.assert_array_equal(rotate_deltas(delta, 4), delta)
     np.testing.assert_array_equal(rotate_deltas(delta, 3), rotate_deltas(delta, -1))
+    np.testing.assert_array_equal(flip_deltas(flip_deltas(delta)), delta)
+    np.testing.assert_array_equal(augment_deltas(delta, True, 3), rotate_deltas(flip_deltas(delta), 3))
+    np.testing.assert_array_equal(augment_deltas(delta, False, 0), delta)
+    np.testing.assert_array_equal(augment_deltas(delta[0], True, 1), [70.0, -30.0])
+    # the polar centre (index S/2 = zero deltas) is the fixed point of every augmentation
+    for side in (640, 64, 37):
+        assert panorama_pixel((0.0, 0.0), side) == (side / 2, side / 2)
+    for flip in (False, True):
+        for k in range(4):
+            np.testing.assert_array_equal(augment_deltas(np.zeros(2), flip, k), [0.0, 0.0])
+
+
+@pytest.mark.parametrize("side", [640, 64, 37])
+def test_delta_rules_agree_with_aerial_point(side):
+    """augment_deltas == data.augment.aerial_point on the panorama position (both in pixel
+    index coordinates, no half-pixel shift)."""
+    rng = np.random.default_rng(side)
+    delta = rng.uniform(-300, 300, (50, 2))
+    rows, cols = np.transpose([panorama_pixel(d, side) for d in delta])
+    for flip in (False, True):
+        for k in range(4):
+            new_rows, new_cols = aerial_point(rows, cols, side, flip, k)
+            got = np.array([panorama_pixel(d, side) for d in augment_deltas(delta, flip, k)])
+            np.testing.assert_allclose(got, np.stack([new_rows, new_cols], 1), rtol=0, atol=1e-9)
 
 
 def _heading_column(pano_rc, landmark_rc, width):
@@ -349,14 +370,26 @@ def _heading_column(pano_rc, landmark_rc, width):
 
 @pytest.mark.parametrize("flip", [False, True])
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
-def test_augmentation_keeps_tile_position_and_view_consistent(flip, k):
-    """Marker at the panorama's location + a landmark: after (flip, k) the marker sits at
-    the transformed deltas, and the panorama column that saw the landmark still does."""
-    side, width = 640, 64
-    pano_r, pano_c = 410, 220                      # pixel holding the panorama
-    delta = np.array([pano_r + 0.5 - 320, 320 - pano_c - 0.5])
-    assert panorama_pixel(delta) == (pano_r + 0.5, pano_c + 0.5)
-    for offset in ((-40, 40), (40, 40), (0, -60), (-50, -50), (30, 0)):
+@pytest.mark.parametrize("side", [640, 64, 37])
+def test_augmentation_keeps_tile_position_and_view_consistent(flip, k, side):
+    """Marker at the panorama's location + a landmark, augmented by data.augment: the marker's
+    index is panorama_pixel(augment_deltas(...)) (exactly where S divides 640 so the deltas are
+    integers; to 1e-9 for S = 37), and the panorama column that saw the landmark still does."""
+    width = 64
+    pano_r, pano_c = side * 41 // 64, side * 22 // 64      # integer index of the panorama pixel
+    delta = np.array([(pano_r - side / 2) * TILE_SIDE / side, (side / 2 - pano_c) * TILE_SIDE / side])
+    exact = TILE_SIDE % side == 0
+    if exact:
+        assert np.all(delta == np.round(delta))
+
+    def check(position, want):
+        if exact:
+            assert tuple(position) == tuple(want)
+        else:
+            np.testing.assert_allclose(position, want, rtol=0, atol=1e-9)
+
+    check(panorama_pixel(delta, side), (pano_r, pano_c))
+    for offset in ((-4, 4), (4, 4), (0, -6), (-5, -5), (3, 0)):
         aerial = np.zeros((side, side, 2), np.uint8)
         aerial[pano_r, pano_c, 0] = 255
         aerial[pano_r + offset[0], pano_c + offset[1], 1] = 255
@@ -365,30 +398,17 @@ def test_augmentation_keeps_tile_position_and_view_consistent(flip, k):
         pano = np.zeros((4, width, 1), np.uint8)
         pano[:, int(column)] = 255
 
-        new_pano, new_aerial, new_delta = augment_pair(pano, aerial, delta, flip, k)
-        expected_delta = rotate_deltas(flip_deltas(delta) if flip else delta, k)
-        np.testing.assert_array_equal(new_delta, expected_delta)
-        marker = np.unravel_index(np.argmax(new_aerial[:, :, 0]), (side, side))
-        assert (marker[0] + 0.5, marker[1] + 0.5) == panorama_pixel(new_delta)
-        landmark = np.unravel_index(np.argmax(new_aerial[:, :, 1]), (side, side))
+        street, satellite = (pano, aerial)
+        if flip:
+            street, satellite = augment_module.flip_panorama(street), augment_module.flip_aerial(satellite)
+        street, satellite = augment_module.roll_panorama(street, k), augment_module.rotate_aerial(satellite, k)
+        new_delta = augment_deltas(delta, flip, k)
+        marker = np.unravel_index(np.argmax(satellite[:, :, 0]), (side, side))
+        assert satellite[marker + (0,)] == 255
+        check(panorama_pixel(new_delta, side), (float(marker[0]), float(marker[1])))
+        landmark = np.unravel_index(np.argmax(satellite[:, :, 1]), (side, side))
         new_column = _heading_column(marker, landmark, width)
-        assert int(np.argmax(new_pano[0, :, 0])) == new_column
-
-
-@pytest.mark.parametrize("flip,k", [(True, 0), (False, 1), (True, 3), (False, 2)])
-def test_polar_image_augmentation_matches_polar_of_augmented_aerial(flip, k):
-    """Augmenting a polar image = polar transform of the augmented aerial (blob peak column)."""
-    side, height, width = 64, 16, 64
-    rows, cols = np.mgrid[0:side, 0:side]
-    aerial = (255 * np.exp(-((rows - 18) ** 2 + (cols - 45) ** 2) / 18.0))[:, :, None].astype(np.float32)
-    polar = polar_transform(aerial, height, width)
-    pano = np.zeros((height, width, 1), np.float32)
-    _, aug_polar, _ = augment_pair(pano, polar, np.zeros(2), flip, k, satellite_is_polar=True)
-    _, aug_aerial, _ = augment_pair(pano, aerial, np.zeros(2), flip, k)
-    reference = polar_transform(aug_aerial, height, width)
-    got = int(np.argmax(aug_polar[height // 3].ravel()))
-    want = int(np.argmax(reference[height // 3].ravel()))
-    assert min((got - want) % width, (want - got) % width) <= 1
+        assert int(np.argmax(street[0, :, 0])) == new_column
 
 
 def _circular_centre(weights, width):
@@ -399,42 +419,148 @@ def _circular_centre(weights, width):
 
 def test_pairs_augmentation_end_to_end(tmp_path):
     """Through the dataset: the tile marker follows "delta", the panorama's north stripe
-    follows the roll; draws are reproducible per (seed, epoch, index)."""
+    follows the roll; draws are data.augment.paired_augment with sample_rng(seed, epoch, index)."""
     make_vigor(tmp_path, cities=("NewYork",), n_train=2, n_test=1)
     index = VigorIndex(str(tmp_path), ("NewYork",), "train", "same")
     side, width = 64, 64
     tile = np.zeros((side, side, 3), np.uint8)
     row, col = panorama_pixel(index.deltas[0, 0], side)
     assert row == int(row) and col == int(col)
-    tile[int(row) - 3:int(row) + 3, int(col) - 3:int(col) + 3] = 255
+    tile[int(row) - 3:int(row) + 4, int(col) - 3:int(col) + 4] = 255   # 7x7 block centred on the panorama index
     cv2.imwrite(index.sat_file(index.positive[0]), tile)
     pano = np.zeros((16, width, 3), np.uint8)
     pano[:, width // 2 - 1:width // 2 + 2] = 255    # stripe centred on north
     cv2.imwrite(index.pano_file(0), pano, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    raw_pano, raw_tile = read_image(index.pano_file(0), (16, width)), read_image(index.sat_file(index.positive[0]),
+                                                                                 (side, side))
 
     pairs = VigorPairs(index, sate_size=(side, side), pano_size=(16, width), augment=True, rotate=True, seed=3)
+    fresh = VigorPairs(index, sate_size=(side, side), pano_size=(16, width), augment=True, rotate=True, seed=3)
     seen = set()
     for epoch in range(12):
         pairs.set_epoch(epoch)
         sample = pairs[0]
         flip, k = sample["flip"], sample["rotation"]
+        assert isinstance(flip, bool) and isinstance(k, int)
         seen.add((flip, k))
+        # exactly data.augment's decisions and images
+        street, satellite, params = paired_augment(raw_pano, raw_tile, sample_rng(3, epoch, 0), flip=True, rotate=True)
+        assert params == {"flip": int(flip), "rotation": k}
+        assert torch.equal(sample["street"], to_tensor(street))
+        assert torch.equal(sample["satellite"], to_tensor(satellite))
         expected = rotate_deltas(flip_deltas(index.deltas[0, 0]) if flip else index.deltas[0, 0], k)
         np.testing.assert_array_equal(sample["delta"].numpy(), expected)
+        assert sample["delta"].dtype == torch.float64
         mask = (sample["satellite"][0] > 0).numpy()
         rr, cc = np.nonzero(mask)
-        assert (rr.mean() + 0.5, cc.mean() + 0.5) == panorama_pixel(expected, side)
+        assert len(rr) == 49
+        assert (rr.mean(), cc.mean()) == panorama_pixel(expected, side)
         weights = sample["street"][0].mean(0).numpy()
         centre = _circular_centre(np.clip(weights - weights.min(), 0, None) ** 4, width)
         want = (width / 2 - k * width / 4) % width
         assert min(abs(centre - want), width - abs(centre - want)) < 0.5
         again = pairs[0]
         assert torch.equal(again["satellite"], sample["satellite"]) and torch.equal(again["street"], sample["street"])
+        fresh.set_epoch(epoch)
+        other = fresh[0]                                   # another instance: the same draw
+        assert (other["flip"], other["rotation"]) == (flip, k) and torch.equal(other["street"], sample["street"])
     assert len(seen) >= 5  # both flips and several rotations were drawn
-    pairs.set_epoch(0)
-    draws = [pairs.draw(i) for i in range(3)]
-    assert draws == [VigorPairs(index, augment=True, rotate=True, seed=3).draw(i) for i in range(3)]
     plain = VigorPairs(index, sate_size=(side, side), pano_size=(16, width))
-    assert all(plain.draw(i) == (False, 0) for i in range(3))
+    for i in range(len(plain)):
+        sample = plain[i]
+        assert (sample["flip"], sample["rotation"]) == (False, 0)
+        np.testing.assert_array_equal(sample["delta"].numpy(), index.deltas[i, 0])
+    # flip only: the rotation is never drawn, the flip decisions are those of the full draw
+    flips = VigorPairs(index, sate_size=(side, side), pano_size=(16, width), augment=True, seed=3)
+    for epoch in range(4):
+        flips.set_epoch(epoch)
+        pairs.set_epoch(epoch)
+        assert (flips[1]["flip"], flips[1]["rotation"]) == (pairs[1]["flip"], 0)
     with pytest.raises(UserError, match="square"):
         VigorPairs(index, sate_size=(32, 64), rotate=True)
+    with pytest.raises(UserError, match="multiple of 4"):
+        VigorPairs(index, sate_size=(32, 32), pano_size=(8, 30), rotate=True)
+
+
+def test_pairs_flip_on_non_square_aerial_tracks_columns(tmp_path):
+    """A flip alone works on a non-square sate_size; the column is scaled by the aerial width."""
+    make_vigor(tmp_path, cities=("NewYork",), n_train=2, n_test=1)
+    index = VigorIndex(str(tmp_path), ("NewYork",), "train", "same")
+    height, side = 32, 64
+    tile = np.zeros((side, side, 3), np.uint8)
+    row, col = panorama_pixel(index.deltas[0, 0], side)
+    assert col == int(col)
+    tile[:, int(col) - 1:int(col) + 2] = 255          # 3-column stripe centred on the panorama column
+    cv2.imwrite(index.sat_file(index.positive[0]), tile)
+    pairs = VigorPairs(index, sate_size=(height, side), pano_size=(8, 32), augment=True, seed=1)
+    flipped = 0
+    for epoch in range(6):
+        pairs.set_epoch(epoch)
+        sample = pairs[0]
+        cc = np.nonzero((sample["satellite"][0, 0] > 0).numpy())[0]
+        assert len(cc) == 3 and cc.mean() == panorama_pixel(sample["delta"].numpy(), side)[1]
+        flipped += sample["flip"]
+    assert 0 < flipped < 6
+
+
+@pytest.mark.parametrize("flip,k", [(True, 0), (False, 1), (True, 3), (False, 2)])
+def test_polar_files_pairs_are_augmented_like_panoramas(tmp_path, flip, k):
+    """With polar_files the polar satellite gets the panorama's flip/roll (data.augment, so
+    it equals the polar image of the augmented 640 tile) and the deltas use the 640 tile."""
+    info = make_vigor(tmp_path, cities=("NewYork",), n_train=2, n_test=1)
+    write_polarmaps(str(tmp_path), info, size=(8, 32))
+    index = VigorIndex(str(tmp_path), ("NewYork",), "train", "same")
+    pairs = VigorPairs(index, pano_size=(8, 32), polar_files=True, augment=True, rotate=True, seed=0)
+    # find a (epoch, sample) with the requested draw
+    for epoch in range(200):
+        params = paired_augment(np.zeros((1, 4)), np.zeros((4, 4)), sample_rng(0, epoch, 1), rotate=True)[2]
+        if params == {"flip": int(flip), "rotation": k}:
+            break
+    pairs.set_epoch(epoch)
+    sample = pairs[1]
+    assert (sample["flip"], sample["rotation"]) == (flip, k)
+    polar = read_image(index.polar_file(index.positive[1]), (8, 32))
+    street = read_image(index.pano_file(1), (8, 32))
+    if flip:
+        polar, street = augment_module.flip_panorama(polar), augment_module.flip_panorama(street)
+    polar, street = augment_module.roll_panorama(polar, k), augment_module.roll_panorama(street, k)
+    assert torch.equal(sample["satellite"], to_tensor(polar)) and torch.equal(sample["street"], to_tensor(street))
+    np.testing.assert_array_equal(sample["delta"].numpy(), augment_deltas(index.deltas[1, 0], flip, k))
+
+
+# --------------------------------------------------------------------------- normalise
+def test_uint8_output_normalises_to_the_float_output(tmp_path):
+    info = make_vigor(tmp_path, cities=("NewYork",), n_train=3, n_test=1)
+    write_polarmaps(str(tmp_path), info, size=(8, 32))
+    index = VigorIndex(str(tmp_path), ("NewYork",), "train", "same")
+    kwargs = [
+        (VigorPairs, dict(sate_size=(32, 32), pano_size=(8, 32), augment=True, rotate=True, seed=5)),
+        (VigorPairs, dict(pano_size=(8, 32), polar_files=True, augment=True, seed=5)),
+        (VigorPanoramas, dict(pano_size=(8, 32))),
+        (VigorSatellites, dict(sate_size=(16, 16))),
+        (VigorSatellites, dict(polar_files=True, pano_size=(8, 32))),
+    ]
+    for cls, kw in kwargs:
+        floats, uint8 = cls(index, **kw), cls(index, normalise=False, **kw)
+        assert floats.normalise is True and uint8.normalise is False
+        for dataset in (floats, uint8):
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(2)
+        for i in range(3):
+            a, b = floats[i], uint8[i]
+            assert set(a) == set(b)
+            for key in ("street", "satellite"):
+                if key not in a:
+                    continue
+                assert a[key].dtype == torch.float32 and b[key].dtype == torch.uint8
+                assert b[key].shape == a[key].shape and b[key].shape[0] == 3 and b[key].is_contiguous()
+                assert torch.equal(normalise(b[key]), a[key])
+            for key in set(a) - {"street", "satellite"}:
+                same = torch.equal(a[key], b[key]) if torch.is_tensor(a[key]) else a[key] == b[key]
+                assert same, key
+    # batches of uint8 samples normalise to the float batches
+    loader = lambda ds: next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))  # noqa: E731
+    pairs_kw = dict(sate_size=(32, 32), pano_size=(8, 32), augment=True, rotate=True, seed=5)
+    a, b = loader(VigorPairs(index, **pairs_kw)), loader(VigorPairs(index, normalise=False, **pairs_kw))
+    assert b["satellite"].dtype == torch.uint8 and b["satellite"].shape == (3, 3, 32, 32)
+    assert torch.equal(normalise(b["satellite"]), a["satellite"]) and torch.equal(normalise(b["street"]), a["street"])
