@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all bench clean-demo
+.PHONY: install demo test test-all bench
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,15 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed
-	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
 	$(PY) scripts/demo.py
 
+# CPU benchmarks (each prints one JSON line); GPU ones: see the README's performance table.
 bench: $(VENV)/.installed
-	$(PY) benchmarks/bench_eval.py
-	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/model_params.py
 	$(PY) benchmarks/bench_polar.py
+	$(PY) benchmarks/bench_loader.py
 	$(PY) benchmarks/bench_synthetic.py
+	$(PY) benchmarks/bench_eval.py --device cpu

@@ -32,16 +32,7 @@ from PIL import Image  # noqa: E402
 
 from data import convert_polar  # noqa: E402
 from data.convert_polar import polar_transform  # noqa: E402
-
-
-def smooth_noise_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A uint8 RGB image of layered smooth noise plus fine grain (JPEG sizes like real photos)."""
-    image = np.zeros((height, width, 3), np.float32)
-    for cells, amplitude in ((12, 0.52), (48, 0.26), (190, 0.22)):
-        coarse = rng.integers(0, 256, (max(2, cells * height // max(height, width)), cells, 3), dtype=np.uint8)
-        image += amplitude * cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-    image += rng.integers(-5, 6, image.shape, dtype=np.int8)
-    return np.clip(image, 0, 255).astype(np.uint8)
+from benchmarks.fake_images import smooth_noise_image  # noqa: E402
 
 
 def make_aerials(root: str, count: int, side: int, quality: int) -> list:

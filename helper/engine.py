@@ -302,14 +302,15 @@ def fit(cfg: dict, task, env: distributed.DistEnv, resume: Optional[dict] = None
     from helper.visualize import save_transform_grid
     from models import build_model
 
+    train_set = task.train_dataset(cfg)  # validate the data and build the model before writing anything
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg)
     run_dir = run_dir_of(cfg)
     if env.is_main:
         os.makedirs(run_dir, exist_ok=True)
         write_json_atomic(os.path.join(run_dir, "config.json"), cfg)
     distributed.barrier()
     logger = setup_logging(run_dir, env.is_main)
-    torch.manual_seed(cfg["seed"])
-    model = build_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] == "fp16" and env.device.type == "cuda")
     start_epoch, progress, best_metric = 0, EpochProgress(), -math.inf
@@ -327,7 +328,6 @@ def fit(cfg: dict, task, env: distributed.DistEnv, resume: Optional[dict] = None
     if env.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    train_set = task.train_dataset(cfg)
     batch_sampler = ResumableBatchSampler(task.train_batch_sampler(cfg, train_set, env))
     if resume is not None and "sampler" in resume:
         batch_sampler.batch_sampler.load_state_dict(resume["sampler"])

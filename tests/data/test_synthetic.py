@@ -401,3 +401,28 @@ def test_full_size_vigor_images():
     assert rgb.shape == (1024, 2048, 3)
     assert np.isin(labels[0], [syn.LABEL_SKY, syn.LABEL_VEGETATION]).all()  # zenith: sky (or a canopy)
     assert (labels[-1] == syn.LABEL_GROUND).all()                           # nadir: the road
+
+
+def test_generated_folders_load_with_the_project_loaders(tmp_path):
+    """The synthetic layouts are read by the real CVUSA and VIGOR loaders, labels included."""
+    from data.cvusa import CVUSA
+    from data.vigor import VigorIndex, VigorPairs
+
+    cvusa = str(tmp_path / "cvusa")
+    syn.generate_cvusa(cvusa, train=3, test=2, seed=0, size="demo")
+    for csv, count in (("splits/train-19zl.csv", 3), ("splits/val-19zl.csv", 2)):
+        dataset = CVUSA(cvusa, csv, sate_size=(64, 64), pano_size=(32, 176))
+        sample = dataset[count - 1]
+        assert len(dataset) == count and sample["street"].shape == (3, 32, 176)
+        assert sample["satellite"].shape == (3, 64, 64)
+    vigor = str(tmp_path / "vigor")
+    syn.generate_vigor(vigor, cities="Chicago,Seattle", train=3, test=2, seed=0, size="demo")
+    index = VigorIndex(vigor, ["Chicago", "Seattle"], "train", "same")
+    assert len(index) == 6 and index.semi.shape == (6, 3)
+    # the positive is the nearest satellite centre to each panorama's GPS
+    nearest = [int(np.argmin(((index.sat_gps - gps) ** 2).sum(1))) for gps in index.pano_gps]
+    assert list(index.positive) == nearest
+    sample = VigorPairs(index, sate_size=(64, 64), pano_size=(32, 64))[5]
+    assert sample["street"].shape == (3, 32, 64) and sample["positive"] == index.positive[5]
+    cross = VigorIndex(vigor, ["Seattle"], "test", "cross")
+    assert len(cross) == 5

@@ -182,6 +182,8 @@ def test_user_errors_exit_2_with_one_message(cvusa_root, tmp_path, case):
     assert "\nerror: " in "\n" + err, err  # progress bars may precede the message on stderr
     assert expected in err[err.index("error: "):], err
     assert err.count("error: ") == 1 and "Traceback" not in err and "Original" not in err
+    if case in ("missing_root", "missing_csv", "missing_images", "malformed_csv", "bad_flags"):
+        assert not os.path.exists(results_dir)  # the data is checked before anything is written
 
 
 def test_resume_of_missing_checkpoint(tmp_path):
