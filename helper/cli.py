@@ -14,11 +14,7 @@ from typing import Optional, Sequence
 from helper.errors import UserError
 
 #: Flags that may change when a run is resumed; every other setting comes from the checkpoint.
-RESUME_OVERRIDES = ("n_epochs", "device", "workers", "eval_every", "eval_batch_size")
-
-
-def _explicit_flags(argv: Sequence[str]) -> set:
-    return {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
+RESUME_OVERRIDES = ("n_epochs", "device", "workers", "eval_every", "eval_batch_size", "data_root")
 
 
 def train_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
@@ -26,27 +22,31 @@ def train_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     from helper.checkpoint import load_checkpoint
     from helper.engine import Interrupted, NonFiniteLoss, fit, run_dir_of
     from helper.log import get_logger
-    from helper.parser import parse_train_config
+    from helper.parser import explicit_flags, parse_train_config
     from helper.tasks import get_task
 
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_train_config(dataset, argv)
     resume = None
     if cfg["resume"]:
+        ignored = sorted(explicit_flags(argv) - set(RESUME_OVERRIDES) - {"resume"})
+        if ignored:
+            raise UserError(f"--resume continues a run with its stored settings; only "
+                            f"{', '.join('--' + k for k in RESUME_OVERRIDES)} may change, not "
+                            f"{', '.join('--' + k for k in ignored)} (start a new run with --config "
+                            f"<run>/config.json to change others)")
         resume = load_checkpoint(cfg["resume"])
         stored = dict(resume["config"])
         if stored.get("dataset") != dataset:
             raise UserError(f"--resume {cfg['resume']} is a {stored.get('dataset')} run; "
                             f"use train_{stored.get('dataset')}.py")
-        explicit = _explicit_flags(argv)
         for key in RESUME_OVERRIDES:
-            if key in explicit:
+            if key in explicit_flags(argv):
                 stored[key] = cfg[key]
         stored["results_dir"], stored["name"] = os.path.split(os.path.dirname(os.path.abspath(cfg["resume"])))
-        stored["resume"] = cfg["resume"]
-        cfg = stored
+        path, cfg = cfg["resume"], stored
         if resume["epoch"] >= cfg["n_epochs"] and not resume.get("progress", {}).get("step"):
-            raise UserError(f"{cfg['resume']} already finished {resume['epoch']} of {cfg['n_epochs']} epochs; "
+            raise UserError(f"{path} already finished {resume['epoch']} of {cfg['n_epochs']} epochs; "
                             f"pass a larger --n_epochs to train further")
     elif os.path.exists(os.path.join(run_dir_of(cfg), "last.pth")):
         raise UserError(f"run folder {run_dir_of(cfg)} already holds a run; continue it with "

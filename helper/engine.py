@@ -151,6 +151,14 @@ def compute_loss(cfg: dict, model: torch.nn.Module, batch: dict, env: distribute
     return triplet, triplet, l1
 
 
+def all_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (all ranks must skip a step together)."""
+    bad = (~torch.isfinite(loss)).float().reshape(1)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return not bool(bad.item())
+
+
 def train_one_epoch(cfg: dict, model, loader, optimizer, scaler, env, epoch: int,
                     progress: EpochProgress, stop: StopFlag, on_interrupt) -> Dict[str, float]:
     """Run the rest of ``epoch`` from ``progress.step``; returns the epoch's mean losses."""
@@ -164,7 +172,7 @@ def train_one_epoch(cfg: dict, model, loader, optimizer, scaler, env, epoch: int
     samples = 0
     for batch in bar:
         loss, triplet, l1 = compute_loss(cfg, model, batch, env, hard_ratio)
-        if not torch.isfinite(loss.detach()).item():
+        if not all_finite(loss.detach()):
             progress.nonfinite += 1
             message = (f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {progress.step + 1} "
                        f"of {total_steps}")
@@ -324,6 +332,9 @@ def fit(cfg: dict, task, env: distributed.DistEnv, resume: Optional[dict] = None
         progress = EpochProgress(**resume.get("progress", {}))
         set_rng_state(resume["rng"])
         logger.info("resuming %s at epoch %d, step %d", run_dir, start_epoch + 1, progress.step)
+        if resume["config"]["n_epochs"] != cfg["n_epochs"]:
+            logger.warning("--n_epochs changed from %d to %d: the hard-negative ratio schedule is stretched "
+                           "to the new length", resume["config"]["n_epochs"], cfg["n_epochs"])
     model = distributed.wrap_model(model, env)
     if env.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -377,8 +388,9 @@ def fit(cfg: dict, task, env: distributed.DistEnv, resume: Optional[dict] = None
                                                os.path.join(run_dir, f"transform_epoch{epoch + 1:03d}.png"))
                     writer.add_image("transform", grid, epoch + 1)
             if env.is_main:
-                rows.append(row)
-                append_jsonl_atomic(metrics_path, rows)
+                if evaluation_due(cfg, epoch):
+                    rows.append(row)
+                    append_jsonl_atomic(metrics_path, rows)
                 for key in ("train_loss", "train_l1", "hard_ratio", "lr"):
                     writer.add_scalar(f"train/{key}", row[key], epoch + 1)
                 for direction in ("street_to_satellite", "satellite_to_street"):

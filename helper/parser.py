@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Dict, List, Optional, Sequence
 
 from helper.errors import UserError
@@ -33,8 +34,8 @@ VIGOR_CROSS_TRAIN = ("NewYork", "Seattle")
 VIGOR_CROSS_TEST = ("SanFrancisco", "Chicago")
 
 #: Keys of the train-time cfg that a test script may override from its own command line.
-EVAL_KEYS = ("data_root", "device", "batch_size", "workers", "val_csv", "cities",
-             "test_cities", "top1p")
+EVAL_KEYS = ("data_root", "device", "batch_size", "workers", "val_csv", "mode", "cities",
+             "train_cities", "test_cities", "top1p")
 
 
 def size_pair(text: str) -> List[int]:
@@ -81,6 +82,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def explicit_flags(argv: Sequence[str]) -> set:
+    """The option names (without ``--``) that appear on a command line."""
+    return {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
+
+
 def default_workers() -> int:
     """DataLoader workers from the CPUs this process may use (at most 8)."""
     try:
@@ -107,8 +113,12 @@ def _add_common(parser: argparse.ArgumentParser, dataset: str) -> None:
         parser.add_argument("--val_csv", default="splits/val-19zl.csv",
                             help="evaluation split, relative to data_root (the literature's test split)")
     else:
+        parser.add_argument("--mode", choices=("same", "cross"), default="same",
+                            help="VIGOR protocol: same-area or cross-area")
         parser.add_argument("--cities", type=name_list, default=list(VIGOR_CITIES),
                             help="same-area cities, in official order (default all four)")
+        parser.add_argument("--train_cities", type=name_list, default=list(VIGOR_CROSS_TRAIN),
+                            help="cross-area training cities")
         parser.add_argument("--test_cities", type=name_list, default=list(VIGOR_CROSS_TEST),
                             help="cross-area evaluation cities")
 
@@ -119,7 +129,7 @@ def build_train_parser(dataset: str) -> argparse.ArgumentParser:
     from models.transforms import TRANSFORMS
 
     parser = argparse.ArgumentParser(
-        prog=f"train_{dataset}.py",
+        prog=f"train_{dataset}.py", allow_abbrev=False,
         description=f"Train the SAFA cross-view model on {dataset.upper()}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None,
@@ -188,10 +198,6 @@ def build_train_parser(dataset: str) -> argparse.ArgumentParser:
         group.add_argument("--train_csv", default="splits/train-19zl.csv",
                            help="training split, relative to data_root")
     else:
-        group.add_argument("--mode", choices=("same", "cross"), default="same",
-                           help="VIGOR protocol: same-area or cross-area")
-        group.add_argument("--train_cities", type=name_list, default=list(VIGOR_CROSS_TRAIN),
-                           help="cross-area training cities")
         group.add_argument("--mining", action="store_true",
                            help="fill part of each batch with panoramas of similar satellites "
                                 "(mined after each epoch)")
@@ -205,7 +211,7 @@ def build_train_parser(dataset: str) -> argparse.ArgumentParser:
 def build_test_parser(dataset: str) -> argparse.ArgumentParser:
     """The evaluation command line: the model comes from the checkpoint's stored config."""
     parser = argparse.ArgumentParser(
-        prog=f"test_{dataset}.py",
+        prog=f"test_{dataset}.py", allow_abbrev=False,
         description=f"Evaluate a trained checkpoint on {dataset.upper()}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a best.pth/last.pth written by training")
@@ -238,8 +244,14 @@ def parse_train_config(dataset: str, argv: Optional[Sequence[str]] = None) -> di
         unknown = sorted(set(values) - known - {"dataset", "version"})
         if unknown:
             raise UserError(f"--config file {args.config} has unknown keys: {', '.join(unknown)}")
+        values.pop("resume", None)  # a run's config.json never resumes that run
         parser.set_defaults(**{k: v for k, v in values.items() if k in known})
         args = parser.parse_args(argv)
+        for action in parser._actions:
+            value = getattr(args, action.dest, None)
+            if action.choices is not None and value not in action.choices:
+                raise UserError(f"--config file {args.config}: {action.dest} = {value!r} is not one of "
+                                f"{', '.join(map(str, action.choices))}")
     cfg = vars(args)
     cfg.pop("config")
     cfg["dataset"] = dataset
@@ -272,12 +284,23 @@ def validate_train_config(cfg: dict) -> None:
         raise UserError("--workers must be >= 0")
     if cfg.get("mining_fraction") is not None and not 0 <= cfg["mining_fraction"] <= 1:
         raise UserError("--mining_fraction must be in [0, 1]")
+    if cfg["dataset"] == "vigor":
+        _check_cross_area(cfg)
+
+
+def _check_cross_area(cfg: dict) -> None:
+    """Cross-area VIGOR must not train and test on a common city."""
+    common = set(cfg["train_cities"]) & set(cfg["test_cities"])
+    if cfg["mode"] == "cross" and common:
+        raise UserError(f"cross-area VIGOR trains and tests on different cities, but {', '.join(sorted(common))} "
+                        f"is in both --train_cities and --test_cities")
 
 
 def parse_test_args(dataset: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse an evaluation command line; ``explicit`` lists the flags the user actually gave."""
-    parser = build_test_parser(dataset)
-    args = parser.parse_args(argv)
-    defaults = build_test_parser(dataset).parse_args(["--checkpoint", "x"])
-    args.explicit = {k for k in EVAL_KEYS if hasattr(args, k) and getattr(args, k) != getattr(defaults, k)}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_test_parser(dataset).parse_args(argv)
+    args.explicit = {k for k in EVAL_KEYS if hasattr(args, k)} & explicit_flags(argv)
+    if args.explicit & {"mode", "cities", "train_cities", "test_cities"}:
+        _check_cross_area(vars(args))
     return args

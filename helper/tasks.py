@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import BatchSampler
 
+from helper import distributed
 from helper.engine import extract_features
 from helper.metrics import evaluate_retrieval
 
@@ -141,8 +142,8 @@ class VigorTask:
                                      pano_size=cfg["pano_size"], normalise=False)
         desc = extract_features(model, satellites, env, ("satellite",), cfg["eval_batch_size"], cfg["workers"],
                                 desc="mining")["satellite"]
-        neighbours = topk_neighbours(desc.to(env.device), cfg["mining_k"]).cpu()
-        batch_sampler.set_hard_neighbours(neighbours)
+        neighbours = topk_neighbours(desc.to(env.device), cfg["mining_k"]).cpu() if env.is_main else None
+        batch_sampler.set_hard_neighbours(distributed.broadcast_object(neighbours))  # every rank: the same plan
 
 
 TASKS = {"cvusa": CVUSATask, "vigor": VigorTask}

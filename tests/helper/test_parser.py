@@ -70,3 +70,36 @@ def test_test_parser_tracks_explicit_flags():
     assert args.explicit == {"data_root", "cities"}
     with pytest.raises(SystemExit):
         build_test_parser("cvusa").parse_args([])  # --checkpoint is required
+
+
+def test_explicit_test_flags_even_when_equal_to_the_defaults():
+    args = parse_test_args("vigor", ["--checkpoint", "c.pth", "--cities", "NewYork,Seattle,SanFrancisco,Chicago",
+                                     "--top1p", "floor", "--data_root", "/data/VIGOR"])
+    assert args.explicit == {"cities", "top1p", "data_root"}
+    with pytest.raises(UserError, match="Seattle is in both"):
+        parse_test_args("vigor", ["--checkpoint", "c.pth", "--mode", "cross", "--test_cities", "Seattle"])
+
+
+def test_config_file_never_resumes_and_checks_choices(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"resume": "old/last.pth", "transform": "tps"}))
+    cfg = parse_train_config("cvusa", ["--config", str(path)])
+    assert cfg["resume"] is None and cfg["transform"] == "tps"
+    path.write_text(json.dumps({"amp": "fp32"}))
+    with pytest.raises(UserError, match="amp = 'fp32' is not one of none, bf16, fp16"):
+        parse_train_config("cvusa", ["--config", str(path)])
+
+
+def test_cross_area_cities_must_differ_and_no_abbreviations(capsys):
+    with pytest.raises(UserError, match="Seattle is in both --train_cities and --test_cities"):
+        parse_train_config("vigor", ["--mode", "cross", "--train_cities", "NewYork,Seattle",
+                                     "--test_cities", "Seattle,Chicago"])
+    with pytest.raises(SystemExit):
+        parse_train_config("cvusa", ["--n_ep", "3"])
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path):
+    from helper.cli import train_main
+
+    with pytest.raises(UserError, match="not --lr"):
+        train_main("cvusa", ["--resume", str(tmp_path / "last.pth"), "--lr", "0.1", "--n_epochs", "3"])
