@@ -410,8 +410,8 @@ def test_generated_folders_load_with_the_project_loaders(tmp_path):
 
     cvusa = str(tmp_path / "cvusa")
     syn.generate_cvusa(cvusa, train=3, test=2, seed=0, size="demo")
-    for csv, count in (("splits/train-19zl.csv", 3), ("splits/val-19zl.csv", 2)):
-        dataset = CVUSA(cvusa, csv, sate_size=(64, 64), pano_size=(32, 176))
+    for split, count in (("splits/train-19zl.csv", 3), ("splits/val-19zl.csv", 2)):
+        dataset = CVUSA(cvusa, split, sate_size=(64, 64), pano_size=(32, 176))
         sample = dataset[count - 1]
         assert len(dataset) == count and sample["street"].shape == (3, 32, 176)
         assert sample["satellite"].shape == (3, 64, 64)
