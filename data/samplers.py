@@ -206,25 +206,22 @@ class VigorBatchSampler(Sampler[List[int]]):
                 if quota and len(batch) == 1:
                     self._mine(i, batch, taken, used, quota)
 
+            def offer(i: int) -> None:
+                """Add panorama ``i`` if unused and conflict-free; defer it on a conflict."""
+                if used[i]:
+                    return
+                if taken.isdisjoint(sats[i]):
+                    add(i)
+                else:
+                    deferred.append(i)
+
             for _ in range(len(deferred)):
                 if len(batch) == size:
                     break
-                i = deferred.popleft()
-                if used[i]:
-                    continue
-                if taken.isdisjoint(sats[i]):
-                    add(i)
-                else:
-                    deferred.append(i)
+                offer(deferred.popleft())
             while len(batch) < size and pos < n:
-                i = order[pos]
+                offer(order[pos])
                 pos += 1
-                if used[i]:
-                    continue
-                if taken.isdisjoint(sats[i]):
-                    add(i)
-                else:
-                    deferred.append(i)
             if len(batch) == size:
                 batches.append(batch)
             elif not batch:
