@@ -54,7 +54,9 @@ def setup(device_flag: str = "auto") -> DistEnv:
 
 
 def cleanup() -> None:
+    """Tear the process group down once every rank got here (no rank exits mid-collective)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
