@@ -41,9 +41,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data.cvusa import (AERIAL_DIR, DEFAULT_TRAIN_CSV, DEFAULT_VAL_CSV, list_subdirs, find_missing, layout_hints,
+from data.cvusa import (AERIAL_DIR, DEFAULT_TRAIN_CSV, DEFAULT_VAL_CSV, layout_hints, list_subdirs,
                         missing_files_error, polar_rel_path, read_split_csv, resolve_csv)
-from data.io import read_image, write_image_atomic
+from data.io import find_missing, read_image, write_image_atomic
 from helper.errors import UserError, run_main
 
 

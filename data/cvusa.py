@@ -14,12 +14,12 @@ position of the pair in the CSV (so street ``i`` matches satellite ``i``).
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from torch.utils.data import Dataset
 
 from data.augment import paired_augment, sample_rng
-from data.io import read_image, to_tensor, to_uint8_tensor
+from data.io import find_missing, read_image, size_hw, to_tensor, to_uint8_tensor
 from helper.errors import UserError
 
 DEFAULT_TRAIN_CSV = "splits/train-19zl.csv"
@@ -74,27 +74,6 @@ def polar_rel_path(aerial_rel: str) -> str:
         return f"{POLAR_DIR}/{stem}.png"
     parts = ["polarmap" if part == "bingmap" else part for part in parts[:-1]] + [stem + ".png"]
     return "/".join(parts)
-
-
-def find_missing(root: str, rel_paths: Iterable[str]) -> List[str]:
-    """The ``rel_paths`` (relative to ``root``) that do not exist, in order.
-
-    Lists each directory once instead of one ``stat`` per file (fast on network disks).
-    """
-    listings: Dict[str, set] = {}
-    missing = []
-    for rel in rel_paths:
-        folder, name = os.path.split(os.path.join(root, rel))
-        names = listings.get(folder)
-        if names is None:
-            try:
-                names = set(os.listdir(folder))
-            except OSError:
-                names = set()
-            listings[folder] = names
-        if name not in names:
-            missing.append(rel)
-    return missing
 
 
 def list_subdirs(path: str) -> List[str]:
@@ -156,13 +135,6 @@ def resolve_csv(data_root: str, csv: str) -> str:
     return path
 
 
-def _size(value: Sequence[int], name: str) -> Tuple[int, int]:
-    size = tuple(int(v) for v in value)
-    if len(size) != 2 or min(size) <= 0:
-        raise UserError(f"{name} must be two positive integers H,W, got {value}")
-    return size
-
-
 class CVUSA(Dataset):
     """CVUSA pairs from one split CSV.
 
@@ -201,9 +173,9 @@ class CVUSA(Dataset):
         self.pairs = read_split_csv(self.csv)
         if not self.pairs:
             raise UserError(f"split CSV has no pairs: {self.csv}")
-        self.sate_size = _size(sate_size, "sate_size")
-        self.pano_size = _size(pano_size, "pano_size")
-        self.polar_size = _size(polar_size, "polar_size") if polar_size is not None else self.pano_size
+        self.sate_size = size_hw(sate_size, "sate_size")
+        self.pano_size = size_hw(pano_size, "pano_size")
+        self.polar_size = size_hw(polar_size, "polar_size") if polar_size is not None else self.pano_size
         self.augment, self.rotate, self.polar_files = bool(augment), bool(rotate), bool(polar_files)
         self.seed, self.epoch = int(seed), 0
         self.normalise = bool(normalise)

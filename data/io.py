@@ -1,4 +1,4 @@
-"""Image decoding and normalisation shared by every dataset.
+"""Image decoding and normalisation shared by every dataset, and the up-front file checks.
 
 Images are returned as RGB ``uint8`` arrays ``H x W x 3`` (grey and RGBA inputs are
 converted). Truncated JPEG/PNG files are an error, not a half-grey image. When a target
@@ -8,7 +8,7 @@ whenever that still covers the target, then resized with area interpolation.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -204,3 +204,31 @@ def write_image_atomic(path: str, image_rgb: np.ndarray, params: Sequence[int] =
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def size_hw(value: Sequence[int], name: str) -> Tuple[int, int]:
+    """``(H, W)`` from a two-integer sequence; anything else is a UserError naming ``name``."""
+    if value is None or len(value) != 2 or int(value[0]) <= 0 or int(value[1]) <= 0:
+        raise UserError(f"{name} must be two positive integers H,W; got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def find_missing(root: str, rel_paths: Iterable[str]) -> List[str]:
+    """The ``rel_paths`` (relative to ``root``) that do not exist, in order.
+
+    Lists each directory once instead of one ``stat`` per file (fast on network disks).
+    """
+    listings: Dict[str, set] = {}
+    missing = []
+    for rel in rel_paths:
+        folder, name = os.path.split(os.path.join(root, rel))
+        names = listings.get(folder)
+        if names is None:
+            try:
+                names = set(os.listdir(folder))
+            except OSError:
+                names = set()
+            listings[folder] = names
+        if name not in names:
+            missing.append(rel)
+    return missing

@@ -50,7 +50,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.augment import paired_augment, sample_rng
-from data.io import read_image, to_tensor, to_uint8_tensor
+from data.io import find_missing, read_image, size_hw, to_tensor, to_uint8_tensor
 from helper.errors import UserError
 
 SAME_AREA_CITIES = ("NewYork", "Seattle", "SanFrancisco", "Chicago")
@@ -186,13 +186,6 @@ def _city_hint(data_root: str) -> str:
     except OSError:
         found = []
     return ", ".join(found) if found else "none"
-
-
-def _listdir_set(path: str) -> set:
-    try:
-        return set(os.listdir(path))
-    except OSError:
-        return set()
 
 
 class VigorIndex:
@@ -366,21 +359,12 @@ class VigorIndex:
 
 
 def _check_exist(root: str, relpaths: Iterable[str], kind: str, fix: str) -> None:
-    """Check relative paths exist by listing each parent folder once (fast for 100k files)."""
-    listings: Dict[str, set] = {}
-    missing = []
-    total = 0
-    for rel in relpaths:
-        rel = str(rel)
-        total += 1
-        folder, _, name = rel.rpartition("/")
-        if folder not in listings:
-            listings[folder] = _listdir_set(os.path.join(root, folder))
-        if name not in listings[folder]:
-            missing.append(os.path.join(root, rel))
+    """Raise a UserError naming the first missing files (each folder is listed once)."""
+    relpaths = [str(rel) for rel in relpaths]
+    missing = [os.path.join(root, rel) for rel in find_missing(root, relpaths)]
     if missing:
         first = ", ".join(missing[:_MAX_LISTED])
-        raise UserError(f"{len(missing)} of {total} VIGOR {kind} files are missing (first: {first}); {fix}")
+        raise UserError(f"{len(missing)} of {len(relpaths)} VIGOR {kind} files are missing (first: {first}); {fix}")
 
 
 def vigor_indices(data_root: str, mode: str, cities: Optional[Sequence[str]] = None,
@@ -409,12 +393,6 @@ def vigor_indices(data_root: str, mode: str, cities: Optional[Sequence[str]] = N
 
 
 # ----------------------------------------------------------------------------- datasets
-def _size(size: Sequence[int], what: str) -> Tuple[int, int]:
-    if size is None or len(size) != 2 or int(size[0]) <= 0 or int(size[1]) <= 0:
-        raise UserError(f"{what} must be two positive integers H,W; got {size!r}")
-    return int(size[0]), int(size[1])
-
-
 def _check_polar_files(index: VigorIndex, sat_indices: Iterable[int]) -> None:
     _check_exist(index.data_root, (polar_relpath(str(index.sat_paths[j])) for j in sat_indices), "polar",
                  f"create them with `python -m data.convert_polar --dataset vigor --data_root {index.data_root}` "
@@ -453,8 +431,8 @@ class VigorPairs(Dataset):
     def __init__(self, index: VigorIndex, sate_size=(320, 320), pano_size=(320, 640), augment: bool = False,
                  rotate: bool = False, polar_files: bool = False, seed: int = 0, normalise: bool = True):
         self.index = index
-        self.sate_size = _size(sate_size, "sate_size")
-        self.pano_size = _size(pano_size, "pano_size")
+        self.sate_size = size_hw(sate_size, "sate_size")
+        self.pano_size = size_hw(pano_size, "pano_size")
         self.augment = bool(augment)
         self.rotate = bool(rotate)
         self.polar_files = bool(polar_files)
@@ -509,7 +487,7 @@ class VigorPanoramas(Dataset):
 
     def __init__(self, index: VigorIndex, pano_size=(320, 640), normalise: bool = True):
         self.index = index
-        self.pano_size = _size(pano_size, "pano_size")
+        self.pano_size = size_hw(pano_size, "pano_size")
         self.normalise = bool(normalise)
 
     def __len__(self) -> int:
@@ -537,10 +515,10 @@ class VigorSatellites(Dataset):
         self.polar_files = bool(polar_files)
         self.normalise = bool(normalise)
         if self.polar_files:
-            self.size = _size(pano_size, "pano_size (needed with polar_files)")
+            self.size = size_hw(pano_size, "pano_size (needed with polar_files)")
             _check_polar_files(index, range(index.num_satellites))
         else:
-            self.size = _size(sate_size, "sate_size")
+            self.size = size_hw(sate_size, "sate_size")
 
     def __len__(self) -> int:
         return self.index.num_satellites
