@@ -16,6 +16,7 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 from helper.errors import UserError
+from models import resolve_config
 
 #: Default dataset locations; edit these or pass --data_root.
 DATA_ROOTS: Dict[str, str] = {
@@ -267,13 +268,7 @@ def validate_train_config(cfg: dict) -> None:
     """Reject flag combinations that cannot work, with a message that says how to fix them."""
     if cfg["polar_files"] and cfg["transform"] != "polar":
         raise UserError("--polar_files needs --transform polar (an STN learns from the raw satellite image)")
-    if cfg["stn_init"] == "polar" and cfg["transform"] != "tps":
-        raise UserError("--stn_init polar is only available for --transform tps")
-    if cfg["lambda_l1"] < 0:
-        raise UserError("--lambda_l1 must be >= 0")
-    if cfg["lambda_l1"] > 0 and cfg["transform"] not in ("affine", "composed_affine", "tps"):
-        raise UserError(f"--lambda_l1 guides a spatial transformer; it has no effect with "
-                        f"--transform {cfg['transform']} (use affine, composed_affine or tps, or drop it)")
+    resolve_config(cfg)  # the model's own rules (stn_init, tps_bounded, lambda_l1, ...)
     if cfg["amp"] != "none" and cfg["device"] == "cpu":
         raise UserError(f"--amp {cfg['amp']} needs a CUDA device; drop --amp or use --device cuda")
     if not cfg["hard_ratios"] or not all(0 < r <= 1 for r in cfg["hard_ratios"]):

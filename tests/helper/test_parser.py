@@ -39,8 +39,9 @@ def test_config_file_then_command_line(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--polar_files", "--transform", "tps"], "--polar_files needs --transform polar"),
-    (["--stn_init", "polar", "--transform", "affine"], "only available for --transform tps"),
-    (["--lambda_l1", "1", "--transform", "polar"], "--lambda_l1 guides a spatial transformer"),
+    (["--stn_init", "polar", "--transform", "affine"], "is only for --transform tps"),
+    (["--lambda_l1", "1", "--transform", "polar"], "needs an STN transform"),
+    (["--tps_bounded", "--transform", "affine"], "tps_bounded only applies to --transform tps"),
     (["--amp", "bf16", "--device", "cpu"], "needs a CUDA device"),
     (["--hard_ratios", "1,0"], "--hard_ratios must be numbers in"),
 ])
