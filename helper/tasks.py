@@ -24,12 +24,20 @@ class CVUSATask:
 
     name = "cvusa"
 
+    def __init__(self) -> None:
+        self._datasets: dict = {}
+
     def _dataset(self, cfg: dict, csv: str, train: bool):
+        """The split's dataset, built (and its files checked) once per task."""
         from data.cvusa import CVUSA
 
-        return CVUSA(cfg["data_root"], csv, sate_size=cfg["sate_size"], pano_size=cfg["pano_size"],
-                     augment=train and cfg.get("augment", False), rotate=train and cfg.get("rotate", False),
-                     polar_files=cfg["polar_files"], seed=cfg.get("seed", 0), normalise=False)
+        key = (cfg["data_root"], csv, train)
+        if key not in self._datasets:
+            self._datasets[key] = CVUSA(
+                cfg["data_root"], csv, sate_size=cfg["sate_size"], pano_size=cfg["pano_size"],
+                augment=train and cfg.get("augment", False), rotate=train and cfg.get("rotate", False),
+                polar_files=cfg["polar_files"], seed=cfg.get("seed", 0), normalise=False)
+        return self._datasets[key]
 
     def train_dataset(self, cfg: dict):
         return self._dataset(cfg, cfg["train_csv"], train=True)
@@ -84,10 +92,17 @@ class VigorTask:
             return list(cfg["cities"])
         return list(cfg["train_cities"] if split == "train" else cfg["test_cities"])
 
+    def __init__(self) -> None:
+        self._indices: dict = {}
+
     def _index(self, cfg: dict, split: str):
+        """The parsed split, built (and its files checked) once per task."""
         from data.vigor import VigorIndex
 
-        return VigorIndex(cfg["data_root"], self._cities(cfg, split), split, cfg["mode"])
+        key = (cfg["data_root"], tuple(self._cities(cfg, split)), split, cfg["mode"])
+        if key not in self._indices:
+            self._indices[key] = VigorIndex(cfg["data_root"], list(key[1]), split, cfg["mode"])
+        return self._indices[key]
 
     def train_dataset(self, cfg: dict):
         from data.vigor import VigorPairs
