@@ -185,25 +185,33 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return out.sub_(mean).div_(std)
 
 
-def write_image_atomic(path: str, image_rgb: np.ndarray, params: Sequence[int] = ()) -> None:
-    """Write an RGB uint8 image (format from the extension) via a temporary file + os.replace.
-
-    ``params`` are OpenCV ``imencode`` flags (e.g. PNG compression). Readers never see a
-    half-written ``path``; the temporary ``<path>.tmp<pid>`` is removed on failure.
-    """
-    ext = os.path.splitext(path)[1]
-    ok, buffer = cv2.imencode(ext, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), list(params))
-    if not ok:
-        raise RuntimeError(f"could not encode image for {path}")
+def write_bytes_atomic(path: str, data: bytes, fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` via ``<path>.tmp<pid>`` + ``os.replace``: readers never see a
+    half-written file, and the temporary file is removed on failure."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as handle:
-            handle.write(buffer.tobytes())
+            handle.write(data)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_image_atomic(path: str, image_rgb: np.ndarray, params: Sequence[int] = ()) -> None:
+    """Write an RGB uint8 image (format from the extension) atomically (:func:`write_bytes_atomic`).
+
+    ``params`` are OpenCV ``imencode`` flags (e.g. PNG compression).
+    """
+    ext = os.path.splitext(path)[1]
+    ok, buffer = cv2.imencode(ext, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), list(params))
+    if not ok:
+        raise RuntimeError(f"could not encode image for {path}")
+    write_bytes_atomic(path, buffer.tobytes())
 
 
 def size_hw(value: Sequence[int], name: str) -> Tuple[int, int]:

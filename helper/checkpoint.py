@@ -8,6 +8,7 @@ continue), ``best_metric``, ``rng`` (torch/CUDA/numpy/python states), ``git`` (c
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -18,6 +19,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from data.io import write_bytes_atomic
 from helper.errors import UserError
 
 CHECKPOINT_VERSION = 1
@@ -61,18 +63,10 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file, fsync, then ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(path, buffer.getvalue(), fsync=True)
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.io import normalise
+from data.io import normalise, write_bytes_atomic
 from helper import distributed
 from helper.checkpoint import (CHECKPOINT_VERSION, git_commit, load_model_state,
                                rng_state, save_checkpoint, set_rng_state)
@@ -251,11 +251,7 @@ def run_dir_of(cfg: dict) -> str:
 
 def append_jsonl_atomic(path: str, rows: list) -> None:
     """Rewrite ``path`` with ``rows`` (one JSON object per line) atomically."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode("utf-8"))
 
 
 def read_jsonl(path: str) -> list:
@@ -266,11 +262,7 @@ def read_jsonl(path: str) -> list:
 
 
 def write_json_atomic(path: str, value) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def evaluation_due(cfg: dict, epoch: int) -> bool:

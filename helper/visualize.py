@@ -5,15 +5,15 @@ target (the SAFA polar image of the same aerial) | panorama, all at panorama hei
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 from typing import Dict, List
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.io import IMAGENET_MEAN, IMAGENET_STD, normalise, write_image_atomic
+from data.io import IMAGENET_MEAN, IMAGENET_STD, normalise, write_bytes_atomic, write_image_atomic
 
 SEPARATOR = 4
 
@@ -83,7 +83,7 @@ def plot_recall_curves(runs: Dict[str, str], path: str, metric: str = "R@1") -> 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buffer.getvalue())

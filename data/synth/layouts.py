@@ -55,7 +55,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data.io import write_image_atomic
+from data.io import write_bytes_atomic, write_image_atomic
 from data.synth.render import aerial_look, render_aerial, render_panorama, street_look
 from data.synth.scene import Scene, city_preset, make_city_scene, make_location_scene
 from helper.errors import UserError
@@ -134,22 +134,15 @@ def _item_rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]))
 
 
-def _write_bytes_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
 def _write_labels(path: str, labels: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", labels.astype(np.uint8))
     if not ok:
         raise RuntimeError(f"could not encode {path}")
-    _write_bytes_atomic(path, buf.tobytes())
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def _write_lines(path: str, lines: Sequence[str]) -> None:
-    _write_bytes_atomic(path, "".join(line + "\n" for line in lines).encode("ascii"))
+    write_bytes_atomic(path, "".join(line + "\n" for line in lines).encode("ascii"))
 
 
 def _run(func, tasks: List, workers: int, progress: bool, desc: str, initializer=None, initargs=()) -> List:
