@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 from data.cvusa import CVUSA, read_split_csv  # noqa: E402
-from data.io import IMAGENET_MEAN, IMAGENET_STD, normalise  # noqa: E402
+from data.tensors import IMAGENET_MEAN, IMAGENET_STD, normalise  # noqa: E402
 from benchmarks.fake_images import smooth_noise_image  # noqa: E402
 
 SATE_SIZE = (256, 256)

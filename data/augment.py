@@ -4,7 +4,7 @@ Convention
 ----------
 Images are ``H x W x C`` (or ``H x W``) numpy arrays in index coordinates: pixel ``[r, c]``
 sits at (row, col) = (r, c). The centre of an aerial of side ``S`` is (S/2, S/2), the centre
-of the SAFA polar transform (datasets.md, :mod:`data.convert_polar`); panoramas and polar
+of the SAFA polar transform (docs/datasets.md, :mod:`geometry.polar`); panoramas and polar
 images are north-aligned with column ``c`` looking at heading ``h = 360 * c / W - 180``
 degrees clockwise from north (South at column 0, West at W/4, North at W/2, East at 3W/4).
 
@@ -27,9 +27,11 @@ every run and DataLoader worker layout.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
+
+from common.errors import UserError
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -113,3 +115,14 @@ def paired_augment(street: np.ndarray, satellite: np.ndarray, rng: np.random.Gen
         street = roll_panorama(street, k)
         satellite = roll_panorama(satellite, k) if satellite_is_polar else rotate_aerial(satellite, k)
     return street, satellite, {"flip": int(do_flip), "rotation": k}
+
+
+def check_rotation_sizes(pano_size: Sequence[int], satellite_size: Sequence[int], satellite_is_polar: bool) -> None:
+    """Raise a :class:`UserError` when rotation augmentation cannot apply to these (H, W) sizes:
+    rolls by W/4 need panorama (and polar) widths divisible by 4; a raw aerial must be square."""
+    widths = [int(pano_size[1])] + ([int(satellite_size[1])] if satellite_is_polar else [])
+    if any(width % 4 for width in widths):
+        raise UserError(f"rotation augmentation rolls panoramas by W/4: panorama/polar widths "
+                        f"must be divisible by 4, got {widths}")
+    if not satellite_is_polar and satellite_size[0] != satellite_size[1]:
+        raise UserError(f"rotation augmentation needs a square sate_size, got {list(satellite_size)}")

@@ -1,17 +1,7 @@
-"""The SAFA polar transform of aerial images.
+"""Command line: write SAFA polar images of CVUSA aerials or VIGOR satellites (uint8 PNG).
 
-Reference definition (datasets.md), for a square aerial of side S and an output of
-``height x width``::
-
-    r   = (S/2) / height * (height - 1 - i)      # row 0 = outer ring, last row = centre
-    row = S/2 + r * cos(2*pi*j/width)            # source row    (axis 0)
-    col = S/2 - r * sin(2*pi*j/width)            # source column (axis 1)
-
-The value is the bilinear sample at (row, col) using the neighbours floor(.) and
-floor(.)+1; a neighbour outside [0, S) contributes 0. Column 0 looks South, W/4
-West, W/2 North, 3W/4 East: the same layout as CVUSA/VIGOR panoramas.
-
-Command line (writes uint8 3-channel PNGs; existing files are skipped unless --overwrite)::
+The formula and its fast exact evaluation live in :mod:`geometry.polar`; this module is a
+thin CLI over them (it imports neither torch nor the datasets)::
 
     python -m data.convert_polar --data_root CVUSA [--height 112 --width 616] [--workers N]
     python -m data.convert_polar --data_root VIGOR --dataset vigor [--cities NewYork,Seattle]
@@ -23,144 +13,38 @@ Command line (writes uint8 3-channel PNGs; existing files are skipped unless --o
   ``--cities``) -> ``<City>/polarmap/satellite_<lat>_<lon>.png`` (S = 640, default
   320 x 640: the official VIGOR panorama size and the seed's polar size; loaders resize).
 
-Pixel values are ``clip(rint(polar_transform(aerial)), 0, 255)`` exactly (round half to
-even). SAFA's own polar files were min-max stretched per image by an old scipy save
-function; ours are not. The converter precomputes the bilinear taps once per
-(S, height, width) (:func:`polar_gather_table`), runs in worker processes and writes each
-file to a temporary name then renames it, so no half-written PNG is ever left behind.
+Pixel values are :func:`geometry.polar.polar_image_uint8`, i.e.
+``clip(rint(polar_transform(aerial)), 0, 255)`` exactly (round half to even). SAFA's own
+polar files were min-max stretched per image by an old scipy save function; ours are not.
+Existing files are skipped unless ``--overwrite``; each file is written to a temporary
+name then renamed, so no half-written PNG is ever left behind.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import multiprocessing
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
-import numpy as np
 from tqdm import tqdm
 
-from data.cvusa import (AERIAL_DIR, DEFAULT_TRAIN_CSV, DEFAULT_VAL_CSV, layout_hints, list_subdirs,
-                        missing_files_error, polar_rel_path, read_split_csv, resolve_csv)
-from data.io import find_missing, read_image, write_image_atomic
-from helper.errors import UserError, run_main
+from common.errors import UserError, run_main
+from common.system import usable_cpus
+from data import cvusa_layout, vigor_layout
+from data.cvusa_layout import (AERIAL_DIR, DEFAULT_TRAIN_CSV, DEFAULT_VAL_CSV, layout_hints, missing_files_error,
+                               read_split_csv, resolve_csv)
+from data.io import find_missing, list_subdirs, read_image, write_image_atomic
+from geometry.polar import polar_image_uint8, polar_transform  # noqa: F401  (polar_transform: fixed interface)
 
-
-def polar_source_coords(side: int, height: int, width: int) -> tuple:
-    """Source (row, col) pixel coordinates, each ``height x width`` float64, of the SAFA grid."""
-    i = np.arange(height, dtype=np.float64)[:, None]
-    j = np.arange(width, dtype=np.float64)[None, :]
-    radius = (side / 2.0) / height * (height - 1 - i)
-    theta = 2.0 * np.pi * j / width
-    row = side / 2.0 + radius * np.cos(theta)
-    col = side / 2.0 - radius * np.sin(theta)
-    return row, col
-
-
-def polar_transform(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Polar-transform a square ``S x S x C`` aerial into ``height x width x C`` float32.
-
-    Exactly the SAFA formula above: bilinear, zero outside the image.
-    """
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[0] != image.shape[1]:
-        raise ValueError(f"polar_transform expects a square H x W x C image, got shape {image.shape}")
-    side = image.shape[0]
-    row, col = polar_source_coords(side, height, width)
-    r0 = np.floor(row).astype(np.int64)
-    c0 = np.floor(col).astype(np.int64)
-    dr = (row - r0)[..., None]
-    dc = (col - c0)[..., None]
-    src = image.astype(np.float64)
-    out = np.zeros((height, width, image.shape[2]), dtype=np.float64)
-    for rr, cc, weight in (
-        (r0, c0, (1 - dr) * (1 - dc)),
-        (r0, c0 + 1, (1 - dr) * dc),
-        (r0 + 1, c0, dr * (1 - dc)),
-        (r0 + 1, c0 + 1, dr * dc),
-    ):
-        inside = (rr >= 0) & (rr < side) & (cc >= 0) & (cc < side)
-        values = np.zeros_like(out)
-        values[inside] = src[rr[inside], cc[inside]]
-        out += weight * values
-    return out.astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------------
-# Fast exact converter and the command line
-# ----------------------------------------------------------------------------------------
 
 #: PNG settings of the converter: zlib level 1 with the RLE strategy and the SUB filter
 #: (OpenCV 4.13's default, spelled out): ~3x faster to write than zlib level 6, files ~5% larger.
 PNG_PARAMS = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
               cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB)
-DEFAULT_SIZES = {"cvusa": (112, 616), "vigor": (320, 640)}
+#: Default polar image size per layout: the panorama input size of that dataset.
+DEFAULT_SIZES = {"cvusa": cvusa_layout.PANO_SIZE, "vigor": vigor_layout.PANO_SIZE}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
-@functools.lru_cache(maxsize=4)
-def polar_gather_table(side: int, height: int, width: int, channels: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Precomputed bilinear taps of the SAFA grid for an ``S x S x C`` image (C-order flattened).
-
-    Returns ``(index, weight)``, each ``4 x (height * width * channels)``: output element
-    ``e`` is ``sum_k weight[k, e] * image.flat[index[k, e]]`` over the taps (r0, c0),
-    (r0, c0+1), (r0+1, c0), (r0+1, c0+1) in that order. The weights are the float64 values
-    :func:`polar_transform` computes; a tap outside the image has weight 0 and index 0.
-    """
-    row, col = polar_source_coords(side, height, width)
-    r0 = np.floor(row).astype(np.int64)
-    c0 = np.floor(col).astype(np.int64)
-    dr = row - r0
-    dc = col - c0
-    channel = np.arange(channels)
-    index = np.empty((4, height, width, channels), dtype=np.intp)
-    weight = np.empty((4, height, width, channels), dtype=np.float64)
-    taps = ((r0, c0, (1 - dr) * (1 - dc)), (r0, c0 + 1, (1 - dr) * dc),
-            (r0 + 1, c0, dr * (1 - dc)), (r0 + 1, c0 + 1, dr * dc))
-    for k, (rr, cc, w) in enumerate(taps):
-        inside = (rr >= 0) & (rr < side) & (cc >= 0) & (cc < side)
-        index[k] = np.where(inside, rr * side + cc, 0)[..., None] * channels + channel
-        weight[k] = np.where(inside, w, 0.0)[..., None]
-    index.setflags(write=False)
-    weight.setflags(write=False)
-    return index.reshape(4, -1), weight.reshape(4, -1)
-
-
-def polar_transform_fast(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """:func:`polar_transform` through the cached gather table: bit-identical float32 output.
-
-    Same arithmetic in the same order (float64 products, taps summed in order, then a
-    float32 cast), so ``polar_transform_fast(a) == polar_transform(a)`` exactly.
-    """
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[0] != image.shape[1]:
-        raise ValueError(f"polar_transform expects a square H x W x C image, got shape {image.shape}")
-    index, weight = polar_gather_table(image.shape[0], int(height), int(width), image.shape[2])
-    flat = np.ascontiguousarray(image).reshape(-1)
-    out = flat.take(index[0]).astype(np.float64)
-    out *= weight[0]
-    for k in range(1, 4):
-        term = flat.take(index[k]).astype(np.float64)
-        term *= weight[k]
-        out += term
-    return out.astype(np.float32).reshape(int(height), int(width), image.shape[2])
-
-
-def polar_image_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The uint8 polar image the converter writes: ``clip(rint(polar_transform(image)), 0, 255)``.
-
-    ``np.rint`` rounds half to even on the float32 value; no per-image stretching (SAFA's
-    own files were min-max stretched per image by an old scipy save function; ours are not).
-    """
-    out = polar_transform_fast(image, height, width)
-    np.rint(out, out=out)
-    np.clip(out, 0, 255, out=out)
-    return out.astype(np.uint8)
 
 
 def _convert_one(task: Tuple[str, str, int, int, Tuple[int, ...]]) -> str:
@@ -203,7 +87,7 @@ def cvusa_jobs(data_root: str, csvs: Optional[Sequence[str]] = None) -> List[Tup
     missing = find_missing(data_root, aerials)
     if missing:
         raise missing_files_error(data_root, missing, len(aerials), source)
-    return [(aerial, polar_rel_path(aerial)) for aerial in aerials]
+    return [(aerial, cvusa_layout.polar_path(aerial)) for aerial in aerials]
 
 
 def vigor_jobs(data_root: str, cities: Optional[Sequence[str]] = None) -> List[Tuple[str, str]]:
@@ -229,19 +113,12 @@ def vigor_jobs(data_root: str, cities: Optional[Sequence[str]] = None) -> List[T
     jobs = []
     for city in cities:
         for name in _image_files(os.path.join(data_root, city, "satellite")):
-            jobs.append((f"{city}/satellite/{name}", f"{city}/polarmap/{os.path.splitext(name)[0]}.png"))
+            satellite = f"{city}/satellite/{name}"
+            jobs.append((satellite, vigor_layout.polar_path(satellite)))
     if not jobs:
         folders = ", ".join(f"{city}/satellite/" for city in cities)
         raise UserError(f"no satellite images in {folders} under {data_root}")
     return jobs
-
-
-def default_workers() -> int:
-    """CPUs this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
 
 
 def png_size(path: str) -> Optional[Tuple[int, int]]:
@@ -317,10 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_root", required=True, help="the CVUSA or VIGOR folder")
     parser.add_argument("--dataset", choices=("cvusa", "vigor"), default="cvusa", help="dataset layout")
     parser.add_argument("--height", type=int, default=None,
-                        help="polar image height (default 112 for cvusa, 320 for vigor)")
+                        help=f"polar image height (default {DEFAULT_SIZES['cvusa'][0]} for cvusa, "
+                             f"{DEFAULT_SIZES['vigor'][0]} for vigor)")
     parser.add_argument("--width", type=int, default=None,
-                        help="polar image width (default 616 for cvusa, 640 for vigor)")
-    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help=f"polar image width (default {DEFAULT_SIZES['cvusa'][1]} for cvusa, "
+                             f"{DEFAULT_SIZES['vigor'][1]} for vigor)")
+    parser.add_argument("--workers", type=int, default=usable_cpus(),
                         help="worker processes (default: all usable CPUs; 1 = in this process)")
     parser.add_argument("--overwrite", action="store_true", help="rewrite polar images that already exist")
     parser.add_argument("--csv", type=_comma_list, default=None,

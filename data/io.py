@@ -1,4 +1,4 @@
-"""Image decoding and normalisation shared by every dataset, and the up-front file checks.
+"""Image decoding and encoding shared by every dataset, and the up-front file checks (no torch).
 
 Images are returned as RGB ``uint8`` arrays ``H x W x 3`` (grey and RGBA inputs are
 converted). Truncated JPEG/PNG files are an error, not a half-grey image. When a target
@@ -12,12 +12,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import torch
 
-from helper.errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from common.errors import UserError
+from common.fileio import write_bytes_atomic
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
@@ -132,76 +129,6 @@ def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return out if out.ndim == 3 else out[:, :, None]
 
 
-def _normalisation_table() -> np.ndarray:
-    """``3 x 1 x 256`` float32: ``(v / 255 - mean[c]) / std[c]`` for every uint8 ``v``, in float32 ops."""
-    values = torch.arange(256, dtype=torch.float32).div_(255.0).repeat(3, 1)
-    values.sub_(torch.tensor(IMAGENET_MEAN).view(3, 1)).div_(torch.tensor(IMAGENET_STD).view(3, 1))
-    return np.ascontiguousarray(values.numpy()[:, None, :])
-
-
-_NORMALISATION_TABLE = _normalisation_table()
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """RGB ``H x W x 3`` -> contiguous float32 ``3 x H x W`` normalised with ImageNet mean/std.
-
-    ``(image / 255 - mean) / std`` per channel, computed in float32; uint8 inputs go through
-    a 256-entry lookup table per channel (the same values, bit for bit, about 3x faster).
-    """
-    image = np.asarray(image)
-    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-        out = np.empty((3, image.shape[0], image.shape[1]), dtype=np.float32)
-        for channel, plane in enumerate(cv2.split(image)):
-            cv2.LUT(plane, _NORMALISATION_TABLE[channel], dst=out[channel])
-        return torch.from_numpy(out)
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return tensor.sub_(mean).div_(std).contiguous()
-
-
-def to_uint8_tensor(image: np.ndarray) -> torch.Tensor:
-    """RGB uint8 ``H x W x 3`` -> contiguous uint8 ``3 x H x W`` (not normalised).
-
-    For cheap DataLoader transport (a quarter of the float32 bytes); :func:`normalise`
-    turns a batch of these into exactly what :func:`to_tensor` returns, on any device.
-    """
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an RGB uint8 H x W x 3 image, got {image.dtype} {image.shape}")
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(..., 3, H, W)`` -> float32 ImageNet-normalised, bit-identical to :func:`to_tensor`.
-
-    Runs on the tensor's device (normalise a transported uint8 batch after ``.to(device)``).
-    """
-    if images.dtype != torch.uint8 or images.dim() < 3 or images.shape[-3] != 3:
-        raise ValueError(f"expected uint8 (..., 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
-    out = images.float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=out.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=out.device).view(3, 1, 1)
-    return out.sub_(mean).div_(std)
-
-
-def write_bytes_atomic(path: str, data: bytes, fsync: bool = False) -> None:
-    """Write ``data`` to ``path`` via ``<path>.tmp<pid>`` + ``os.replace``: readers never see a
-    half-written file, and the temporary file is removed on failure."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_image_atomic(path: str, image_rgb: np.ndarray, params: Sequence[int] = ()) -> None:
     """Write an RGB uint8 image (format from the extension) atomically (:func:`write_bytes_atomic`).
 
@@ -240,3 +167,28 @@ def find_missing(root: str, rel_paths: Iterable[str]) -> List[str]:
         if name not in names:
             missing.append(rel)
     return missing
+
+
+#: How many missing paths an error message lists.
+MISSING_EXAMPLES = 5
+
+
+def list_subdirs(path: str) -> List[str]:
+    """Names of the sub-folders of ``path``, sorted ([] when unreadable)."""
+    try:
+        return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    except OSError:
+        return []
+
+
+def missing_files_error(root: str, missing: Sequence[str], total: int, kind: str, source: str,
+                        hints: Sequence[str] = ()) -> UserError:
+    """A :class:`UserError`: how many of the ``total`` ``kind`` files (e.g. "VIGOR satellite";
+    "" when ``source`` says enough) named by ``source`` are missing under ``root``, the first
+    :data:`MISSING_EXAMPLES` of them, and one ``hint:`` line per hint."""
+    examples = "\n  ".join(os.path.join(root, rel) for rel in missing[:MISSING_EXAMPLES])
+    more = f"\n  ... and {len(missing) - MISSING_EXAMPLES} more" if len(missing) > MISSING_EXAMPLES else ""
+    hint_text = "".join(f"\nhint: {hint}" for hint in hints)
+    files = f"{kind} files" if kind else "files"
+    return UserError(f"{len(missing)} of {total} {files} are missing under {root} (named by {source}):"
+                     f"\n  {examples}{more}{hint_text}")

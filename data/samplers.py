@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from helper.errors import UserError
+from common.errors import UserError
 
 
 def _check_rank(rank: int, world_size: int) -> None:

@@ -35,19 +35,21 @@ from __future__ import annotations
 import argparse
 import os
 
-from data.synth.layouts import (CVUSA_AERIAL_M, SIZES, VIGOR_CITIES, VIGOR_M_PER_PX, VIGOR_STRIDE_M,
+from common.errors import UserError, run_main
+from data.synth.layouts import (CVUSA_AERIAL_M, SIZES, VIGOR_M_PER_PX, VIGOR_STRIDE_M,
                                 VIGOR_TILE_M, CityPlan, cvusa_pair, generate_cvusa, generate_vigor, gps_to_metres,
-                                metres_to_gps, parse_cities, plan_city, tile_centre, vigor_panorama, vigor_tile)
+                                metres_to_gps, parse_cities, plan_city, tile_centre, tile_grid_origin, vigor_panorama,
+                                vigor_tile)
 from data.synth.render import (LABEL_BUILDING, LABEL_GROUND, LABEL_NAMES, LABEL_SKY, LABEL_VEGETATION,
                                NEUTRAL, Look, aerial_look, panorama_angles, render_aerial, render_panorama,
                                street_look)
 from data.synth.scene import (Scene, add_building, add_tree, blank_scene, make_city_scene,
                               make_location_scene)
-from helper.errors import UserError, run_main
+from data.vigor_layout import SAME_AREA_CITIES
 
 __all__ = [
     "generate_cvusa", "generate_vigor", "cvusa_pair", "plan_city", "vigor_tile", "vigor_panorama", "CityPlan",
-    "tile_centre", "metres_to_gps", "gps_to_metres", "parse_cities", "SIZES", "VIGOR_CITIES", "CVUSA_AERIAL_M",
+    "tile_centre", "tile_grid_origin", "metres_to_gps", "gps_to_metres", "parse_cities", "SIZES", "CVUSA_AERIAL_M",
     "VIGOR_M_PER_PX", "VIGOR_TILE_M", "VIGOR_STRIDE_M", "render_aerial", "render_panorama", "panorama_angles",
     "Look", "NEUTRAL", "aerial_look", "street_look", "LABEL_SKY", "LABEL_GROUND", "LABEL_BUILDING",
     "LABEL_VEGETATION", "LABEL_NAMES", "Scene", "blank_scene", "add_building", "add_tree", "make_location_scene",
@@ -73,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_offset", type=float, default=0.0,
                         help="CVUSA only: move the panorama off the aerial centre by a random vector of length "
                              "uniform in [0, F] x (aerial half side), F in [0, 1] (default 0: centred)")
-    parser.add_argument("--cities", default=",".join(VIGOR_CITIES),
-                        help="VIGOR only: comma-separated city names, one world each "
-                             "(default NewYork,Seattle,SanFrancisco,Chicago)")
+    parser.add_argument("--cities", default=",".join(SAME_AREA_CITIES),
+                        help=f"VIGOR only: comma-separated city names, one world each "
+                             f"(default {','.join(SAME_AREA_CITIES)})")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes (default: all CPU cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

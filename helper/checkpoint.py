@@ -2,9 +2,14 @@
 
 A checkpoint is a plain dict saved with ``torch.save`` and loadable with
 ``torch.load(weights_only=True)`` (no pickled code is ever executed):
-``version``, ``config`` (the plain cfg dict), ``model`` (unwrapped state_dict),
-``optimizer``, ``scaler`` (when AMP fp16 is used), ``epoch`` and ``step`` (where to
-continue), ``best_metric``, ``rng`` (torch/CUDA/numpy/python states), ``git`` (commit).
+``version``, ``config`` (the flat settings dict of :meth:`helper.config.RunConfig.to_dict`),
+``model`` (unwrapped state_dict), ``optimizer``, ``scaler`` (when AMP fp16 is used),
+``sampler`` (a stateful batch sampler's state), ``epoch`` (the next epoch to run) and
+``progress`` (the running sums of a mid-epoch stop), ``best_metric``, ``rng``
+(torch/CUDA/numpy/python states), ``git`` (commit).
+
+Versions: 1 (stored the ``--resume`` path in its config), 2 (current). :func:`load_checkpoint`
+migrates an older checkpoint's config (:func:`helper.config.migrate_config`).
 """
 from __future__ import annotations
 
@@ -19,10 +24,11 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from data.io import write_bytes_atomic
-from helper.errors import UserError
+from common.fileio import write_bytes_atomic
+from common.errors import UserError
+from helper.config import CONFIG_VERSION, migrate_config
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = CONFIG_VERSION
 REQUIRED_KEYS = ("version", "config", "model", "epoch")
 
 
@@ -89,9 +95,15 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise UserError(f"{path} is not a checkpoint of this project (expected keys {', '.join(REQUIRED_KEYS)}); "
                         f"a bare state_dict cannot say how to rebuild its model")
-    if state["version"] > CHECKPOINT_VERSION:
-        raise UserError(f"{path} has checkpoint version {state['version']}; this code reads up to "
+    version = state["version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"{path} has an invalid checkpoint version {version!r}; it was not written by this code")
+    if version > CHECKPOINT_VERSION:
+        raise UserError(f"{path} has checkpoint version {version}; this code reads up to "
                         f"{CHECKPOINT_VERSION}: update the code")
+    if not isinstance(state["config"], dict):
+        raise UserError(f"{path} has no settings dict under 'config'; it was not written by this code")
+    state["config"] = migrate_config(state["config"], version)
     return state
 
 

@@ -11,10 +11,38 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from helper.errors import UserError
+from common.errors import UserError
 
-#: Flags that may change when a run is resumed; every other setting comes from the checkpoint.
+#: Settings that may change when a run is resumed; every other setting comes from the checkpoint
+#: (it may be repeated on the command line with its stored value).
 RESUME_OVERRIDES = ("n_epochs", "device", "workers", "eval_every", "eval_batch_size", "data_root")
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def resume_config(path: str, checkpoint: dict, parsed, dataset: str):
+    """The run to continue: the checkpoint's config, its folder, and the allowed overrides.
+
+    A flag given with a value other than the stored one (outside :data:`RESUME_OVERRIDES`)
+    is an error naming both values.
+    """
+    from helper.config import RunConfig
+
+    stored = RunConfig.from_dict(checkpoint["config"], source=f"checkpoint {path}")
+    if stored.dataset != dataset:
+        raise UserError(f"--resume {path} is a {stored.dataset} run; use train_{stored.dataset}.py")
+    given, kept = parsed.run.to_dict(), stored.to_dict()
+    differ = [key for key in sorted(parsed.explicit - set(RESUME_OVERRIDES)) if given[key] != kept[key]]
+    if differ:
+        changes = "; ".join(f"--{key}: stored {_shown(kept[key])}, given {_shown(given[key])}" for key in differ)
+        raise UserError(f"--resume continues a run with its stored settings, but {changes}. Only "
+                        f"{', '.join('--' + k for k in RESUME_OVERRIDES)} may change (start a new run with "
+                        f"--config <run>/config.json to change others)")
+    results_dir, name = os.path.split(os.path.dirname(os.path.abspath(path)))
+    overrides = {key: given[key] for key in parsed.explicit & set(RESUME_OVERRIDES)}
+    return stored.replace(results_dir=results_dir, name=name, **overrides)
 
 
 def train_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
@@ -22,46 +50,30 @@ def train_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     from helper.checkpoint import load_checkpoint
     from helper.engine import Interrupted, NonFiniteLoss, fit, run_dir_of
     from helper.log import get_logger
-    from helper.parser import explicit_flags, parse_train_config
+    from helper.parser import parse_train_args
     from helper.tasks import get_task
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_train_config(dataset, argv)
-    resume = None
-    if cfg["resume"]:
-        ignored = sorted(explicit_flags(argv) - set(RESUME_OVERRIDES) - {"resume"})
-        if ignored:
-            raise UserError(f"--resume continues a run with its stored settings; only "
-                            f"{', '.join('--' + k for k in RESUME_OVERRIDES)} may change, not "
-                            f"{', '.join('--' + k for k in ignored)} (start a new run with --config "
-                            f"<run>/config.json to change others)")
-        resume = load_checkpoint(cfg["resume"])
-        stored = dict(resume["config"])
-        if stored.get("dataset") != dataset:
-            raise UserError(f"--resume {cfg['resume']} is a {stored.get('dataset')} run; "
-                            f"use train_{stored.get('dataset')}.py")
-        for key in RESUME_OVERRIDES:
-            if key in explicit_flags(argv):
-                stored[key] = cfg[key]
-        stored["results_dir"], stored["name"] = os.path.split(os.path.dirname(os.path.abspath(cfg["resume"])))
-        path, cfg = cfg["resume"], stored
-        if resume["epoch"] >= cfg["n_epochs"] and not resume.get("progress", {}).get("step"):
-            raise UserError(f"{path} already finished {resume['epoch']} of {cfg['n_epochs']} epochs; "
-                            f"pass a larger --n_epochs to train further")
-    elif os.path.exists(os.path.join(run_dir_of(cfg), "last.pth")):
-        raise UserError(f"run folder {run_dir_of(cfg)} already holds a run; continue it with "
-                        f"--resume {os.path.join(run_dir_of(cfg), 'last.pth')} or choose another --name")
+    parsed = parse_train_args(dataset, argv)
+    run, resume = parsed.run, None
+    if parsed.resume:
+        resume = load_checkpoint(parsed.resume)
+        run = resume_config(parsed.resume, resume, parsed, dataset)
+        if resume["epoch"] >= run.train.n_epochs and not resume.get("progress", {}).get("step"):
+            print(f"{parsed.resume} is complete: it finished all {run.train.n_epochs} epochs; nothing to do "
+                  f"(pass a larger --n_epochs to train further)", flush=True)
+            return
+    elif os.path.exists(os.path.join(run_dir_of(run), "last.pth")):
+        raise UserError(f"run folder {run_dir_of(run)} already holds a run; continue it with "
+                        f"--resume {os.path.join(run_dir_of(run), 'last.pth')} or choose another --name")
 
-    env = distributed.setup(cfg["device"])
-    if cfg["amp"] != "none" and env.device.type != "cuda":
-        raise UserError(f"--amp {cfg['amp']} needs a CUDA device; none is available here")
-    task = get_task(dataset)
+    env = distributed.setup(run.train.device)
+    if run.train.amp != "none" and env.device.type != "cuda":
+        raise UserError(f"--amp {run.train.amp} needs a CUDA device; none is available here")
     try:
-        fit(cfg, task, env, resume)
+        fit(run, get_task(dataset), env, resume)
     except Interrupted as stop:
-        script = f"train_{dataset}.py"
-        get_logger().warning("interrupted by signal %d; saved %s. Resume with: python %s --resume %s",
-                             stop.signum, stop.checkpoint, script, stop.checkpoint)
+        get_logger().warning("interrupted by signal %d; saved %s. Resume with: python train_%s.py --resume %s",
+                             stop.signum, stop.checkpoint, dataset, stop.checkpoint)
         distributed.cleanup()
         sys.exit(128 + stop.signum)
     except NonFiniteLoss as exc:
@@ -72,9 +84,10 @@ def train_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
 
 
 def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
+    from common.fileio import write_json_atomic
     from helper import distributed
     from helper.checkpoint import load_checkpoint, load_model_state
-    from helper.engine import write_json_atomic
+    from helper.config import RunConfig
     from helper.log import setup_logging
     from helper.parser import parse_test_args
     from helper.tasks import get_task
@@ -82,20 +95,21 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
 
     args = parse_test_args(dataset, argv)
     state = load_checkpoint(args.checkpoint)
-    cfg = dict(state["config"])
-    if cfg.get("dataset") != dataset:
-        raise UserError(f"{args.checkpoint} was trained on {cfg.get('dataset')}; use test_{cfg.get('dataset')}.py")
-    for key in args.explicit:
-        cfg[key] = getattr(args, key)
-    cfg["eval_batch_size"] = args.batch_size if "batch_size" in args.explicit else cfg.get("eval_batch_size", 64)
-    env = distributed.setup(args.device)
+    stored = RunConfig.from_dict(state["config"], source=f"checkpoint {args.checkpoint}")
+    if stored.dataset != dataset:
+        raise UserError(f"{args.checkpoint} was trained on {stored.dataset}; use test_{stored.dataset}.py")
+    overrides = {key: getattr(args, key) for key in args.explicit}
+    if "batch_size" in overrides:
+        overrides["eval_batch_size"] = overrides.pop("batch_size")
+    run = stored.replace(**overrides).resolved()
+    env = distributed.setup(run.train.device)
     setup_logging(None, env.is_main)
     task = get_task(dataset)
-    model = build_model(dict(cfg, pretrained=False))  # the weights come from the checkpoint
+    model = build_model(run.model.replace(pretrained=False))  # the weights come from the checkpoint
     load_model_state(model, state["model"], args.checkpoint)
     model = distributed.wrap_model(model, env)
     results = {"dataset": dataset, "checkpoint": os.path.abspath(args.checkpoint),
-               "transform": cfg["transform"], **task.evaluate(cfg, model, env)}
+               "transform": run.model.transform, **task.evaluate(run, model, env)}
     if env.is_main:
         print(format_table(results), flush=True)
         path = args.results_json or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
@@ -110,8 +124,8 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
 def format_table(results: dict) -> str:
     """A plain-text recall table for both directions (percentages)."""
     header = f"{'direction':<22}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'R@1%':>8}"
-    s2a = results["street_to_satellite"]
-    if "hit_rate" in s2a:
+    street_to_satellite = results["street_to_satellite"]
+    if "hit_rate" in street_to_satellite:
         header += f"{'hit':>8}"
     lines = [f"{results['dataset']} {results.get('split', '')}: {results['queries']} queries, "
              f"{results['references']} references, R@1% uses k = {results['top1p_k']}", header]

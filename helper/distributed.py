@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from helper.errors import UserError
+from common.errors import UserError
 
 
 @dataclass

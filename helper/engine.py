@@ -1,32 +1,35 @@
 """Training and evaluation loops, shared by CVUSA and VIGOR.
 
-The dataset-specific parts (datasets, samplers, the evaluation protocol) live in a
-:class:`helper.tasks.Task`; everything else exists once here: the training step body,
-descriptor extraction, periodic evaluation, checkpoints, logs and interruption.
+The dataset-specific parts (datasets, samplers, the evaluation protocol, the metrics row)
+live in a :class:`helper.tasks.Task`; everything else exists once here: the training step
+(:func:`train_step`), descriptor extraction, periodic evaluation, checkpoints, logs and
+interruption. :func:`fit` only wires them: restore, then per epoch train
+(:func:`train_one_epoch`), evaluate and record (:func:`evaluate_and_record`), save
+(:meth:`Training.save`).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
 import time
-from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, NamedTuple, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.io import normalise, write_bytes_atomic
+from common.fileio import read_jsonl, write_json_atomic, write_jsonl_atomic
+from data.tensors import normalise
 from helper import distributed
-from helper.checkpoint import (CHECKPOINT_VERSION, git_commit, load_model_state,
-                               rng_state, save_checkpoint, set_rng_state)
+from helper.checkpoint import (CHECKPOINT_VERSION, git_commit, load_model_state, rng_state, save_checkpoint,
+                               set_rng_state)
+from helper.config import RunConfig
 from helper.log import get_logger, setup_logging
 from helper.losses import hard_ratio_schedule, l1_guidance_loss, soft_margin_triplet_loss
-
-STN_TRANSFORMS = ("affine", "composed_affine", "tps")
+from helper.metrics import format_recalls
 
 
 class NonFiniteLoss(RuntimeError):
@@ -134,20 +137,32 @@ def move_images(batch: dict, key: str, device: torch.device) -> Optional[torch.T
     return tensor.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else tensor
 
 
-def compute_loss(cfg: dict, model: torch.nn.Module, batch: dict, env: distributed.DistEnv,
+class Objective(NamedTuple):
+    """What the loss of one batch depends on besides the batch: loss scales and precision."""
+
+    lambda_sm: float
+    lambda_l1: float
+    amp: str
+
+    @classmethod
+    def of(cls, run: RunConfig) -> "Objective":
+        return cls(run.train.lambda_sm, run.model.lambda_l1, run.train.amp)
+
+
+def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env: distributed.DistEnv,
                  hard_ratio: float):
     """The training objective of one batch: (total, triplet, l1 or None) on the global batch."""
     street = move_images(batch, "street", env.device)
     satellite = move_images(batch, "satellite", env.device)
-    with distributed.autocast(env.device, cfg["amp"]):
+    with distributed.autocast(env.device, objective.amp):
         street_desc, sat_desc, aux = model(street, satellite, return_aux=True)
     street_all = distributed.gather_with_grad(street_desc.float())
     sat_all = distributed.gather_with_grad(sat_desc.float())
-    triplet = soft_margin_triplet_loss(street_all, sat_all, lambda_sm=cfg["lambda_sm"], hard_ratio=hard_ratio)
+    triplet = soft_margin_triplet_loss(street_all, sat_all, lambda_sm=objective.lambda_sm, hard_ratio=hard_ratio)
     l1 = None
-    if aux.get("polar_target") is not None and cfg["lambda_l1"] > 0:
+    if aux.get("polar_target") is not None and objective.lambda_l1 > 0:
         l1 = l1_guidance_loss(aux["transformed"].float(), aux["polar_target"].float())
-        return triplet + cfg["lambda_l1"] * l1, triplet, l1
+        return triplet + objective.lambda_l1 * l1, triplet, l1
     return triplet, triplet, l1
 
 
@@ -159,49 +174,71 @@ def all_finite(loss: torch.Tensor) -> bool:
     return not bool(bad.item())
 
 
-def train_one_epoch(cfg: dict, model, loader, optimizer, scaler, env, epoch: int,
-                    progress: EpochProgress, stop: StopFlag, on_interrupt) -> Dict[str, float]:
-    """Run the rest of ``epoch`` from ``progress.step``; returns the epoch's mean losses."""
+class StepResult(NamedTuple):
+    loss: torch.Tensor
+    triplet: torch.Tensor
+    l1: Optional[torch.Tensor]
+    finite: bool  # False: the step was skipped (no update)
+
+
+def train_step(objective: Objective, model, batch: dict, optimizer, scaler, env, hard_ratio: float) -> StepResult:
+    """The one training step: loss, then backward and update unless the loss is non-finite on a rank."""
+    loss, triplet, l1 = compute_loss(objective, model, batch, env, hard_ratio)
+    finite = all_finite(loss.detach())
+    optimizer.zero_grad(set_to_none=True)
+    if finite:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return StepResult(loss, triplet, l1, finite)
+
+
+def train_one_epoch(training: "Training", loader, env, epoch: int, stop: StopFlag) -> Dict[str, float]:
+    """Run the rest of ``epoch`` from ``training.progress.step``; returns the epoch's mean losses.
+
+    A signal saves ``last.pth`` at the next step boundary and raises :class:`Interrupted`.
+    """
+    run, model, progress = training.run, training.model, training.progress
     model.train()
-    hard_ratio = hard_ratio_schedule(epoch, cfg["n_epochs"], cfg["hard_ratios"])
-    logger = get_logger()
+    hard_ratio = hard_ratio_schedule(epoch, run.train.n_epochs, run.train.hard_ratios)
+    objective = Objective.of(run)
     total_steps = progress.step + len(loader)
     bar = tqdm(loader, total=len(loader), initial=0, disable=not env.is_main, leave=False,
-               desc=f"epoch {epoch + 1}/{cfg['n_epochs']}", unit="batch", dynamic_ncols=True)
-    started = time.perf_counter()
-    samples = 0
+               desc=f"epoch {epoch + 1}/{run.train.n_epochs}", unit="batch", dynamic_ncols=True)
+    started, samples = time.perf_counter(), 0
     for batch in bar:
-        loss, triplet, l1 = compute_loss(cfg, model, batch, env, hard_ratio)
-        if not all_finite(loss.detach()):
-            progress.nonfinite += 1
-            message = (f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {progress.step + 1} "
-                       f"of {total_steps}")
-            if progress.nonfinite > cfg["max_nonfinite"]:
-                raise NonFiniteLoss(f"{message}; stopping (allowed: --max_nonfinite {cfg['max_nonfinite']}). "
-                                    f"last.pth still holds the last good checkpoint; lower --lr, "
-                                    f"try --amp bf16 instead of fp16, or check the inputs")
-            logger.warning("%s; step skipped (%d of %d allowed)", message, progress.nonfinite,
-                           cfg["max_nonfinite"])
-            optimizer.zero_grad(set_to_none=True)
+        result = train_step(objective, model, batch, training.optimizer, training.scaler, env, hard_ratio)
+        if result.finite:
+            progress.loss_sum += float(result.triplet.detach())
+            progress.l1_sum += float(result.l1.detach()) if result.l1 is not None else 0.0
         else:
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            progress.loss_sum += float(triplet.detach())
-            progress.l1_sum += float(l1.detach()) if l1 is not None else 0.0
+            _skip_nonfinite(training, result.loss, epoch, total_steps)
         progress.step += 1
         samples += batch["street"].shape[0] * env.world_size
         if env.is_main:
-            done = max(progress.step - progress.nonfinite, 1)
-            bar.set_postfix(loss=f"{progress.loss_sum / done:.4f}",
+            bar.set_postfix(loss=f"{progress.loss_sum / max(progress.step - progress.nonfinite, 1):.4f}",
                             img_s=f"{samples / max(time.perf_counter() - started, 1e-9):.1f}")
         if stop.should_stop(env.device) and progress.step < total_steps:
-            on_interrupt(epoch, progress)
+            training.epoch = epoch
+            raise Interrupted(stop.signum, training.save("last.pth", env))
     bar.close()
     steps = max(progress.step - progress.nonfinite, 1)
     return {"train_loss": progress.loss_sum / steps, "train_l1": progress.l1_sum / steps,
             "hard_ratio": hard_ratio, "steps": progress.step}
+
+
+def _skip_nonfinite(training: "Training", loss: torch.Tensor, epoch: int, total_steps: int) -> None:
+    """Count a skipped non-finite step; raise :class:`NonFiniteLoss` past ``--max_nonfinite``."""
+    progress, allowed = training.progress, training.run.train.max_nonfinite
+    progress.nonfinite += 1
+    message = f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {progress.step + 1} of {total_steps}"
+    if progress.nonfinite > allowed:
+        last = os.path.join(training.run_dir, "last.pth")
+        kept = (f"{last} holds the last good checkpoint" if os.path.exists(last)
+                else "no checkpoint was written yet")
+        raise NonFiniteLoss(f"{message}; stopping (allowed: --max_nonfinite {allowed}). {kept}; lower --lr, "
+                            f"try --amp bf16 instead of fp16, or check the inputs")
+    get_logger().warning("%s; step skipped (%d of %d allowed)", message, progress.nonfinite, allowed)
 
 
 @torch.no_grad()
@@ -245,169 +282,192 @@ def make_loader(dataset, batch_size: int, workers: int, env, sampler=None, batch
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False, **kwargs)
 
 
-def run_dir_of(cfg: dict) -> str:
-    return os.path.join(cfg["results_dir"], cfg["name"])
+def run_dir_of(run: RunConfig) -> str:
+    return os.path.join(run.train.results_dir, run.train.name)
 
 
-def append_jsonl_atomic(path: str, rows: list) -> None:
-    """Rewrite ``path`` with ``rows`` (one JSON object per line) atomically."""
-    write_bytes_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode("utf-8"))
+def evaluation_due(run: RunConfig, epoch: int) -> bool:
+    return (epoch + 1) % run.train.eval_every == 0 or epoch + 1 == run.train.n_epochs
 
 
-def read_jsonl(path: str) -> list:
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+@dataclass
+class Training:
+    """A run in progress: what its checkpoints hold and restore, and its folder.
 
-
-def write_json_atomic(path: str, value) -> None:
-    write_bytes_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-
-
-def evaluation_due(cfg: dict, epoch: int) -> bool:
-    return (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["n_epochs"]
-
-
-def training_state(cfg, model, optimizer, scaler, epoch: int, progress: EpochProgress,
-                   best_metric: float, batch_sampler=None) -> dict:
-    """The checkpoint dict; ``epoch``/``progress`` say where training continues."""
-    state = {
-        "version": CHECKPOINT_VERSION,
-        "config": cfg,
-        "model": distributed.unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "progress": progress.as_dict(),
-        "best_metric": best_metric,
-        "rng": rng_state(),
-        "git": git_commit(),
-    }
-    if scaler.is_enabled():
-        state["scaler"] = scaler.state_dict()
-    if hasattr(batch_sampler, "state_dict"):
-        state["sampler"] = batch_sampler.state_dict()
-    return state
-
-
-def fit(cfg: dict, task, env: distributed.DistEnv, resume: Optional[dict] = None) -> dict:
-    """Train ``task`` with ``cfg``; continue from the checkpoint dict ``resume`` if given.
-
-    Per epoch: train, evaluate every ``eval_every`` epochs (and at the end), append a
-    ``metrics.jsonl`` row, write ``last.pth`` (and ``best.pth`` on a new best R@1).
-    Returns the last metrics row.
+    ``epoch`` is the next epoch to run; ``progress`` the running sums of the epoch in
+    progress (empty at an epoch boundary).
     """
-    from torch.utils.tensorboard import SummaryWriter
 
-    from helper.visualize import save_transform_grid
-    from models import build_model
+    run: RunConfig
+    run_dir: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batch_sampler: ResumableBatchSampler
+    epoch: int = 0
+    progress: EpochProgress = field(default_factory=EpochProgress)
+    best_metric: float = -math.inf
 
-    train_set = task.train_dataset(cfg)  # validate the data and build the model before writing anything
-    torch.manual_seed(cfg["seed"])
-    model = build_model(cfg)
-    run_dir = run_dir_of(cfg)
-    if env.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        write_json_atomic(os.path.join(run_dir, "config.json"), cfg)
-    distributed.barrier()
-    logger = setup_logging(run_dir, env.is_main)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] == "fp16" and env.device.type == "cuda")
-    start_epoch, progress, best_metric = 0, EpochProgress(), -math.inf
-    if resume is not None:
-        load_model_state(model, resume["model"], os.path.join(run_dir, "last.pth"))
-        model.to(env.device)
-        optimizer.load_state_dict(resume["optimizer"])
-        if "scaler" in resume and scaler.is_enabled():
-            scaler.load_state_dict(resume["scaler"])
-        start_epoch, best_metric = resume["epoch"], resume["best_metric"]
-        progress = EpochProgress(**resume.get("progress", {}))
-        set_rng_state(resume["rng"])
-        logger.info("resuming %s at epoch %d, step %d", run_dir, start_epoch + 1, progress.step)
-        if resume["config"]["n_epochs"] != cfg["n_epochs"]:
-            logger.warning("--n_epochs changed from %d to %d: the hard-negative ratio schedule is stretched "
-                           "to the new length", resume["config"]["n_epochs"], cfg["n_epochs"])
-    model = distributed.wrap_model(model, env)
-    if env.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    def state_dict(self) -> dict:
+        """The checkpoint dict (see :mod:`helper.checkpoint`)."""
+        state = {"version": CHECKPOINT_VERSION, "config": self.run.to_dict(),
+                 "model": distributed.unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "epoch": self.epoch, "progress": self.progress.as_dict(), "best_metric": self.best_metric,
+                 "rng": rng_state(), "git": git_commit()}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        if hasattr(self.batch_sampler.batch_sampler, "state_dict"):
+            state["sampler"] = self.batch_sampler.batch_sampler.state_dict()
+        return state
 
-    batch_sampler = ResumableBatchSampler(task.train_batch_sampler(cfg, train_set, env))
-    if resume is not None and "sampler" in resume:
-        batch_sampler.batch_sampler.load_state_dict(resume["sampler"])
-    loader = make_loader(EpochKeyed(train_set), cfg["batch_size"], cfg["workers"], env, batch_sampler=batch_sampler)
-    writer = SummaryWriter(run_dir) if env.is_main else None
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    rows = [row for row in read_jsonl(metrics_path) if row["epoch"] <= start_epoch] if env.is_main else []
-
-    def save(name: str, state: dict) -> str:
-        path = os.path.join(run_dir, name)
+    def save(self, name: str, env) -> str:
+        """Write ``<run_dir>/<name>`` on the main rank (all ranks wait); returns its path."""
+        path = os.path.join(self.run_dir, name)
         if env.is_main:
-            save_checkpoint(path, state)
+            save_checkpoint(path, self.state_dict())
+        distributed.barrier()
         return path
 
-    def on_interrupt(epoch: int, progress_now: EpochProgress):
-        path = save("last.pth", training_state(cfg, model, optimizer, scaler, epoch, progress_now, best_metric,
-                                                 batch_sampler.batch_sampler))
-        distributed.barrier()
-        raise Interrupted(stop.signum, path)
+    def restore(self, checkpoint: dict) -> None:
+        """Continue from a checkpoint dict (before the model is wrapped for DDP)."""
+        load_model_state(self.model, checkpoint["model"], os.path.join(self.run_dir, "last.pth"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if "scaler" in checkpoint and self.scaler.is_enabled():
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        if "sampler" in checkpoint:
+            self.batch_sampler.batch_sampler.load_state_dict(checkpoint["sampler"])
+        self.epoch, self.best_metric = checkpoint["epoch"], checkpoint["best_metric"]
+        self.progress = EpochProgress(**checkpoint.get("progress", {}))
+        set_rng_state(checkpoint["rng"])
 
-    row: dict = {}
-    with StopFlag() as stop:
-        logger.info("run folder %s: %d training samples, %d steps per epoch, %d process(es) on %s",
-                    run_dir, len(train_set), len(batch_sampler.batch_sampler), env.world_size, env.device)
-        for epoch in range(start_epoch, cfg["n_epochs"]):
-            batch_sampler.set_epoch(epoch, progress.step)
-            started = time.perf_counter()
-            stats = train_one_epoch(cfg, model, loader, optimizer, scaler, env, epoch, progress, stop, on_interrupt)
-            row = {"epoch": epoch + 1, **stats, "lr": optimizer.param_groups[0]["lr"]}
-            logger.info("epoch %d/%d: loss %.4f%s, hard ratio %g, %.0f s", epoch + 1, cfg["n_epochs"],
-                        stats["train_loss"], f", l1 {stats['train_l1']:.4f}" if cfg["lambda_l1"] > 0 else "",
-                        stats["hard_ratio"], time.perf_counter() - started)
-            improved = False
-            if evaluation_due(cfg, epoch):
-                results = task.evaluate(cfg, model, env)
-                row.update({k: results[k] for k in ("street_to_satellite", "satellite_to_street", "top1p_k")})
-                for key in ("localization",):
-                    if key in results:
-                        row[key] = results[key]
-                r1 = results["street_to_satellite"]["R@1"]
-                improved = r1 > best_metric
-                best_metric = max(best_metric, r1)
-                logger.info("epoch %d: %s", epoch + 1, format_recalls(results))
-                if env.is_main:
-                    sample = task.visual_batch(cfg)
-                    grid = save_transform_grid(distributed.unwrap(model), sample, cfg,
-                                               os.path.join(run_dir, f"transform_epoch{epoch + 1:03d}.png"))
-                    writer.add_image("transform", grid, epoch + 1)
-            if env.is_main:
-                if evaluation_due(cfg, epoch):
-                    rows.append(row)
-                    append_jsonl_atomic(metrics_path, rows)
-                for key in ("train_loss", "train_l1", "hard_ratio", "lr"):
-                    writer.add_scalar(f"train/{key}", row[key], epoch + 1)
-                for direction in ("street_to_satellite", "satellite_to_street"):
-                    for name, value in row.get(direction, {}).items():
-                        if isinstance(value, (int, float)):
-                            writer.add_scalar(f"{direction}/{name}", value, epoch + 1)
-                writer.flush()
-            progress = EpochProgress()
-            task.after_epoch(cfg, model, env, batch_sampler.batch_sampler)
-            state = training_state(cfg, model, optimizer, scaler, epoch + 1, progress, best_metric,
-                                   batch_sampler.batch_sampler)
-            save("last.pth", state)
-            if improved:
-                save("best.pth", state)
-            if stop.should_stop(env.device) and epoch + 1 < cfg["n_epochs"]:
-                raise Interrupted(stop.signum, os.path.join(run_dir, "last.pth"))
-    if writer is not None:
-        writer.close()
+
+def start_training(run: RunConfig, task, env, train_set, resume: Optional[dict]) -> Training:
+    """Build the model (before anything is written), claim the run folder, restore ``resume``."""
+    from models import build_model
+
+    torch.manual_seed(run.train.seed)
+    model = build_model(run.model)
+    run_dir = run_dir_of(run)
+    if env.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        write_json_atomic(os.path.join(run_dir, "config.json"), {**run.to_dict(), "version": CHECKPOINT_VERSION})
+    distributed.barrier()
+    logger = setup_logging(run_dir, env.is_main)
+    optimizer = torch.optim.Adam(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.train.amp == "fp16" and env.device.type == "cuda")
+    batch_sampler = ResumableBatchSampler(task.train_batch_sampler(run, train_set, env))
+    training = Training(run, run_dir, model, optimizer, scaler, batch_sampler)
+    if resume is not None:
+        model.to(env.device)
+        training.restore(resume)
+        logger.info("resuming %s at epoch %d, step %d", run_dir, training.epoch + 1, training.progress.step)
+        if resume["config"]["n_epochs"] != run.train.n_epochs:
+            logger.warning("--n_epochs changed from %d to %d: the hard-negative ratio schedule is stretched "
+                           "to the new length", resume["config"]["n_epochs"], run.train.n_epochs)
+    training.model = distributed.wrap_model(model, env)
+    if env.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return training
+
+
+def evaluate_and_record(training: Training, task, env, epoch: int, row: dict, log: "MetricsLog") -> bool:
+    """Evaluate, add the task's metrics to ``row``, log and picture them; whether R@1 improved."""
+    from helper.visualize import save_transform_grid
+
+    results = task.evaluate(training.run, training.model, env)
+    row.update(task.metrics_row(results))
+    r1 = results["street_to_satellite"]["R@1"]
+    improved = r1 > training.best_metric
+    training.best_metric = max(training.best_metric, r1)
+    get_logger().info("epoch %d: %s", epoch + 1, format_recalls(results))
+    if env.is_main:
+        path = os.path.join(training.run_dir, f"transform_epoch{epoch + 1:03d}.png")
+        log.add_image(save_transform_grid(distributed.unwrap(training.model), task.visual_batch(training.run), path),
+                      epoch + 1)
+    return improved
+
+
+def write_scalars(writer, row: dict, step: int, prefix: str = "") -> None:
+    """Every number of a metrics row (nested dicts flattened as ``a/b``) as a TensorBoard scalar."""
+    for key, value in row.items():
+        if isinstance(value, dict):
+            write_scalars(writer, value, step, f"{prefix}{key}/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+            writer.add_scalar(f"{prefix}{key}", value, step)
+
+
+def run_epoch(training: Training, task, loader, env, epoch: int, stop: StopFlag, log: "MetricsLog") -> dict:
+    """Train one epoch, evaluate when due, record, save ``last.pth`` (and ``best.pth``); the row."""
+    run = training.run
+    training.batch_sampler.set_epoch(epoch, training.progress.step)
+    started = time.perf_counter()
+    stats = train_one_epoch(training, loader, env, epoch, stop)
+    row = {"epoch": epoch + 1, **stats, "lr": training.optimizer.param_groups[0]["lr"]}
+    get_logger().info("epoch %d/%d: loss %.4f%s, hard ratio %g, %.0f s", epoch + 1, run.train.n_epochs,
+                      stats["train_loss"], f", l1 {stats['train_l1']:.4f}" if run.model.lambda_l1 > 0 else "",
+                      stats["hard_ratio"], time.perf_counter() - started)
+    improved = evaluation_due(run, epoch) and evaluate_and_record(training, task, env, epoch, row, log)
+    log.record(row, evaluated=evaluation_due(run, epoch))
+    training.epoch, training.progress = epoch + 1, EpochProgress()
+    task.after_epoch(run, training.model, env, training.batch_sampler.batch_sampler)
+    training.save("last.pth", env)
+    if improved:
+        training.save("best.pth", env)
+    if stop.should_stop(env.device) and epoch + 1 < run.train.n_epochs:
+        raise Interrupted(stop.signum, os.path.join(training.run_dir, "last.pth"))
     return row
 
 
-def format_recalls(results: dict) -> str:
-    """One line: street->satellite recalls (and hit rate) for the log."""
-    s2a = results["street_to_satellite"]
-    text = " ".join(f"{k} {s2a[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%"))
-    if "hit_rate" in s2a:
-        text += f" hit {s2a['hit_rate']:.2f}"
-    return text
+class MetricsLog:
+    """``metrics.jsonl`` (one row per evaluation) and the TensorBoard events of the main rank."""
+
+    def __init__(self, run_dir: str, start_epoch: int, env) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.is_main = env.is_main
+        self.rows = [row for row in read_jsonl(self.path) if row["epoch"] <= start_epoch] if env.is_main else []
+        self.writer = SummaryWriter(run_dir) if env.is_main else None
+
+    def record(self, row: dict, evaluated: bool) -> None:
+        if not self.is_main:
+            return
+        if evaluated:
+            self.rows.append(row)
+            write_jsonl_atomic(self.path, self.rows)
+        write_scalars(self.writer, {"train": {k: row[k] for k in ("train_loss", "train_l1", "hard_ratio", "lr")},
+                                    **{k: v for k, v in row.items() if isinstance(v, dict)}}, row["epoch"])
+        self.writer.flush()
+
+    def add_image(self, image: torch.Tensor, epoch: int) -> None:
+        self.writer.add_image("transform", image, epoch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def fit(run: RunConfig, task, env: distributed.DistEnv, resume: Optional[dict] = None) -> dict:
+    """Train ``task`` with ``run``; continue from the checkpoint dict ``resume`` if given.
+
+    Every split the run reads is checked before anything is written. Per epoch: train,
+    evaluate every ``eval_every`` epochs (and at the end), append a ``metrics.jsonl`` row,
+    write ``last.pth`` (and ``best.pth`` on a new best R@1). Returns the last metrics row.
+    """
+    train_set = task.train_dataset(run)
+    task.check_evaluation(run)
+    training = start_training(run, task, env, train_set, resume)
+    loader = make_loader(EpochKeyed(train_set), run.train.batch_size, run.train.workers, env,
+                         batch_sampler=training.batch_sampler)
+    log = MetricsLog(training.run_dir, training.epoch, env)
+    row: dict = {}
+    try:
+        with StopFlag() as stop:
+            get_logger().info("run folder %s: %d training samples, %d steps per epoch, %d process(es) on %s",
+                              training.run_dir, len(train_set), len(training.batch_sampler.batch_sampler),
+                              env.world_size, env.device)
+            for epoch in range(training.epoch, run.train.n_epochs):
+                row = run_epoch(training, task, loader, env, epoch, stop, log)
+    finally:
+        log.close()
+    return row

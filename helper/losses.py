@@ -13,10 +13,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from helper.errors import UserError
+from common.errors import UserError
 
 __all__ = ["hard_ratio_schedule", "l1_guidance_loss", "num_hard_triplets", "soft_margin_triplet_loss"]
 
+#: Toker et al.'s hard-negative ratio schedule (the default for ImageNet-pretrained runs).
 DEFAULT_HARD_RATIOS = (1.0, 0.1, 0.05, 0.01)
 
 

@@ -29,7 +29,7 @@ from typing import Dict, Iterable, NamedTuple, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from helper.errors import UserError
+from common.errors import UserError
 
 __all__ = [
     "EARTH_RADIUS_M",
@@ -37,6 +37,7 @@ __all__ = [
     "RankResult",
     "TOP1P_RULES",
     "evaluate_retrieval",
+    "format_recalls",
     "haversine_m",
     "localization_errors",
     "localization_summary",
@@ -548,3 +549,12 @@ def evaluate_retrieval(
     if return_top1:
         out["top1"] = fwd.top1
     return out
+
+
+def format_recalls(results: dict) -> str:
+    """One line: street->satellite recalls (and the VIGOR hit rate) for the log."""
+    s2a = results["street_to_satellite"]
+    text = " ".join(f"{k} {s2a[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%"))
+    if "hit_rate" in s2a:
+        text += f" hit {s2a['hit_rate']:.2f}"
+    return text

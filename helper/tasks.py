@@ -1,18 +1,56 @@
-"""Dataset-specific pieces of training and evaluation, behind one small interface.
+"""Dataset-specific pieces of training and evaluation, behind the :class:`Task` protocol.
 
-A task provides the training dataset and batch sampler, the evaluation protocol and a
-few samples to visualise; :mod:`helper.engine` does everything else.
+A task provides the training dataset and batch sampler, the evaluation protocol, the
+metrics it records, and a few samples to visualise; :mod:`helper.engine` does everything
+else and names no dataset's keys.
 """
 from __future__ import annotations
 
-import torch
-from torch.utils.data import BatchSampler
+from typing import Dict, Protocol
 
+import torch
+from torch.utils.data import BatchSampler, Dataset
+
+from common.errors import UserError
 from helper import distributed
+from helper.config import RunConfig
 from helper.engine import extract_features
+from helper.log import get_logger
 from helper.metrics import evaluate_retrieval
 
 VISUAL_SAMPLES = 4
+#: A training plan that leaves out more than this share of the panoramas is logged.
+DROPPED_WARNING_FRACTION = 0.05
+
+
+class Task(Protocol):
+    """What :func:`helper.engine.fit` and the test scripts need from a dataset."""
+
+    name: str
+
+    def train_dataset(self, run: RunConfig) -> Dataset:
+        """The training samples (their files checked up front)."""
+
+    def check_evaluation(self, run: RunConfig) -> None:
+        """Check the evaluation split's files (before training writes anything)."""
+
+    def train_batch_sampler(self, run: RunConfig, dataset: Dataset, env):
+        """Batches of this rank, with ``set_epoch(epoch)`` (and ``state_dict`` where it has state)."""
+
+    def evaluate(self, run: RunConfig, model, env) -> dict:
+        """The results JSON's dataset part: ``split``, ``queries``, recalls in both directions..."""
+
+    def metrics_row(self, results: dict) -> dict:
+        """The entries of ``results`` recorded per evaluation in ``metrics.jsonl``."""
+
+    def visual_batch(self, run: RunConfig) -> Dict[str, torch.Tensor]:
+        """A few evaluation pairs (``street``/``satellite`` batches) for the transform pictures."""
+
+    def after_epoch(self, run: RunConfig, model, env, batch_sampler) -> None:
+        """Work between epochs (VIGOR: mine hard neighbours)."""
+
+
+RETRIEVAL_KEYS = ("street_to_satellite", "satellite_to_street", "top1p_k")
 
 
 def _stack(samples: list) -> dict:
@@ -27,42 +65,49 @@ class CVUSATask:
     def __init__(self) -> None:
         self._datasets: dict = {}
 
-    def _dataset(self, cfg: dict, csv: str, train: bool):
+    def _dataset(self, run: RunConfig, csv: str, train: bool):
         """The split's dataset, built (and its files checked) once per task."""
         from data.cvusa import CVUSA
 
-        key = (cfg["data_root"], csv, train)
+        key = (run.data.data_root, csv, train)
         if key not in self._datasets:
+            model, options = run.model, run.train
             self._datasets[key] = CVUSA(
-                cfg["data_root"], csv, sate_size=cfg["sate_size"], pano_size=cfg["pano_size"],
-                augment=train and cfg.get("augment", False), rotate=train and cfg.get("rotate", False),
-                polar_files=cfg["polar_files"], seed=cfg.get("seed", 0), normalise=False)
+                run.data.data_root, csv, sate_size=model.sate_size, pano_size=model.pano_size,
+                augment=train and options.augment, rotate=train and options.rotate,
+                polar_files=model.polar_files, seed=options.seed, normalise=False)
         return self._datasets[key]
 
-    def train_dataset(self, cfg: dict):
-        return self._dataset(cfg, cfg["train_csv"], train=True)
+    def train_dataset(self, run: RunConfig):
+        return self._dataset(run, run.data.train_csv, train=True)
 
-    def train_batch_sampler(self, cfg: dict, dataset, env):
+    def check_evaluation(self, run: RunConfig) -> None:
+        self._dataset(run, run.data.val_csv, train=False)
+
+    def train_batch_sampler(self, run: RunConfig, dataset, env):
         from data.samplers import DistributedShuffleSampler
 
-        sampler = DistributedShuffleSampler(len(dataset), seed=cfg["seed"], shuffle=True,
+        sampler = DistributedShuffleSampler(len(dataset), seed=run.train.seed, shuffle=True,
                                             rank=env.rank, world_size=env.world_size)
-        return _EpochBatchSampler(sampler, cfg["batch_size"])
+        return _EpochBatchSampler(sampler, run.train.batch_size)
 
-    def evaluate(self, cfg: dict, model, env) -> dict:
-        dataset = self._dataset(cfg, cfg["val_csv"], train=False)
-        desc = extract_features(model, dataset, env, ("street", "satellite"), cfg["eval_batch_size"],
-                                cfg["workers"], desc="evaluate")
+    def evaluate(self, run: RunConfig, model, env) -> dict:
+        dataset = self._dataset(run, run.data.val_csv, train=False)
+        desc = extract_features(model, dataset, env, ("street", "satellite"), run.train.eval_batch_size,
+                                run.train.workers, desc="evaluate")
         positive = torch.arange(len(dataset))
         results = evaluate_retrieval(desc["street"].to(env.device), desc["satellite"].to(env.device),
-                                     positive.to(env.device), top1p=cfg["top1p"])
-        return {"split": cfg["val_csv"], **results}
+                                     positive.to(env.device), top1p=run.train.top1p)
+        return {"split": run.data.val_csv, **results}
 
-    def visual_batch(self, cfg: dict) -> dict:
-        dataset = self._dataset(cfg, cfg["val_csv"], train=False)
+    def metrics_row(self, results: dict) -> dict:
+        return {key: results[key] for key in RETRIEVAL_KEYS}
+
+    def visual_batch(self, run: RunConfig) -> dict:
+        dataset = self._dataset(run, run.data.val_csv, train=False)
         return _stack([dataset[i] for i in range(min(VISUAL_SAMPLES, len(dataset)))])
 
-    def after_epoch(self, cfg, model, env, batch_sampler) -> None:
+    def after_epoch(self, run: RunConfig, model, env, batch_sampler) -> None:
         return None
 
 
@@ -72,10 +117,8 @@ class _EpochBatchSampler(BatchSampler):
     def __init__(self, sampler, batch_size: int) -> None:
         super().__init__(sampler, batch_size, drop_last=True)
         if len(self) == 0:
-            from helper.errors import UserError
-
             raise UserError(f"--batch_size {batch_size} is larger than the {len(sampler)} training "
-                            f"samples of this process; lower it")
+                            f"samples of this process; lower it to at most {len(sampler)}")
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -86,83 +129,101 @@ class VigorTask:
 
     name = "vigor"
 
-    @staticmethod
-    def _cities(cfg: dict, split: str) -> list:
-        if cfg["mode"] == "same":
-            return list(cfg["cities"])
-        return list(cfg["train_cities"] if split == "train" else cfg["test_cities"])
-
     def __init__(self) -> None:
         self._indices: dict = {}
 
-    def _index(self, cfg: dict, split: str):
+    def _index(self, run: RunConfig, split: str):
         """The parsed split, built (and its files checked) once per task."""
-        from data.vigor import VigorIndex
-
-        key = (cfg["data_root"], tuple(self._cities(cfg, split)), split, cfg["mode"])
+        data = run.data
+        key = (data.data_root, data.split_cities(split), split, data.mode)
         if key not in self._indices:
-            self._indices[key] = VigorIndex(cfg["data_root"], list(key[1]), split, cfg["mode"])
+            self._indices[key] = data.index(split)
         return self._indices[key]
 
-    def train_dataset(self, cfg: dict):
+    def _pairs(self, run: RunConfig, split: str, train: bool):
         from data.vigor import VigorPairs
 
-        return VigorPairs(self._index(cfg, "train"), sate_size=cfg["sate_size"], pano_size=cfg["pano_size"],
-                          augment=cfg.get("augment", False), rotate=cfg.get("rotate", False),
-                          polar_files=cfg["polar_files"], seed=cfg["seed"], normalise=False)
+        model = run.model
+        return VigorPairs(self._index(run, split), sate_size=model.sate_size, pano_size=model.pano_size,
+                          augment=train and run.train.augment, rotate=train and run.train.rotate,
+                          polar_files=model.polar_files, seed=run.train.seed, normalise=False)
 
-    def train_batch_sampler(self, cfg: dict, dataset, env):
+    def _satellites(self, run: RunConfig, split: str):
+        from data.vigor import VigorSatellites
+
+        model = run.model
+        return VigorSatellites(self._index(run, split), sate_size=model.sate_size, polar_files=model.polar_files,
+                               pano_size=model.pano_size, normalise=False)
+
+    def train_dataset(self, run: RunConfig):
+        return self._pairs(run, "train", train=True)
+
+    def check_evaluation(self, run: RunConfig) -> None:
+        self._satellites(run, "test")
+
+    def train_batch_sampler(self, run: RunConfig, dataset, env):
         from data.samplers import VigorBatchSampler
 
         index = dataset.index
-        return VigorBatchSampler(index.positive, index.semi, cfg["batch_size"], seed=cfg["seed"],
-                                 rank=env.rank, world_size=env.world_size,
-                                 mining_fraction=cfg.get("mining_fraction", 0.0) if cfg.get("mining") else 0.0)
+        fraction = run.data.mining_fraction if run.data.mining else 0.0
 
-    def evaluate(self, cfg: dict, model, env) -> dict:
-        from data.vigor import VigorPanoramas, VigorSatellites
+        def sampler(batch_size: int) -> VigorBatchSampler:
+            return VigorBatchSampler(index.positive, index.semi, batch_size, seed=run.train.seed, rank=env.rank,
+                                     world_size=env.world_size, mining_fraction=fraction)
 
-        index = self._index(cfg, "test")
-        panoramas = VigorPanoramas(index, pano_size=cfg["pano_size"], normalise=False)
-        street = extract_features(model, panoramas, env, ("street",), cfg["eval_batch_size"], cfg["workers"],
+        batch_sampler = sampler(run.train.batch_size)
+        plan = batch_sampler.plan(0)
+        if not plan.batches:
+            fits = next((b for b in range(run.train.batch_size - 1, 1, -1) if sampler(b).plan(0).batches), None)
+            advice = f"use --batch_size {fits} or less" if fits else "no batch size of 2 or more fits"
+            raise UserError(f"--batch_size {run.train.batch_size} forms no training batch: the "
+                            f"{index.num_panoramas} training panoramas cannot fill a global batch of "
+                            f"{batch_sampler.global_batch_size} without two sharing a satellite; {advice}")
+        if len(plan.dropped) > DROPPED_WARNING_FRACTION * index.num_panoramas:
+            get_logger().warning("each epoch leaves out about %d of %d training panoramas (batches cannot share "
+                                 "a satellite); a smaller --batch_size keeps more", len(plan.dropped),
+                                 index.num_panoramas)
+        return batch_sampler
+
+    def evaluate(self, run: RunConfig, model, env) -> dict:
+        from data.vigor import VigorPanoramas
+
+        index = self._index(run, "test")
+        workers, batch_size = run.train.workers, run.train.eval_batch_size
+        panoramas = VigorPanoramas(index, pano_size=run.model.pano_size, normalise=False)
+        street = extract_features(model, panoramas, env, ("street",), batch_size, workers,
                                   desc="panoramas")["street"]
-        satellites = VigorSatellites(index, sate_size=cfg["sate_size"], polar_files=cfg["polar_files"],
-                                     pano_size=cfg["pano_size"], normalise=False)
-        satellite = extract_features(model, satellites, env, ("satellite",), cfg["eval_batch_size"],
-                                     cfg["workers"], desc="satellites")["satellite"]
+        satellite = extract_features(model, self._satellites(run, "test"), env, ("satellite",), batch_size,
+                                     workers, desc="satellites")["satellite"]
         positive = torch.as_tensor(index.positive, dtype=torch.long)
         semi = torch.as_tensor(index.semi, dtype=torch.long)
         results = evaluate_retrieval(street.to(env.device), satellite.to(env.device), positive.to(env.device),
-                                     top1p=cfg["top1p"], semi_positive=semi.to(env.device),
-                                     street_latlon=index.pano_gps, satellite_latlon=index.sat_gps)
-        split = "same_area_balanced_test" if cfg["mode"] == "same" else "pano_label_balanced"
-        return {"split": split, "mode": cfg["mode"], "cities": self._cities(cfg, "test"), **results}
+                                     top1p=run.train.top1p, semi_positive=semi.to(env.device),
+                                     street_latlon=index.street_gps, satellite_latlon=index.satellite_gps)
+        split = "same_area_balanced_test" if run.data.mode == "same" else "pano_label_balanced"
+        return {"split": split, "mode": run.data.mode, "cities": list(run.data.split_cities("test")), **results}
 
-    def visual_batch(self, cfg: dict) -> dict:
-        from data.vigor import VigorPairs
+    def metrics_row(self, results: dict) -> dict:
+        return {key: results[key] for key in RETRIEVAL_KEYS + ("localization",)}
 
-        dataset = VigorPairs(self._index(cfg, "test"), sate_size=cfg["sate_size"], pano_size=cfg["pano_size"],
-                             polar_files=cfg["polar_files"], normalise=False)
+    def visual_batch(self, run: RunConfig) -> dict:
+        dataset = self._pairs(run, "test", train=False)
         return _stack([dataset[i] for i in range(min(VISUAL_SAMPLES, len(dataset)))])
 
-    def after_epoch(self, cfg: dict, model, env, batch_sampler) -> None:
+    def after_epoch(self, run: RunConfig, model, env, batch_sampler) -> None:
         """With ``--mining``: embed the training satellites and hand their neighbours to the sampler."""
-        if not cfg.get("mining"):
+        if not run.data.mining:
             return
         from data.samplers import topk_neighbours
-        from data.vigor import VigorSatellites
 
-        index = self._index(cfg, "train")
-        satellites = VigorSatellites(index, sate_size=cfg["sate_size"], polar_files=cfg["polar_files"],
-                                     pano_size=cfg["pano_size"], normalise=False)
-        desc = extract_features(model, satellites, env, ("satellite",), cfg["eval_batch_size"], cfg["workers"],
-                                desc="mining")["satellite"]
-        neighbours = topk_neighbours(desc.to(env.device), cfg["mining_k"]).cpu() if env.is_main else None
+        desc = extract_features(model, self._satellites(run, "train"), env, ("satellite",),
+                                run.train.eval_batch_size, run.train.workers, desc="mining")["satellite"]
+        neighbours = topk_neighbours(desc.to(env.device), run.data.mining_k).cpu() if env.is_main else None
         batch_sampler.set_hard_neighbours(distributed.broadcast_object(neighbours))  # every rank: the same plan
 
 
 TASKS = {"cvusa": CVUSATask, "vigor": VigorTask}
 
 
-def get_task(dataset: str):
+def get_task(dataset: str) -> Task:
     return TASKS[dataset]()

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.io import IMAGENET_MEAN, IMAGENET_STD, normalise, write_bytes_atomic, write_image_atomic
+from common.fileio import write_bytes_atomic
+from data.io import write_image_atomic
+from data.tensors import IMAGENET_MEAN, IMAGENET_STD, normalise
 
 SEPARATOR = 4
 
@@ -31,8 +33,9 @@ def _to_height(images: torch.Tensor, height: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def transform_grid(model, sample: Dict[str, torch.Tensor], cfg: dict) -> torch.Tensor:
-    """The ``3 x H x W`` [0, 1] picture of ``sample`` (dict of street/satellite batches)."""
+def transform_grid(model, sample: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """The ``3 x H x W`` [0, 1] picture of ``sample`` (dict of street/satellite batches) for the
+    bare (unwrapped) model, whose ``cfg`` is its :class:`models.config.ModelConfig`."""
     from models.polar import PolarTransform
 
     was_training = model.training
@@ -41,7 +44,7 @@ def transform_grid(model, sample: Dict[str, torch.Tensor], cfg: dict) -> torch.T
     satellite, street = (sample[key].to(device) for key in ("satellite", "street"))
     satellite, street = (normalise(x) if x.dtype == torch.uint8 else x for x in (satellite, street))
     _, _, aux = model(None, satellite, return_aux=True)
-    polar = PolarTransform(satellite.shape[-2:], cfg["pano_size"], cfg.get("polar_files", False)).to(device)
+    polar = PolarTransform(satellite.shape[-2:], model.cfg.pano_size, model.cfg.polar_files).to(device)
     columns = [satellite, aux["transformed"], polar(satellite), street]
     model.train(was_training)
     height = street.shape[-2]
@@ -56,9 +59,9 @@ def transform_grid(model, sample: Dict[str, torch.Tensor], cfg: dict) -> torch.T
     return torch.cat(rows[:-1], dim=1)
 
 
-def save_transform_grid(model, sample: Dict[str, torch.Tensor], cfg: dict, path: str) -> torch.Tensor:
+def save_transform_grid(model, sample: Dict[str, torch.Tensor], path: str) -> torch.Tensor:
     """Write the transform grid as a PNG (atomically); returns it for TensorBoard."""
-    grid = transform_grid(model, sample, cfg)
+    grid = transform_grid(model, sample)
     image = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     write_image_atomic(path, image)
     return grid

@@ -4,7 +4,7 @@ Every backbone maps ``B x 3 x H x W`` (ImageNet-normalised RGB) to a feature map
 ``B x out_channels x h x w`` and exposes ``out_channels`` and ``stride`` (nominal output
 stride). Constructors take ``pretrained: bool``; ImageNet weights come from torchvision's
 weights API through the torch.hub cache (``torch.hub.get_dir()/checkpoints``). A failed
-download raises :class:`helper.errors.UserError`; we never fall back to random weights.
+download raises :class:`common.errors.UserError`; we never fall back to random weights.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call
 from torchvision.models import vgg as tv_vgg
 
-from helper.errors import UserError
+from common.errors import UserError
 from models.registry import Registry
 
 BACKBONES = Registry("backbone")

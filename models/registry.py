@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Iterator, TypeVar
 
-from helper.errors import UserError
+from common.errors import UserError
 
 T = TypeVar("T")
 

@@ -6,23 +6,27 @@ block -> backbone -> head. The branches share no weights. Descriptors are
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helper.errors import UserError
+from common.errors import UserError
 from models.backbones import build_backbone, feature_shape
 from models.polar import PolarTransform
-from models.transforms import STN_TRANSFORMS, build_transform
+from models.transforms import build_transform
+
+if TYPE_CHECKING:
+    from models.config import ModelConfig
 
 
 class SpatialAwareAttention(nn.Module):
     """SAFA spatial-aware attention and aggregation for a fixed feature-map size.
 
     For features ``B x C x h x w`` (``N = h * w`` positions, ``d = maps``):
-    ``m = max over channels`` (``B x N``); per map ``k``:
+    ``m = max over channels`` (``B x N``; the seed and the VIGOR code take the max, SAFA's
+    released TensorFlow code the mean of the channels); per map ``k``:
     ``a_k = W2_k^T (W1_k^T m + b1_k) + b2_k`` with ``W1_k`` ``N x N//2`` and ``W2_k``
     ``N//2 x N`` (no non-linearity in between, as in SAFA's ``spatial_aware``), giving
     the attention ``B x N x d``; descriptor ``= features (B x C x N) @ attention`` ->
@@ -73,7 +77,7 @@ class SpatialAwareAttention(nn.Module):
 class SAFAModel(nn.Module):
     """Two-branch SAFA model with a satellite transformation block.
 
-    Built by :func:`models.build_model` from a resolved config ``cfg`` (kept as
+    Built by :func:`models.build_model` from a :class:`models.config.ModelConfig` (kept as
     ``self.cfg``). Submodules: ``transform`` (the block), ``street_backbone``,
     ``satellite_backbone``, ``street_attention``, ``satellite_attention`` and, for L1
     guidance (STN transform with ``lambda_l1 > 0``), ``polar_target`` (a fixed
@@ -90,22 +94,20 @@ class SAFAModel(nn.Module):
     (computed without grad) or None}``.
     """
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: "ModelConfig") -> None:
         super().__init__()
-        self.cfg = dict(cfg)
-        self.pano_size = tuple(int(v) for v in cfg["pano_size"])
-        self.sate_input_size = tuple(int(v) for v in (cfg["pano_size"] if cfg["polar_files"] else cfg["sate_size"]))
+        self.cfg = cfg
+        self.pano_size = cfg.pano_size
+        self.sate_input_size = cfg.satellite_input_size
         self.transform = build_transform(cfg)
-        self.street_backbone = build_backbone(cfg["backbone"], cfg["pretrained"])
-        self.satellite_backbone = build_backbone(cfg["backbone"], cfg["pretrained"])
+        self.street_backbone = build_backbone(cfg.backbone, cfg.pretrained)
+        self.satellite_backbone = build_backbone(cfg.backbone, cfg.pretrained)
         channels, height, width = feature_shape(self.street_backbone, *self.pano_size)
-        maps = cfg["attention_maps"]
-        self.street_attention = SpatialAwareAttention((height, width), channels, maps)
-        self.satellite_attention = SpatialAwareAttention((height, width), channels, maps)
+        self.street_attention = SpatialAwareAttention((height, width), channels, cfg.attention_maps)
+        self.satellite_attention = SpatialAwareAttention((height, width), channels, cfg.attention_maps)
         self.descriptor_dim = self.street_attention.out_dim
-        use_l1 = cfg["transform"] in STN_TRANSFORMS and cfg["lambda_l1"] > 0
         self.polar_target = (
-            PolarTransform(cfg["sate_size"], cfg["pano_size"], polar_files=cfg["polar_files"]) if use_l1 else None
+            PolarTransform(cfg.sate_size, cfg.pano_size, polar_files=cfg.polar_files) if cfg.l1_guidance else None
         )
 
     def _check(self, images: torch.Tensor, expected: Tuple[int, int], name: str) -> None:

@@ -15,71 +15,31 @@ Convention (all blocks)
   (``tps`` optionally at the polar mapping, ``stn_init="polar"``).
 * Geometry (grids, matrix products, TPS) runs in float32 even under autocast.
 
-Registry entries are factories ``factory(cfg) -> nn.Module`` taking the resolved model
-config (see :func:`models.resolve_config`); the classes take explicit arguments.
+Registry entries are factories ``factory(cfg) -> nn.Module`` taking a validated
+:class:`models.config.ModelConfig`; the classes take explicit arguments. The pure
+geometry (warps, compositions, the TPS solve, the polar formula) lives in :mod:`geometry`.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import TYPE_CHECKING, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helper.errors import UserError
-from models.polar import PolarTransform, polar_map_points
+from geometry import hw
+from geometry.affine import IDENTITY_THETA, affine_warp, compose_affine, sample_fp32
+from geometry.polar import polar_map_points
+from geometry.tps import control_grid
+from models.polar import PolarTransform
 from models.registry import Registry
-from models.tps import TPSGridGen, control_grid
+from models.tps import TPSGridGen
+
+if TYPE_CHECKING:
+    from models.config import ModelConfig
 
 TRANSFORMS = Registry("transform")
 STN_TRANSFORMS = ("affine", "composed_affine", "tps")
-
-
-def _pair(size: Sequence[int]) -> Tuple[int, int]:
-    height, width = (int(v) for v in size)
-    return height, width
-
-
-def _sample(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Bilinear, zero-padded, align_corners=False ``grid_sample`` in float32 (autocast off)."""
-    with torch.autocast(device_type=image.device.type, enabled=False):
-        out = F.grid_sample(image.float(), grid.float(), mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.to(image.dtype)
-
-
-def affine_warp(image: torch.Tensor, theta: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
-    """Resample ``image`` (``B x C x H x W``) with 2x3 ``theta`` (``B x 2 x 3``) to ``out_size``.
-
-    Output-to-input: output point ``(x, y)`` reads input point ``theta @ (x, y, 1)``.
-    """
-    out_h, out_w = _pair(out_size)
-    with torch.autocast(device_type=image.device.type, enabled=False):
-        grid = F.affine_grid(theta.float(), [image.shape[0], image.shape[1], out_h, out_w], align_corners=False)
-    return _sample(image, grid)
-
-
-def to_homogeneous(theta: torch.Tensor) -> torch.Tensor:
-    """``B x 2 x 3`` affine matrices -> ``B x 3 x 3`` with last row ``(0, 0, 1)``."""
-    last = theta.new_tensor([0.0, 0.0, 1.0]).expand(theta.shape[0], 1, 3)
-    return torch.cat([theta, last], dim=1)
-
-
-def compose_affine(stage_thetas: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Compose output-to-input 2x3 matrices of successive warps: ``A_1 @ A_2 @ ... @ A_K``.
-
-    Stage ``k`` warps the image already warped by stages ``1..k-1``; reading through
-    ``A_k`` then through the earlier composition gives the product in this order. Each
-    entry is ``B x 2 x 3``; the result is ``B x 2 x 3`` (float32 or float64).
-    """
-    dtype = torch.float64 if stage_thetas[0].dtype == torch.float64 else torch.float32
-    with torch.autocast(device_type=stage_thetas[0].device.type, enabled=False):
-        composed = to_homogeneous(stage_thetas[0].to(dtype))
-        for theta in stage_thetas[1:]:
-            composed = composed @ to_homogeneous(theta.to(dtype))
-    return composed[:, :2, :]
-
-
-IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 class LocalisationNet(nn.Module):
@@ -121,7 +81,7 @@ class ResizeTransform(nn.Module):
 
     def __init__(self, pano_size: Sequence[int]) -> None:
         super().__init__()
-        self.pano_size = _pair(pano_size)
+        self.pano_size = hw(pano_size)
 
     def forward(self, satellite: torch.Tensor) -> torch.Tensor:
         if tuple(satellite.shape[-2:]) == self.pano_size:
@@ -139,7 +99,7 @@ class AffineTransform(nn.Module):
 
     def __init__(self, pano_size: Sequence[int]) -> None:
         super().__init__()
-        self.pano_size = _pair(pano_size)
+        self.pano_size = hw(pano_size)
         self.loc = LocalisationNet(6, torch.tensor(IDENTITY_THETA))
 
     def forward_with_theta(self, satellite: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -164,9 +124,7 @@ class ComposedAffineTransform(nn.Module):
 
     def __init__(self, pano_size: Sequence[int], stages: int = 3) -> None:
         super().__init__()
-        if int(stages) < 1:
-            raise UserError(f"stn_stages must be >= 1 for composed_affine, got {stages}")
-        self.pano_size = _pair(pano_size)
+        self.pano_size = hw(pano_size)
         self.work_size = (max(8, self.pano_size[0] // 2), max(8, self.pano_size[1] // 2))
         self.stages = nn.ModuleList(LocalisationNet(6, torch.tensor(IDENTITY_THETA)) for _ in range(int(stages)))
 
@@ -189,13 +147,13 @@ class TPSTransform(nn.Module):
     """``tps`` STN: the localisation net predicts the ``K`` source points of a TPS.
 
     Target (output-frame) control points: a ``grid_h x grid_w`` regular grid spanning
-    ``[-span, span]`` in x and y (row-major, see :func:`models.tps.control_grid`). The
+    ``[-span, span]`` in x and y (row-major, see :func:`geometry.tps.control_grid`). The
     net sees the satellite at its input resolution and predicts ``K x 2`` raw values,
     (x, y) per point in the satellite's normalized frame; ``bounded`` -> ``source = tanh(raw)``
     (inside the image), else ``source = raw``. Initialisation (zero final weights):
     ``init="identity"``: bias = target points (``atanh`` of them if bounded) -> identity grid;
     ``init="polar"``: bias = the SAFA polar mapping of each target point
-    (:func:`models.polar.polar_map_points` for ``sate_size -> pano_size``; ``atanh`` of it,
+    (:func:`geometry.polar.polar_map_points` for ``sate_size -> pano_size``; ``atanh`` of it,
     clamped to ``|.| <= 1 - 1e-4``, if bounded), so the initial output equals the polar
     block's at the control points and approximates it in between.
     """
@@ -210,12 +168,8 @@ class TPSTransform(nn.Module):
         init: str = "identity",
     ) -> None:
         super().__init__()
-        self.sate_size, self.pano_size = _pair(sate_size), _pair(pano_size)
-        grid_h, grid_w = _pair(grid)
-        if grid_h < 2 or grid_w < 2:
-            raise UserError(f"tps_grid must be [GH, GW] with GH, GW >= 2, got {list(grid)}")
-        if not 0.0 < float(span) <= 1.0:
-            raise UserError(f"tps_span must be in (0, 1], got {span}")
+        self.sate_size, self.pano_size = hw(sate_size), hw(pano_size)
+        grid_h, grid_w = hw(grid)
         self.bounded = bool(bounded)
         target = control_grid(grid_h, grid_w, float(span))
         if init == "identity":
@@ -223,7 +177,7 @@ class TPSTransform(nn.Module):
         elif init == "polar":
             start = torch.from_numpy(polar_map_points(target.double().numpy(), self.sate_size, self.pano_size))
         else:
-            raise UserError(f"unknown stn_init {init!r}; valid: identity, polar")
+            raise ValueError(f"unknown TPS init {init!r}; valid: identity, polar")
         if self.bounded:
             start = torch.atanh(start.clamp(-1.0 + 1e-4, 1.0 - 1e-4))
         self.num_points = target.shape[0]
@@ -238,54 +192,38 @@ class TPSTransform(nn.Module):
     def forward_with_points(self, satellite: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(output B x 3 x Hp x Wp, source points B x K x 2)``."""
         source = self.source_points(satellite)
-        return _sample(satellite, self.grid_gen(source)), source
+        return sample_fp32(satellite, self.grid_gen(source)), source
 
     def forward(self, satellite: torch.Tensor) -> torch.Tensor:
         return self.forward_with_points(satellite)[0]
 
 
-def _input_size(cfg: dict) -> Tuple[int, int]:
-    """Satellite input size the block receives: ``pano_size`` for polar files, else ``sate_size``."""
-    return _pair(cfg["pano_size"] if cfg["polar_files"] else cfg["sate_size"])
-
-
 @TRANSFORMS.register("none")
-def _build_none(cfg: dict) -> nn.Module:
-    return ResizeTransform(cfg["pano_size"])
+def _build_none(cfg: ModelConfig) -> nn.Module:
+    return ResizeTransform(cfg.pano_size)
 
 
 @TRANSFORMS.register("polar")
-def _build_polar(cfg: dict) -> nn.Module:
-    return PolarTransform(cfg["sate_size"], cfg["pano_size"], polar_files=cfg["polar_files"])
+def _build_polar(cfg: ModelConfig) -> nn.Module:
+    return PolarTransform(cfg.sate_size, cfg.pano_size, polar_files=cfg.polar_files)
 
 
 @TRANSFORMS.register("affine")
-def _build_affine(cfg: dict) -> nn.Module:
-    return AffineTransform(cfg["pano_size"])
+def _build_affine(cfg: ModelConfig) -> nn.Module:
+    return AffineTransform(cfg.pano_size)
 
 
 @TRANSFORMS.register("composed_affine")
-def _build_composed_affine(cfg: dict) -> nn.Module:
-    return ComposedAffineTransform(cfg["pano_size"], stages=cfg["stn_stages"])
+def _build_composed_affine(cfg: ModelConfig) -> nn.Module:
+    return ComposedAffineTransform(cfg.pano_size, stages=cfg.stn_stages)
 
 
 @TRANSFORMS.register("tps")
-def _build_tps(cfg: dict) -> nn.Module:
-    if cfg["stn_init"] == "polar" and cfg["polar_files"]:
-        raise UserError(
-            "stn_init 'polar' starts the TPS at the polar mapping of a raw satellite image, but polar_files "
-            "feeds images that are already polar; use stn_init 'identity' with polar_files"
-        )
-    return TPSTransform(
-        _input_size(cfg),
-        cfg["pano_size"],
-        grid=cfg["tps_grid"],
-        span=cfg["tps_span"],
-        bounded=cfg["tps_bounded"],
-        init=cfg["stn_init"],
-    )
+def _build_tps(cfg: ModelConfig) -> nn.Module:
+    return TPSTransform(cfg.satellite_input_size, cfg.pano_size, grid=cfg.tps_grid, span=cfg.tps_span,
+                        bounded=cfg.tps_bounded, init=cfg.stn_init)
 
 
-def build_transform(cfg: dict) -> nn.Module:
-    """The block named ``cfg["transform"]`` for a resolved model config."""
-    return TRANSFORMS.get(cfg["transform"])(cfg)
+def build_transform(cfg: "ModelConfig") -> nn.Module:
+    """The block named by ``cfg.transform`` for a validated :class:`models.config.ModelConfig`."""
+    return TRANSFORMS.get(cfg.transform)(cfg)

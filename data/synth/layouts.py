@@ -30,9 +30,9 @@ Label line: ``pano sat_pos d0 d1 sat_semi1 d0 d1 sat_semi2 d0 d1 sat_semi3 d0 d1
 (d0, d1) = satellite centre minus panorama in pixels of the 640 px tile (0.114 m, also
 for demo-size tiles): d0 = latitude difference (> 0: panorama south of the centre), d1 =
 longitude difference (> 0: panorama west), i.e. the panorama sits at row 320 + d0,
-column 320 - d1 of a 640 px tile, in continuous pixel-edge coordinates (the tile spans
-[0, 640], its centre GPS is the image's geometric middle 320; pixel (r, c) covers
-[r, r + 1) x [c, c + 1)). The positive is the tile with the nearest centre; the
+column 320 - d1 of a 640 px tile, in pixel index coordinates (pixel [r, c] sits at (r, c);
+the tile centre GPS is index (320, 320), the centre of the polar transform, as in the
+official VIGOR code; see :func:`tile_grid_origin`). The positive is the tile with the nearest centre; the
 semi-positives are the other three tiles containing the point, nearest first.
 Overlapping tiles are crops of one consistent mosaic: shared pixels are identical.
 
@@ -55,13 +55,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data.io import write_bytes_atomic, write_image_atomic
+from common.fileio import write_bytes_atomic
+from data.io import write_image_atomic
 from data.synth.render import aerial_look, render_aerial, render_panorama, street_look
 from data.synth.scene import Scene, city_preset, make_city_scene, make_location_scene
-from helper.errors import UserError
+from common.errors import UserError
+from data.vigor_layout import SAME_AREA_CITIES
 
 EARTH_RADIUS_M = 6371004.0
-VIGOR_CITIES = ("NewYork", "Seattle", "SanFrancisco", "Chicago")
 VIGOR_M_PER_PX = 0.114            # at the 640 px tile
 VIGOR_TILE_M = 640 * VIGOR_M_PER_PX
 VIGOR_STRIDE_M = VIGOR_TILE_M / 2
@@ -384,10 +385,17 @@ def vigor_tile(plan: CityPlan, index: int, size="demo") -> np.ndarray:
     row, col = divmod(index, plan.grid)
     _, x, y = plan.tiles[index]
     look = aerial_look(_item_rng(plan.aerial_seed, 1))
-    # global pixel grid of the city mosaic: tile (row, col) starts at (col, row) x side/2;
-    # the tile centre (x, y) lies at the image's geometric middle (pixel edges side/2)
-    origin = (col * (side // 2) + 0.5, row * (side // 2) + 0.5)
-    return render_aerial(plan.scene, (x, y), side, res, look, grid_origin=origin)
+    return render_aerial(plan.scene, (x, y), side, res, look, grid_origin=tile_grid_origin(row, col, side))
+
+
+def tile_grid_origin(row: int, col: int, side: int) -> Tuple[int, int]:
+    """Mosaic position ``(col0, row0)`` of tile (row, col)'s pixel [0, 0] (see ``render_aerial``).
+
+    Tiles step by ``side / 2`` whole pixels (one shared pixel grid, so overlaps agree), and
+    the tile centre, whose GPS names the tile, sits at pixel index ``(side/2, side/2)``: the
+    official VIGOR convention (docs/datasets.md) that :func:`data.vigor.panorama_pixel` reads.
+    """
+    return col * (side // 2), row * (side // 2)
 
 
 def vigor_panorama(plan: CityPlan, index: int, size="demo"):
@@ -429,7 +437,7 @@ def parse_cities(cities) -> List[str]:
     return cities
 
 
-def generate_vigor(out: str, cities=VIGOR_CITIES, train: int = 10, test: int = 10, seed: int = 0, size="demo",
+def generate_vigor(out: str, cities=SAME_AREA_CITIES, train: int = 10, test: int = 10, seed: int = 0, size="demo",
                    workers: int = 1, progress: bool = False) -> Dict:
     """Write a VIGOR-layout synthetic dataset: per city ``train`` + ``test`` panoramas.
 

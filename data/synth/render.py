@@ -249,8 +249,8 @@ def render_aerial(scene: Scene, center: Tuple[float, float], side: int, res: flo
     ``((col0 + j) * res, (row0 + i) * res)`` with ``(col0, row0) = grid_origin``; the
     default ``center / res - side / 2`` puts ``center`` at pixel index ``side / 2`` (the
     SAFA polar transform's centre). Tiles of one mosaic pass origins that differ by whole
-    pixels (VIGOR: ``(col * side/2 + 0.5, row * side/2 + 0.5)``, the centre at the image's
-    geometric middle): rasterisation and sensor noise then agree on every shared pixel.
+    pixels (VIGOR: :func:`data.synth.layouts.tile_grid_origin`, the centre at index
+    ``side / 2`` as by default): rasterisation and sensor noise then agree on every shared pixel.
     """
     cx, cy = center
     if grid_origin is None:

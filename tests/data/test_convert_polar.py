@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from data import convert_polar
-from data.convert_polar import (polar_gather_table, polar_image_uint8, polar_source_coords, polar_transform,
-                                polar_transform_fast)
+from data.convert_polar import polar_transform
+from geometry.polar import polar_gather_table, polar_image_uint8, polar_source_coords, polar_transform_fast
 from data.io import read_image
-from helper.errors import EXIT_USER_ERROR, UserError
+from common.errors import EXIT_USER_ERROR, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -10,9 +10,12 @@ import torch
 
 from data import convert_polar
 from data.augment import flip_aerial, flip_panorama
-from data.cvusa import CVUSA, MISSING_EXAMPLES, polar_rel_path, read_split_csv
-from data.io import IMAGENET_MEAN, IMAGENET_STD, normalise, read_image, to_tensor
-from helper.errors import UserError
+from data.cvusa import CVUSA
+from data.cvusa_layout import polar_path, read_split_csv
+from data.io import MISSING_EXAMPLES
+from data.io import read_image
+from data.tensors import IMAGENET_MEAN, IMAGENET_STD, normalise, to_tensor
+from common.errors import UserError
 
 SATE = (32, 32)  # small stand-ins for 256 x 256 / 112 x 616
 PANO = (16, 88)
@@ -57,9 +60,9 @@ def test_missing_csv_names_the_path(tmp_path):
 
 
 def test_polar_rel_path():
-    assert polar_rel_path("bingmap/19/0000042.jpg") == "polarmap/19/0000042.png"
-    assert polar_rel_path("bingmap\\19\\0000042.jpg") == "polarmap/19/0000042.png"
-    assert polar_rel_path("aerial/0000042.jpeg") == "polarmap/19/0000042.png"
+    assert polar_path("bingmap/19/0000042.jpg") == "polarmap/19/0000042.png"
+    assert polar_path("bingmap\\19\\0000042.jpg") == "polarmap/19/0000042.png"
+    assert polar_path("aerial/0000042.jpeg") == "polarmap/19/0000042.png"
 
 
 def _make_cvusa(root, count=4, aerial_side=96, pano=(48, 264)):
@@ -182,7 +185,7 @@ def test_polar_files(cvusa_root):
     assert sample["satellite"].shape == (3, *PANO)
     polar_path = os.path.join(cvusa_root, "polarmap/19/0000003.png")
     assert torch.equal(sample["satellite"], to_tensor(read_image(polar_path, PANO)))
-    sized = CVUSA(cvusa_root, "splits/val-19zl.csv", SATE, PANO, polar_files=True, polar_size=(24, 132))
+    sized = CVUSA(cvusa_root, "splits/val-19zl.csv", SATE, (24, 132), polar_files=True)
     assert torch.equal(sized[0]["satellite"], to_tensor(read_image(polar_path)))
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from data import io as dio
-from data.io import (IMAGENET_MEAN, IMAGENET_STD, decode_image, jpeg_reduction, normalise, read_image, resize,
-                     to_tensor, to_uint8_tensor, write_image_atomic)
-from helper.errors import UserError
+from data.io import decode_image, jpeg_reduction, read_image, resize, write_image_atomic
+from data.tensors import IMAGENET_MEAN, IMAGENET_STD, normalise, to_tensor, to_uint8_tensor
+from common.errors import UserError
 
 
 def _smooth(rng, height, width):

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from data.samplers import DistributedShuffleSampler, VigorBatchSampler, topk_neighbours
-from helper.errors import UserError
+from common.errors import UserError
 
 
 def grid_labels(n, gx, gy, seed=0):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data import synthetic as syn
-from helper.errors import UserError
+from common.errors import UserError
 
 MAGENTA = (1.0, 0.0, 1.0)
 CYAN = (0.0, 1.0, 1.0)
@@ -406,7 +406,8 @@ def test_full_size_vigor_images():
 def test_generated_folders_load_with_the_project_loaders(tmp_path):
     """The synthetic layouts are read by the real CVUSA and VIGOR loaders, labels included."""
     from data.cvusa import CVUSA
-    from data.vigor import VigorIndex, VigorPairs
+    from data.vigor import VigorPairs
+    from data.vigor_layout import VigorIndex
 
     cvusa = str(tmp_path / "cvusa")
     syn.generate_cvusa(cvusa, train=3, test=2, seed=0, size="demo")
@@ -420,7 +421,7 @@ def test_generated_folders_load_with_the_project_loaders(tmp_path):
     index = VigorIndex(vigor, ["Chicago", "Seattle"], "train", "same")
     assert len(index) == 6 and index.semi.shape == (6, 3)
     # the positive is the nearest satellite centre to each panorama's GPS
-    nearest = [int(np.argmin(((index.sat_gps - gps) ** 2).sum(1))) for gps in index.pano_gps]
+    nearest = [int(np.argmin(((index.satellite_gps - gps) ** 2).sum(1))) for gps in index.street_gps]
     assert list(index.positive) == nearest
     sample = VigorPairs(index, sate_size=(64, 64), pano_size=(32, 64))[5]
     assert sample["street"].shape == (3, 32, 64) and sample["positive"] == index.positive[5]

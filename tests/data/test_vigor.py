@@ -10,12 +10,12 @@ import torch
 import data.augment as augment_module
 from data.augment import aerial_point, paired_augment, sample_rng
 from data.convert_polar import polar_transform
-from data.io import normalise, read_image, to_tensor
-from data.vigor import (CROSS_TEST, CROSS_TRAIN, SAME_AREA_CITIES, TILE_SIDE, VigorIndex, VigorPairs,
-                        VigorPanoramas, VigorSatellites, augment_deltas, flip_deltas, panorama_pixel,
-                        parse_panorama_name, parse_satellite_name, polar_relpath, read_list, rotate_deltas,
-                        vigor_indices)
-from helper.errors import UserError
+from data.io import read_image
+from data.tensors import normalise, to_tensor
+from data.vigor import VigorPairs, VigorPanoramas, VigorSatellites, augment_deltas, flip_deltas, panorama_pixel, rotate_deltas
+from data.vigor_layout import (CROSS_TEST, CROSS_TRAIN, PANO_SIZE, SAME_AREA_CITIES, TILE_SIDE, VigorConfig, VigorIndex,
+                               parse_panorama_name, parse_satellite_name, polar_path, read_list)
+from common.errors import UserError
 
 REAL_PANO = "-0-MZBp3e1p5aBhMLnaUNQ,41.88373255988426,-87.62657128046946,.jpg"
 REAL_SAT = "satellite_41.8771276047049_-87.6269626412138.png"
@@ -96,7 +96,7 @@ def write_polarmaps(root, info, size=(8, 32)):
         for name in data["sats"]:
             aerial = read_image(os.path.join(root, city, "satellite", name))
             polar = polar_transform(aerial, *size).round().clip(0, 255).astype(np.uint8)
-            cv2.imwrite(os.path.join(root, polar_relpath(f"{city}/satellite/{name}")), polar[:, :, ::-1])
+            cv2.imwrite(os.path.join(root, polar_path(f"{city}/satellite/{name}")), polar[:, :, ::-1])
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -132,8 +132,8 @@ def test_read_list_crlf_blank_lines_no_final_newline(tmp_path):
 
 
 def test_polar_relpath():
-    assert polar_relpath("Chicago/satellite/" + REAL_SAT) == "Chicago/polarmap/" + REAL_SAT
-    assert polar_relpath("NewYork/satellite/satellite_1_2.jpg") == "NewYork/polarmap/satellite_1_2.png"
+    assert polar_path("Chicago/satellite/" + REAL_SAT) == "Chicago/polarmap/" + REAL_SAT
+    assert polar_path("NewYork/satellite/satellite_1_2.jpg") == "NewYork/polarmap/satellite_1_2.png"
 
 
 # ------------------------------------------------------------------------------- index
@@ -142,10 +142,10 @@ def _check_index_against_info(index, info):
     offset = 0
     for city in index.cities:
         names = info[city]["sats"]
-        assert index.sat_ranges[city] == (offset, offset + len(names))
+        assert index.satellite_ranges[city] == (offset, offset + len(names))
         for k, name in enumerate(names):
-            assert index.sat_paths[offset + k] == f"{city}/satellite/{name}"
-            assert tuple(index.sat_gps[offset + k]) == parse_satellite_name(name)
+            assert index.satellite_paths[offset + k] == f"{city}/satellite/{name}"
+            assert tuple(index.satellite_gps[offset + k]) == parse_satellite_name(name)
         offset += len(names)
     assert index.num_satellites == offset
 
@@ -157,47 +157,49 @@ def test_index_global_order_follows_city_order(tmp_path):
         _check_index_against_info(index, info)
         assert index.num_panoramas == 8
         assert index.positive.shape == (8,) and index.semi.shape == (8, 3) and index.deltas.shape == (8, 4, 2)
-        assert index.pano_gps.shape == (8, 2) and index.pano_gps.dtype == np.float64
-        assert index.sat_gps.dtype == np.float64 and index.positive.dtype == np.int64
+        assert index.street_gps.shape == (8, 2) and index.street_gps.dtype == np.float64
+        assert index.satellite_gps.dtype == np.float64 and index.positive.dtype == np.int64
         row = 0
         for c, city in enumerate(cities):
             for pano, sats, deltas in info[city]["labels"][:4]:
-                assert index.pano_paths[row] == f"{city}/panorama/{pano}"
-                assert tuple(index.pano_gps[row]) == parse_panorama_name(pano)[1:]
-                assert index.pano_city[row] == c
+                assert index.street_paths[row] == f"{city}/panorama/{pano}"
+                assert tuple(index.street_gps[row]) == parse_panorama_name(pano)[1:]
+                assert index.street_city[row] == c
                 got = [index.positive[row], *index.semi[row]]
-                assert [os.path.basename(index.sat_paths[j]) for j in got] == sats
+                assert [os.path.basename(index.satellite_paths[j]) for j in got] == sats
                 # the global index lands inside the city's own block
-                start, stop = index.sat_ranges[city]
+                start, stop = index.satellite_ranges[city]
                 assert all(start <= j < stop for j in got)
                 np.testing.assert_array_equal(index.deltas[row], np.array(deltas))
                 row += 1
     # Seattle's satellites start after NewYork's in the official order
     index = VigorIndex(str(tmp_path), ("NewYork", "Seattle"), "train", "same", check_files=False)
-    assert index.sat_ranges["Seattle"][0] == len(info["NewYork"]["sats"]) == 12
+    assert index.satellite_ranges["Seattle"][0] == len(info["NewYork"]["sats"]) == 12
 
 
 def test_same_and_cross_area_read_their_label_files(tmp_path):
     info = make_vigor(tmp_path, cities=SAME_AREA_CITIES, grid=(3, 3), n_train=3, n_test=2, images=False)
-    same_train, same_test = vigor_indices(str(tmp_path), "same", check_files=False)
+    same = VigorConfig(str(tmp_path), "same")
+    same_train, same_test = same.index("train", check_files=False), same.index("test", check_files=False)
     assert same_train.cities == SAME_AREA_CITIES == same_test.cities
     assert same_train.num_panoramas == 4 * 3 and same_test.num_panoramas == 4 * 2
     assert same_train.num_satellites == same_test.num_satellites == 4 * 9
     assert [os.path.basename(f) for f in same_test.label_files] == ["same_area_balanced_test.txt"] * 4
     test_panos = {f"{city}/panorama/{label[0]}" for city in SAME_AREA_CITIES for label in info[city]["labels"][3:]}
-    assert set(same_test.pano_paths.tolist()) == test_panos
+    assert set(same_test.street_paths.tolist()) == test_panos
 
-    cross_train, cross_test = vigor_indices(str(tmp_path), "cross", check_files=False)
+    cross = VigorConfig(str(tmp_path), "cross")
+    cross_train, cross_test = cross.index("train", check_files=False), cross.index("test", check_files=False)
     assert cross_train.cities == CROSS_TRAIN and cross_test.cities == CROSS_TEST
     assert cross_train.num_panoramas == 2 * 5 and cross_test.num_panoramas == 2 * 5
     assert cross_train.num_satellites == cross_test.num_satellites == 2 * 9
-    assert {p.split("/")[0] for p in cross_test.pano_paths} == set(CROSS_TEST)
+    assert {p.split("/")[0] for p in cross_test.street_paths} == set(CROSS_TEST)
     assert [os.path.basename(f) for f in cross_test.label_files] == ["pano_label_balanced.txt"] * 2
     _check_index_against_info(cross_test, info)
     # in cross-area test, SanFrancisco's satellites get global indices 0..8
-    assert cross_test.sat_ranges == {"SanFrancisco": (0, 9), "Chicago": (9, 18)}
-    with pytest.raises(UserError, match="overlap"):
-        vigor_indices(str(tmp_path), "cross", train_cities=["NewYork"], test_cities=["NewYork"], check_files=False)
+    assert cross_test.satellite_ranges == {"SanFrancisco": (0, 9), "Chicago": (9, 18)}
+    with pytest.raises(UserError, match="NewYork is in both --train_cities and --test_cities"):
+        VigorConfig(str(tmp_path), "cross", train_cities=["NewYork"], test_cities=["NewYork"])
 
 
 # ------------------------------------------------------------------------------ errors
@@ -284,9 +286,9 @@ def test_datasets_load_with_shapes_and_normalisation(tmp_path):
     assert sample["semi"].tolist() == index.semi[4].tolist()
     assert sample["flip"] is False and sample["rotation"] == 0
     np.testing.assert_array_equal(sample["delta"].numpy(), index.deltas[4, 0])
-    expected = to_tensor(read_image(index.sat_file(index.positive[4]), (32, 32)))
+    expected = to_tensor(read_image(index.satellite_file(index.positive[4]), (32, 32)))
     assert torch.equal(sample["satellite"], expected)
-    assert torch.equal(sample["street"], to_tensor(read_image(index.pano_file(4), (8, 32))))
+    assert torch.equal(sample["street"], to_tensor(read_image(index.street_file(4), (8, 32))))
 
     queries = VigorPanoramas(index, pano_size=(8, 32))
     assert len(queries) == 6 and set(queries[2]) == {"street", "index"}
@@ -308,13 +310,12 @@ def test_polar_files(tmp_path):
     j = 5
     polar = references[j]["satellite"]
     assert polar.shape == (3, 8, 32)
-    aerial = read_image(index.sat_file(j))
+    aerial = read_image(index.satellite_file(j))
     expected = to_tensor(polar_transform(aerial, 8, 32).round().clip(0, 255).astype(np.uint8))
     assert torch.equal(polar, expected)
     pairs = VigorPairs(index, pano_size=(8, 32), polar_files=True)
     assert pairs[1]["satellite"].shape == (3, 8, 32)
-    with pytest.raises(UserError, match="pano_size"):
-        VigorSatellites(index, polar_files=True)
+    assert VigorSatellites(index, polar_files=True).size == PANO_SIZE  # the official panorama size
 
 
 # ------------------------------------------------------------------------ augmentation
@@ -427,11 +428,11 @@ def test_pairs_augmentation_end_to_end(tmp_path):
     row, col = panorama_pixel(index.deltas[0, 0], side)
     assert row == int(row) and col == int(col)
     tile[int(row) - 3:int(row) + 4, int(col) - 3:int(col) + 4] = 255   # 7x7 block centred on the panorama index
-    cv2.imwrite(index.sat_file(index.positive[0]), tile)
+    cv2.imwrite(index.satellite_file(index.positive[0]), tile)
     pano = np.zeros((16, width, 3), np.uint8)
     pano[:, width // 2 - 1:width // 2 + 2] = 255    # stripe centred on north
-    cv2.imwrite(index.pano_file(0), pano, [cv2.IMWRITE_JPEG_QUALITY, 100])
-    raw_pano, raw_tile = read_image(index.pano_file(0), (16, width)), read_image(index.sat_file(index.positive[0]),
+    cv2.imwrite(index.street_file(0), pano, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    raw_pano, raw_tile = read_image(index.street_file(0), (16, width)), read_image(index.satellite_file(index.positive[0]),
                                                                                  (side, side))
 
     pairs = VigorPairs(index, sate_size=(side, side), pano_size=(16, width), augment=True, rotate=True, seed=3)
@@ -478,7 +479,7 @@ def test_pairs_augmentation_end_to_end(tmp_path):
         assert (flips[1]["flip"], flips[1]["rotation"]) == (pairs[1]["flip"], 0)
     with pytest.raises(UserError, match="square"):
         VigorPairs(index, sate_size=(32, 64), rotate=True)
-    with pytest.raises(UserError, match="multiple of 4"):
+    with pytest.raises(UserError, match="divisible by 4"):
         VigorPairs(index, sate_size=(32, 32), pano_size=(8, 30), rotate=True)
 
 
@@ -491,7 +492,7 @@ def test_pairs_flip_on_non_square_aerial_tracks_columns(tmp_path):
     row, col = panorama_pixel(index.deltas[0, 0], side)
     assert col == int(col)
     tile[:, int(col) - 1:int(col) + 2] = 255          # 3-column stripe centred on the panorama column
-    cv2.imwrite(index.sat_file(index.positive[0]), tile)
+    cv2.imwrite(index.satellite_file(index.positive[0]), tile)
     pairs = VigorPairs(index, sate_size=(height, side), pano_size=(8, 32), augment=True, seed=1)
     flipped = 0
     for epoch in range(6):
@@ -520,7 +521,7 @@ def test_polar_files_pairs_are_augmented_like_panoramas(tmp_path, flip, k):
     sample = pairs[1]
     assert (sample["flip"], sample["rotation"]) == (flip, k)
     polar = read_image(index.polar_file(index.positive[1]), (8, 32))
-    street = read_image(index.pano_file(1), (8, 32))
+    street = read_image(index.street_file(1), (8, 32))
     if flip:
         polar, street = augment_module.flip_panorama(polar), augment_module.flip_panorama(street)
     polar, street = augment_module.roll_panorama(polar, k), augment_module.roll_panorama(street, k)

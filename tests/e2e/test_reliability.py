@@ -12,7 +12,7 @@ import torch
 import helper.engine
 import helper.tasks
 from helper.cli import train_main
-from helper.errors import UserError
+from common.errors import UserError
 from tests.e2e.worlds import TINY_FLAGS, make_cvusa
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,7 +44,7 @@ def _script(*args):
 # signal reliably lands mid-run
 SLOW_TRAIN = ["-c", "import sys, time; import helper.engine as e; step = e.compute_loss; "
               "e.compute_loss = lambda *a, **k: (time.sleep(0.15), step(*a, **k))[1]; "
-              "from helper.cli import train_main; from helper.errors import run_main; "
+              "from helper.cli import train_main; from common.errors import run_main; "
               "run_main(lambda: train_main('cvusa', sys.argv[1:]))"]
 
 
@@ -125,9 +125,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cvusa_root, tmp_pa
 
 
 def _config(root, results_dir, name, epochs, *extra):
-    from helper.parser import parse_train_config
+    from helper.parser import parse_train_args
 
-    return parse_train_config("cvusa", _flags(root, results_dir, name, epochs, *extra))
+    return parse_train_args("cvusa", _flags(root, results_dir, name, epochs, *extra)).run
 
 
 def _env():

@@ -21,7 +21,7 @@ def vigor_root(tmp_path_factory):
 @pytest.mark.parametrize("mode, cities, extra", [
     ("same", ["--cities", "NewYork,Seattle"], ["--transform", "polar"]),
     ("cross", ["--train_cities", "NewYork", "--test_cities", "Seattle"],
-     ["--transform", "tps", "--lambda_l1", "1", "--mining", "--mining_k", "4"]),
+     ["--transform", "tps", "--lambda_l1", "1", "--mining", "--mining_k", "4", "--batch_size", "2"]),
 ])
 def test_train_and_test_vigor(vigor_root, tmp_path, mode, cities, extra):
     results_dir = str(tmp_path / "runs")

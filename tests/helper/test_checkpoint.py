@@ -6,7 +6,7 @@ import torch
 
 from helper.checkpoint import (CHECKPOINT_VERSION, load_checkpoint, load_model_state, rng_state,
                                save_checkpoint, set_rng_state)
-from helper.errors import UserError
+from common.errors import UserError
 
 
 def _state(model):

@@ -8,8 +8,7 @@ import torch.multiprocessing as mp
 
 from helper import distributed
 
-CFG = {"transform": "polar", "backbone": "tiny", "pretrained": False, "sate_size": [48, 48],
-       "pano_size": [32, 96], "lambda_sm": 10.0, "lambda_l1": 0.0, "amp": "none"}
+CFG = {"transform": "polar", "backbone": "tiny", "pretrained": False, "sate_size": [48, 48], "pano_size": [32, 96]}
 STEPS, PER_RANK = 3, 4
 
 
@@ -20,7 +19,7 @@ def _batches(world_batch: int):
 
 
 def _train(env, rank: int, world_size: int):
-    from helper.engine import compute_loss
+    from helper.engine import Objective, compute_loss
     from models import build_model
 
     torch.manual_seed(0)
@@ -29,7 +28,8 @@ def _train(env, rank: int, world_size: int):
     for batch in _batches(PER_RANK * 2):
         local = {k: v[rank * PER_RANK * 2 // world_size:(rank + 1) * PER_RANK * 2 // world_size]
                  for k, v in batch.items()}
-        loss, _, _ = compute_loss(CFG, model, local, env, hard_ratio=0.5)
+        loss, _, _ = compute_loss(Objective(lambda_sm=10.0, lambda_l1=0.0, amp="none"), model, local, env,
+                                  hard_ratio=0.5)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

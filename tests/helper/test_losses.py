@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helper.errors import UserError
+from common.errors import UserError
 from helper.losses import hard_ratio_schedule, l1_guidance_loss, num_hard_triplets, soft_margin_triplet_loss
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helper.errors import UserError
+from common.errors import UserError
 from helper.metrics import (
     EARTH_RADIUS_M,
     evaluate_retrieval,

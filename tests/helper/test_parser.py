@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from helper.errors import UserError
+from common.errors import UserError
 from helper.parser import build_test_parser, parse_test_args, parse_train_config
 
 
@@ -13,9 +13,27 @@ def test_cvusa_defaults_and_fixed_flags():
     assert cfg["dataset"] == "cvusa" and cfg["transform"] == "tps" and cfg["pretrained"] is False
     assert cfg["sate_size"] == [64, 64] and cfg["pano_size"] == [32, 176]
     assert cfg["train_csv"] == "splits/train-19zl.csv" and cfg["val_csv"] == "splits/val-19zl.csv"
-    assert cfg["lambda_sm"] == 10.0 and cfg["hard_ratios"] == [1.0, 0.1, 0.05, 0.01]
+    assert cfg["lambda_sm"] == 10.0
     assert cfg["name"] == "cvusa_tps_vgg16" and cfg["eval_batch_size"] == 2 * cfg["batch_size"]
     json.dumps(cfg)  # plain JSON
+
+
+def test_schedule_defaults_follow_pretrained():
+    """SAFA's lr and hard-ratio schedule suit ImageNet weights; from scratch they do not learn."""
+    pretrained = parse_train_config("cvusa", [])
+    assert pretrained["lr"] == 1e-5 and pretrained["hard_ratios"] == [1.0, 0.1, 0.05, 0.01]
+    scratch = parse_train_config("cvusa", ["--no-pretrained", "--backbone", "tiny"])
+    assert scratch["lr"] == 1e-3 and scratch["hard_ratios"] == [1.0, 0.5]
+    explicit = parse_train_config("cvusa", ["--no-pretrained", "--lr", "2e-4", "--hard_ratios", "1,0.1"])
+    assert explicit["lr"] == 2e-4 and explicit["hard_ratios"] == [1.0, 0.1]
+
+
+def test_help_states_each_default_once(capsys):
+    from helper.parser import build_train_parser
+
+    text = build_train_parser("cvusa").format_help()
+    assert text.count("/data/CVUSA") == 1 and "(default: None)" not in text
+    assert "1e-05 with --pretrained (SAFA), 0.001 with --no-pretrained" in " ".join(text.split())
 
 
 def test_vigor_flags():
@@ -43,19 +61,22 @@ def test_config_file_then_command_line(tmp_path):
     (["--lambda_l1", "1", "--transform", "polar"], "needs an STN transform"),
     (["--tps_bounded", "--transform", "affine"], "tps_bounded only applies to --transform tps"),
     (["--amp", "bf16", "--device", "cpu"], "needs a CUDA device"),
-    (["--hard_ratios", "1,0"], "--hard_ratios must be numbers in"),
 ])
 def test_invalid_combinations(argv, message):
     with pytest.raises(UserError, match=message):
         parse_train_config("cvusa", argv)
 
 
-@pytest.mark.parametrize("argv", [["--transform", "spline"], ["--sate_size", "16,16"], ["--batch_size", "0"]])
-def test_bad_values_exit_2(argv, capsys):
+@pytest.mark.parametrize("argv, message", [(["--transform", "spline"], "valid transforms"),
+                                           (["--sate_size", "16,16"], "must be integers >= 32"),
+                                           (["--batch_size", "0"], "must be an integer >= 1"),
+                                           (["--hard_ratios", "1,0"], "must be numbers in (0, 1]")])
+def test_bad_values_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_train_config("cvusa", argv)
     assert exc.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err
 
 
 def test_unknown_transform_lists_choices(capsys):
@@ -97,10 +118,3 @@ def test_cross_area_cities_must_differ_and_no_abbreviations(capsys):
                                      "--test_cities", "Seattle,Chicago"])
     with pytest.raises(SystemExit):
         parse_train_config("cvusa", ["--n_ep", "3"])
-
-
-def test_resume_refuses_flags_it_would_ignore(tmp_path):
-    from helper.cli import train_main
-
-    with pytest.raises(UserError, match="not --lr"):
-        train_main("cvusa", ["--resume", str(tmp_path / "last.pth"), "--lr", "0.1", "--n_epochs", "3"])

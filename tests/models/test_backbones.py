@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.models import vgg as tv_vgg
 
 import models.backbones as backbones
-from helper.errors import UserError
+from common.errors import UserError
 from models.backbones import BACKBONES, ResNet34, TinyCNN, VGG16, build_backbone, feature_shape, hub_weights_path
 
 

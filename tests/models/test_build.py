@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from helper.errors import UserError
+from common.errors import UserError
 from models import DEFAULT_CONFIG, build_model, count_parameters, resolve_config
 from models.polar import PolarTransform
 
@@ -44,7 +44,7 @@ def test_missing_keys_build_the_default_architecture():
         ({"sate_size": [16, 64]}, "sate_size must be"),
         ({"pano_size": [112]}, "pano_size must be"),
         ({"attention_maps": 0}, "attention_maps must be"),
-        ({"stn_init": "random"}, "valid: identity, polar"),
+        ({"stn_init": "random"}, "is not one of identity, polar"),
         ({"transform": "affine", "stn_init": "polar"}, "only for --transform tps"),
         ({"transform": "polar", "lambda_l1": 1.0}, "needs an STN transform"),
         ({"transform": "affine", "tps_bounded": True}, "only applies to --transform tps"),
@@ -68,7 +68,7 @@ def test_json_round_trip_and_strict_load_give_identical_outputs(transform):
                 param.normal_(0, 0.01)
     torch.manual_seed(123)  # a different random init for the second model
     second = build_model(json.loads(json.dumps(cfg))).eval()
-    assert json.loads(json.dumps(second.cfg)) == second.cfg
+    assert json.loads(json.dumps(second.cfg.to_dict())) == second.cfg.to_dict()
     street, satellite = _batch()
     before = second(street, satellite)
     assert not torch.allclose(before[0], first(street, satellite)[0])

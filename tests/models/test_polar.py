@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.convert_polar import polar_source_coords, polar_transform
-from helper.errors import UserError
-from models.polar import PolarTransform, polar_grid, polar_map_points
-from models.tps import pixel_centres
+from common.errors import UserError
+from geometry.polar import polar_grid, polar_map_points, polar_source_coords, polar_transform
+from geometry.tps import pixel_centres
+from models.polar import PolarTransform
 
 
 def test_polar_block_matches_numpy_reference_on_random_image():
@@ -26,7 +26,7 @@ def test_polar_block_matches_reference_at_cvusa_sizes_batched():
 
 
 def test_non_square_grid_takes_rows_from_height_and_columns_from_width():
-    grid = polar_grid((40, 80), (16, 64))[0].double().numpy()
+    grid = polar_grid((40, 80), (16, 64))[0].astype(np.float64)
     row, _ = polar_source_coords(40, 16, 64)
     _, col = polar_source_coords(80, 16, 64)
     np.testing.assert_allclose(grid[..., 0], (2 * col + 1) / 80 - 1, atol=1e-6)
@@ -39,7 +39,7 @@ def test_non_square_grid_takes_rows_from_height_and_columns_from_width():
 def test_continuous_polar_map_equals_grid_at_pixel_centres():
     centres = pixel_centres(24, 100).numpy()
     mapped = polar_map_points(centres, (50, 70), (24, 100)).reshape(24, 100, 2)
-    np.testing.assert_allclose(mapped, polar_grid((50, 70), (24, 100))[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(mapped, polar_grid((50, 70), (24, 100))[0], atol=1e-6)
 
 
 def test_grid_is_a_non_persistent_buffer():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from helper.errors import UserError
+from common.errors import UserError
 from models.safa import SpatialAwareAttention
 
 

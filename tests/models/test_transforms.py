@@ -3,19 +3,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helper.errors import UserError
-from models import resolve_config
-from models.polar import PolarTransform, polar_grid, polar_map_points
-from models.tps import control_grid, pixel_centres
+from common.errors import UserError
+from geometry.affine import affine_warp, compose_affine
+from geometry.polar import polar_grid, polar_map_points
+from geometry.tps import control_grid, pixel_centres
+from models.config import ModelConfig
+from models.polar import PolarTransform
 from models.transforms import (
     TRANSFORMS,
     AffineTransform,
     ComposedAffineTransform,
     ResizeTransform,
     TPSTransform,
-    affine_warp,
     build_transform,
-    compose_affine,
 )
 
 SATE = (64, 64)
@@ -24,7 +24,7 @@ PANO = (32, 176)
 
 def _cfg(**overrides):
     base = dict(backbone="tiny", pretrained=False, sate_size=list(SATE), pano_size=list(PANO))
-    return resolve_config(dict(base, **overrides))
+    return ModelConfig.from_dict(dict(base, **overrides))
 
 
 def _perturb_heads(block, scale=0.05):
@@ -160,7 +160,7 @@ def test_tps_polar_init_matches_polar_block(bounded):
     # sizes: max 0.039 / mean 0.0075 (normalized units) inside the control hull |x|, |y| <= 0.9,
     # mean 0.012 over the whole image (extrapolation beyond the hull is worse, max 0.12).
     grid = block.grid_gen(source[None])[0]
-    error = (grid - polar_grid(SATE, PANO)[0]).norm(dim=-1)
+    error = (grid - torch.from_numpy(polar_grid(SATE, PANO)[0])).norm(dim=-1)
     inside = (pixel_centres(*PANO).view(*PANO, 2).abs() <= 0.9).all(-1)
     assert error[inside].max() < 0.05 and error[inside].mean() < 0.01
     assert error.mean() < 0.02

@@ -1,0 +1,135 @@
+"""The CVUSA layout (the CVM-Net / SAFA subset): paths, split CSVs, its settings (no torch).
+
+Layout under ``data_root`` (docs/datasets.md)::
+
+    splits/train-19zl.csv  splits/val-19zl.csv      aerial,panorama,annotation (relative paths)
+    bingmap/19/<id>.jpg                             aerial, 750 x 750, north up
+    streetview/panos/<id>.jpg                       panorama, 1232 x 224, north at column W/2
+    polarmap/19/<id>.png                            polar aerials (python -m data.convert_polar)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from common.errors import UserError
+from common.settings import check_settings, setting
+from data import io
+from data.io import list_subdirs
+
+DEFAULT_TRAIN_CSV = "splits/train-19zl.csv"
+DEFAULT_VAL_CSV = "splits/val-19zl.csv"
+AERIAL_DIR = "bingmap/19"
+POLAR_DIR = "polarmap/19"
+
+def read_split_csv(path: str) -> List[Tuple[str, str, Optional[str]]]:
+    """Read a CVUSA split CSV into ``[(aerial_rel, pano_rel, annotation_rel or None), ...]``.
+
+    No header; comma-separated relative paths; every line and field is stripped (CRLF
+    endings and trailing spaces are fine); blank lines are skipped; a third field is the
+    annotation (None when absent). A line with fewer than 2 fields raises :class:`UserError`
+    naming ``path:line``; so does a missing file.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"split CSV not found: {path}; check --data_root and the csv path") from None
+    except UnicodeDecodeError:
+        raise UserError(f"split CSV is not a text file: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read split CSV {path}: {exc.strerror}") from None
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) < 2 or not fields[0] or not fields[1]:
+            raise UserError(f"{path}:{number}: expected 'aerial,panorama[,annotation]' "
+                            f"(comma-separated relative paths), got {line!r}")
+        annotation = fields[2] if len(fields) > 2 and fields[2] else None
+        pairs.append((fields[0], fields[1], annotation))
+    return pairs
+
+
+def polar_path(aerial_rel: str) -> str:
+    """The polar image of an aerial: ``bingmap/19/<id>.jpg`` -> ``polarmap/19/<id>.png``.
+
+    The ``bingmap`` folder component becomes ``polarmap`` and the extension ``.png``; an
+    aerial path without a ``bingmap`` component maps to ``polarmap/19/<stem>.png``.
+    """
+    parts = aerial_rel.replace("\\", "/").split("/")
+    stem = os.path.splitext(parts[-1])[0]
+    if "bingmap" not in parts[:-1]:
+        return f"{POLAR_DIR}/{stem}.png"
+    parts = ["polarmap" if part == "bingmap" else part for part in parts[:-1]] + [stem + ".png"]
+    return "/".join(parts)
+
+
+def layout_hints(data_root: str, rel_dirs: Iterable[str]) -> List[str]:
+    """Hints for folders expected under ``data_root`` that are missing.
+
+    Detects archives extracted one level too deep (``bingmap/bingmap/19``,
+    ``streetview/streetview/panos``, ``<data_root>/CVUSA/...``) and missing polar images.
+    """
+    hints = []
+    for rel_dir in dict.fromkeys(rel_dirs):
+        expected = os.path.join(data_root, rel_dir)
+        if os.path.isdir(expected):
+            continue
+        found = [sub for sub in list_subdirs(data_root) if os.path.isdir(os.path.join(data_root, sub, rel_dir))]
+        first = rel_dir.replace("\\", "/").split("/")[0]
+        if first in found:  # e.g. bingmap/bingmap/19: one folder level too many
+            hints.append(f"expected folder {expected} does not exist but "
+                         f"{os.path.join(data_root, first, rel_dir)} does: the archive was extracted into a "
+                         f"nested folder; move its contents up one level: "
+                         f"mv {os.path.join(data_root, first, first)}/* {os.path.join(data_root, first)}/")
+        elif found:  # e.g. <data_root>/CVUSA/bingmap/19: data_root one level too high
+            hints.append(f"expected folder {expected} does not exist but "
+                         f"{os.path.join(data_root, found[0], rel_dir)} does: pass --data_root "
+                         f"{os.path.join(data_root, found[0])}")
+        elif first == "polarmap":
+            hints.append(f"polar images are not created yet: run `python -m data.convert_polar "
+                         f"--data_root {data_root}` first (or train without --polar_files)")
+        else:
+            hints.append(f"expected folder {expected} does not exist")
+    return hints
+
+
+def missing_files_error(data_root: str, missing: Sequence[str], total: int, source: str) -> UserError:
+    """:func:`data.io.missing_files_error` with the CVUSA layout hints."""
+    hints = layout_hints(data_root, (os.path.dirname(rel) for rel in missing))
+    return io.missing_files_error(data_root, missing, total, "", source, hints)
+
+
+def resolve_csv(data_root: str, csv: str) -> str:
+    """``csv`` relative to ``data_root`` (or absolute); a missing file is a :class:`UserError`."""
+    path = csv if os.path.isabs(csv) else os.path.join(data_root, csv)
+    if not os.path.isfile(path):
+        nested = [os.path.join(data_root, sub) for sub in list_subdirs(data_root)
+                  if not os.path.isabs(csv) and os.path.isfile(os.path.join(data_root, sub, csv))]
+        hint = f"; it exists under {nested[0]}: pass --data_root {nested[0]}" if nested else ""
+        raise UserError(f"split CSV not found: {path}{hint}")
+    return path
+
+
+#: Model input sizes (H, W) on CVUSA: SAFA's and Toker et al.'s (raw aerial, panorama = polar image).
+SATE_SIZE = (256, 256)
+PANO_SIZE = (112, 616)
+
+
+@dataclass(frozen=True)
+class CVUSAConfig:
+    """Where CVUSA is and which split files a run reads (paths relative to ``data_root``)."""
+
+    data_root: str = setting(os.environ.get("CVUSA_ROOT", "/data/CVUSA"),
+                             "CVUSA folder (holds splits/, bingmap/, streetview/); or set CVUSA_ROOT",
+                             evaluation=True)
+    train_csv: str = setting(DEFAULT_TRAIN_CSV, "training split, relative to data_root")
+    val_csv: str = setting(DEFAULT_VAL_CSV, "evaluation split, relative to data_root (the literature's test split)",
+                           evaluation=True)
+
+    def __post_init__(self) -> None:
+        check_settings(self)

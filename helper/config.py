@@ -1,0 +1,189 @@
+"""The training settings and the whole run's configuration, typed and validated once.
+
+A run is ``RunConfig(dataset, model, data, train)``: the model's
+:class:`models.config.ModelConfig`, the dataset's :class:`data.cvusa_layout.CVUSAConfig`
+or :class:`data.vigor_layout.VigorConfig`, and the :class:`TrainConfig` below. Plain dicts
+exist only at the boundaries: :meth:`RunConfig.to_dict` is the flat ``config.json`` /
+checkpoint ``config`` (every field once, under its flag name, plus ``dataset``), and
+:meth:`RunConfig.from_dict` reads one back (migrating older layouts first, see
+:data:`MIGRATIONS`).
+
+Derived defaults are resolved once, by :meth:`RunConfig.resolved`, and recorded in
+``config.json``: ``lr`` and ``hard_ratios`` follow ``pretrained`` (:data:`SCHEDULES`),
+``eval_batch_size`` is twice ``batch_size``, ``name`` is ``<dataset>_<transform>_<backbone>``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple, Union
+
+from common.errors import UserError
+from common.settings import as_plain, check_settings, fields_of, pick, setting
+from common.system import usable_cpus
+from data import cvusa_layout, vigor_layout
+from helper.losses import DEFAULT_HARD_RATIOS
+from models.config import ModelConfig
+
+AMP_MODES = ("none", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+TOP1P_RULES = ("floor", "plus1")
+
+
+class Schedule(NamedTuple):
+    """Default optimisation schedule of a run."""
+
+    lr: float
+    hard_ratios: Tuple[float, ...]
+
+
+#: Default schedule by ``pretrained``: SAFA's for ImageNet weights (Adam 1e-5; hard-negative
+#: ratios of Toker et al.), and one that learns from random weights (measured on the
+#: synthetic world: 4% R@1 with SAFA's schedule, 100% with this one).
+SCHEDULES = {True: Schedule(1e-5, DEFAULT_HARD_RATIOS), False: Schedule(1e-3, (1.0, 0.5))}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a run trains, evaluates and where it writes."""
+
+    device: str = setting("auto", "auto = cuda when available, else cpu", choices=lambda: DEVICES, evaluation=True)
+    batch_size: int = setting(32, "batch size per process (the triplet loss sees all processes' batches)",
+                              minimum=1, evaluation=True)
+    workers: int = setting(min(8, usable_cpus()), "DataLoader worker processes per process (0 = load in the "
+                                                  "main process)", minimum=0, evaluation=True)
+    top1p: str = setting("floor", "R@1% rule: floor = M//100 (SAFA, TransGeo, Sample4Geo); plus1 = "
+                                  "int(0.01 M)+1 (official VIGOR, CVM-Net)", choices=lambda: TOP1P_RULES,
+                         evaluation=True)
+    n_epochs: int = setting(30, "training epochs", minimum=1)
+    lr: Optional[float] = setting(None, "Adam learning rate", above=0.0,
+                                  default_text=f"{SCHEDULES[True].lr:g} with --pretrained (SAFA), "
+                                               f"{SCHEDULES[False].lr:g} with --no-pretrained")
+    weight_decay: float = setting(0.0, "Adam weight decay", minimum=0.0)
+    lambda_sm: float = setting(10.0, "soft-margin triplet loss scale (SAFA: 10)", above=0.0)
+    hard_ratios: Optional[Tuple[float, ...]] = setting(
+        None, "hard-negative ratio schedule; changes at equal fractions of --n_epochs", above=0.0, maximum=1.0,
+        default_text=f"{','.join(map(str, SCHEDULES[True].hard_ratios))} with --pretrained, "
+                     f"{','.join(map(str, SCHEDULES[False].hard_ratios))} with --no-pretrained")
+    augment: bool = setting(True, "paired horizontal flips of panorama and satellite")
+    rotate: bool = setting(False, "paired 90-degree rotations of the satellite with panorama rolls")
+    amp: str = setting("none", "mixed precision on CUDA (bf16 recommended on Ampere and newer)",
+                       choices=lambda: AMP_MODES)
+    max_nonfinite: int = setting(0, "non-finite losses to skip before aborting (0 = abort at the first)", minimum=0)
+    seed: int = setting(0, "seed of weights, data order and augmentation", minimum=0, maximum=2 ** 32 - 1)
+    eval_every: int = setting(1, "evaluate every N epochs", minimum=1)
+    eval_batch_size: Optional[int] = setting(None, "batch size for descriptor extraction", minimum=1,
+                                             default_text="2 x --batch_size")
+    results_dir: str = setting("results", "folder holding run folders")
+    name: Optional[str] = setting(None, "run folder name", default_text="<dataset>_<transform>_<backbone>")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.batch_size < 2:
+            raise UserError("--batch_size must be >= 2 for training: the triplet loss needs at least 2 pairs "
+                            "per batch to have negatives")
+        if self.amp != "none" and self.device == "cpu":
+            raise UserError(f"--amp {self.amp} needs a CUDA device; drop --amp or use --device cuda")
+
+
+#: The dataset settings class and input sizes of each dataset.
+class DatasetSpec(NamedTuple):
+    config: type
+    sate_size: Tuple[int, int]
+    pano_size: Tuple[int, int]
+
+
+DATASETS: Dict[str, DatasetSpec] = {
+    "cvusa": DatasetSpec(cvusa_layout.CVUSAConfig, cvusa_layout.SATE_SIZE, cvusa_layout.PANO_SIZE),
+    "vigor": DatasetSpec(vigor_layout.VigorConfig, vigor_layout.SATE_SIZE, vigor_layout.PANO_SIZE),
+}
+
+#: Sections of a run, in the order of the command line's help.
+SECTIONS = (("model", ModelConfig), ("train", TrainConfig))
+
+DataConfig = Union[cvusa_layout.CVUSAConfig, vigor_layout.VigorConfig]
+
+
+def _drop_resume(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Version 1 stored the ``--resume`` path (an action, not a setting) in the config."""
+    cfg.pop("resume", None)
+    return cfg
+
+
+#: Version of the stored config (``config.json``'s ``version`` key, a checkpoint's ``version``).
+CONFIG_VERSION = 2
+#: ``{version: migration}``: a stored config of ``version`` becomes one of ``version + 1``
+#: (a config.json without ``version`` is version 1).
+MIGRATIONS = {1: _drop_resume}
+
+
+def migrate_config(cfg: Mapping[str, Any], version: int) -> Dict[str, Any]:
+    """The flat config dict of checkpoint/config ``version``, brought to :data:`CONFIG_VERSION`."""
+    out = dict(cfg)
+    for step in range(int(version), CONFIG_VERSION):
+        out = MIGRATIONS[step](out)
+    return out
+
+
+def model_defaults(dataset: str) -> Dict[str, Any]:
+    """The model settings a dataset overrides: its input sizes."""
+    spec = DATASETS[dataset]
+    return {"sate_size": spec.sate_size, "pano_size": spec.pano_size}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: dataset name and the three settings sections."""
+
+    dataset: str
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+
+    def __post_init__(self) -> None:
+        if self.model.polar_files and self.model.transform != "polar":
+            raise UserError("--polar_files needs --transform polar (an STN learns from the raw satellite image)")
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any], dataset: Optional[str] = None, source: str = "config",
+                  strict: bool = True) -> "RunConfig":
+        """Validate a flat dict (``config.json``, a checkpoint's ``config``, a ``--config`` file).
+
+        ``dataset`` defaults to ``cfg["dataset"]``. With ``strict`` an unknown key is an
+        error naming ``source``; missing keys take the defaults.
+        """
+        if not isinstance(cfg, Mapping):
+            raise UserError(f"{source} must be a JSON object of settings, got {type(cfg).__name__}")
+        dataset = dataset or cfg.get("dataset")
+        if dataset not in DATASETS:
+            raise UserError(f"{source} names dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+        spec = DATASETS[dataset]
+        known = {"dataset", "version"} | set(fields_of(spec.config)) | {n for _, c in SECTIONS for n in fields_of(c)}
+        unknown = sorted(set(cfg) - known)
+        if strict and unknown:
+            raise UserError(f"{source} has unknown keys: {', '.join(unknown)}")
+        try:
+            model = ModelConfig(**{**model_defaults(dataset), **pick(ModelConfig, cfg)})
+            return cls(dataset, model, spec.config(**pick(spec.config, cfg)), TrainConfig(**pick(TrainConfig, cfg)))
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The flat, JSON-able dict stored in checkpoints (``config.json`` adds ``version``)."""
+        return {"dataset": self.dataset, **self.model.to_dict(), **as_plain(self.data), **as_plain(self.train)}
+
+    def resolved(self) -> "RunConfig":
+        """This config with every derived default filled in (see the module doc)."""
+        schedule = SCHEDULES[self.model.pretrained]
+        train = self.train
+        train = dataclasses.replace(
+            train,
+            lr=schedule.lr if train.lr is None else train.lr,
+            hard_ratios=schedule.hard_ratios if train.hard_ratios is None else train.hard_ratios,
+            eval_batch_size=2 * train.batch_size if train.eval_batch_size is None else train.eval_batch_size,
+            name=f"{self.dataset}_{self.model.transform}_{self.model.backbone}" if train.name is None else train.name)
+        return dataclasses.replace(self, train=train)
+
+    def replace(self, **flat: Any) -> "RunConfig":
+        """A copy with some flat settings changed (validated like any config)."""
+        return RunConfig.from_dict({**self.to_dict(), **flat}, source="settings")

@@ -1,0 +1,91 @@
+"""The model's settings: one typed, validated object (``ModelConfig``), owned by this layer.
+
+``config.json`` and checkpoints store these fields flat, next to the data and training
+settings; :meth:`ModelConfig.from_dict` picks the model's keys out of such a dict (absent
+keys take the defaults below) and validates them. The default sizes are SAFA's CVUSA input
+sizes (:mod:`data.cvusa_layout`); each dataset's command line overrides them with its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Tuple, Union
+
+from common.errors import UserError
+from common.settings import as_plain, check_settings, pick, setting
+from data import cvusa_layout
+from geometry.polar import satellite_input_size
+from models.backbones import BACKBONES
+from models.transforms import STN_TRANSFORMS, TRANSFORMS
+
+STN_INITS = ("identity", "polar")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the two-branch SAFA model and its satellite transformation block."""
+
+    transform: str = setting("polar", "satellite transformation block", choices=TRANSFORMS)
+    backbone: str = setting("vgg16", "feature extractor of both branches (tiny = small CNN for CPU demos)",
+                            choices=BACKBONES)
+    pretrained: bool = setting(True, "ImageNet weights through torchvision (needs them downloaded or cached); "
+                                     "also selects the default --lr and --hard_ratios")
+    sate_size: Tuple[int, int] = setting(cvusa_layout.SATE_SIZE, "satellite input size H,W", minimum=32)
+    pano_size: Tuple[int, int] = setting(cvusa_layout.PANO_SIZE, "panorama input size H,W (also the "
+                                         "transformation block's output size)", minimum=32)
+    polar_files: bool = setting(False, "read precomputed polar images (python -m data.convert_polar) instead of "
+                                       "computing the polar transform on the fly; needs --transform polar")
+    attention_maps: int = setting(8, "SAFA spatial-aware attention maps per branch", minimum=1)
+    stn_stages: int = setting(3, "composed_affine: number of affine stages", minimum=1)
+    tps_grid: Tuple[int, int] = setting((6, 10), "tps: control points GH,GW", minimum=2)
+    tps_span: float = setting(0.9, "tps: control points span [-span, span] of the output frame",
+                              above=0.0, maximum=1.0)
+    tps_bounded: bool = setting(False, "tps: bound the predicted source points with tanh")
+    stn_init: str = setting("identity", "tps: start at the identity or at the polar mapping",
+                            choices=lambda: STN_INITS)
+    lambda_l1: float = setting(0.0, "weight of the L1 loss pulling the STN output towards the polar image "
+                                    "(STN transforms only; 0 = off)", minimum=0.0)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.stn_init == "polar" and self.transform != "tps":
+            raise UserError(f"stn_init 'polar' is only for --transform tps (the polar mapping is not affine, so "
+                            f"{self.transform!r} cannot start there); use stn_init 'identity'")
+        if self.stn_init == "polar" and self.polar_files:
+            raise UserError("stn_init 'polar' starts the TPS at the polar mapping of a raw satellite image, but "
+                            "polar_files feeds images that are already polar; use stn_init 'identity' with "
+                            "polar_files")
+        if self.tps_bounded and self.transform != "tps":
+            raise UserError(f"tps_bounded only applies to --transform tps, not {self.transform!r}; unset it")
+        if self.lambda_l1 > 0 and self.transform not in STN_TRANSFORMS:
+            raise UserError(f"lambda_l1 > 0 (L1 guidance towards the polar image) needs an STN transform "
+                            f"({', '.join(STN_TRANSFORMS)}), not {self.transform!r}; set --lambda_l1 0")
+
+    @property
+    def satellite_input_size(self) -> Tuple[int, int]:
+        """(H, W) of the satellite tensor the model takes: ``pano_size`` with polar files, else ``sate_size``."""
+        return satellite_input_size(self.sate_size, self.pano_size, self.polar_files)
+
+    @property
+    def l1_guidance(self) -> bool:
+        """Whether the model also returns the polar image its STN output is pulled towards."""
+        return self.transform in STN_TRANSFORMS and self.lambda_l1 > 0
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "ModelConfig":
+        """The model's keys of a flat config dict (others are ignored), validated."""
+        if not isinstance(cfg, Mapping):
+            raise UserError(f"model config must be a dict, got {type(cfg).__name__}")
+        return cls(**pick(cls, cfg))
+
+    @classmethod
+    def coerce(cls, cfg: Union["ModelConfig", Mapping[str, Any]]) -> "ModelConfig":
+        """``cfg`` itself, or the config read from a flat dict."""
+        return cfg if isinstance(cfg, cls) else cls.from_dict(cfg)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The fields as a JSON-able dict."""
+        return as_plain(self)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
