@@ -109,6 +109,42 @@ def blocked_matmul(query: torch.Tensor, reference: torch.Tensor, chunk_size: int
     return check
 
 
+def make_problem(n: int, m: int, d: int, device, gen, seed: int):
+    """Random unit descriptors, positives, three semi-positives and GPS near Chicago."""
+    street = random_descriptors(n, d, device, gen)
+    satellite = random_descriptors(m, d, device, gen)
+    cpu_gen = torch.Generator().manual_seed(seed)
+    positive = torch.randint(0, m, (n,), generator=cpu_gen)
+    semi = (positive.unsqueeze(1) + torch.randint(1, m, (n, 3), generator=cpu_gen)) % m
+    chicago = torch.tensor([41.8, -87.7], dtype=torch.float64)
+    latlon = torch.rand(n, 2, generator=cpu_gen, dtype=torch.float64) * 0.1 + chicago
+    sat_latlon = torch.rand(m, 2, generator=cpu_gen, dtype=torch.float64) * 0.1 + chicago
+    return street, satellite, positive.to(device), semi.to(device), latlon, sat_latlon
+
+
+def time_paths(args, street, satellite, positive, semi, latlon, sat_latlon, device):
+    """Alternate the two paths ``--repeat`` times: run times, peak extra memory, the last results.
+
+    On a shared machine the minimum is the least noisy estimate; memory is the largest peak seen.
+    """
+    matmul_times, eval_times, mm_extra, ev_extra = [], [], 0, 0
+    for _ in range(args.repeat):
+        with PeakMemory(device) as mem_mm:
+            t0 = time.perf_counter()
+            blocked_matmul(street, satellite, args.chunk_size)
+            _sync(device)
+            matmul_times.append(time.perf_counter() - t0)
+        with PeakMemory(device) as mem_ev:
+            t0 = time.perf_counter()
+            res = evaluate_retrieval(street, satellite, positive, top1p="floor", semi_positive=semi,
+                                     chunk_size=args.chunk_size, street_latlon=latlon,
+                                     satellite_latlon=sat_latlon, reverse=False)
+            _sync(device)
+            eval_times.append(time.perf_counter() - t0)
+        mm_extra, ev_extra = max(mm_extra, mem_mm.extra), max(ev_extra, mem_ev.extra)
+    return matmul_times, eval_times, mm_extra, ev_extra, res, mem_ev.source
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--queries", type=int, default=52605, help="number of street (query) descriptors")
@@ -127,14 +163,7 @@ def main(argv=None) -> dict:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     n, m, d = args.queries, args.references, args.dim
 
-    street = random_descriptors(n, d, device, gen)
-    satellite = random_descriptors(m, d, device, gen)
-    cpu_gen = torch.Generator().manual_seed(args.seed)
-    positive = torch.randint(0, m, (n,), generator=cpu_gen)
-    semi = (positive.unsqueeze(1) + torch.randint(1, m, (n, 3), generator=cpu_gen)) % m
-    positive, semi = positive.to(device), semi.to(device)
-    latlon = torch.rand(n, 2, generator=cpu_gen, dtype=torch.float64) * 0.1 + torch.tensor([41.8, -87.7], dtype=torch.float64)
-    sat_latlon = torch.rand(m, 2, generator=cpu_gen, dtype=torch.float64) * 0.1 + torch.tensor([41.8, -87.7], dtype=torch.float64)
+    street, satellite, positive, semi, latlon, sat_latlon = make_problem(n, m, d, device, gen, args.seed)
 
     # warm-up: BLAS/cuBLAS initialisation and one block of each path
     w = min(n, 64)
@@ -142,27 +171,11 @@ def main(argv=None) -> dict:
     evaluate_retrieval(street[:w], satellite, positive[:w], semi_positive=semi[:w], reverse=False)
     _sync(device)
 
-    # alternate the two paths and keep each one's fastest run: on a shared machine the minimum
-    # is the least noisy estimate; memory is the largest peak seen
-    matmul_times, eval_times, mm_extra, ev_extra = [], [], 0, 0
-    for _ in range(args.repeat):
-        with PeakMemory(device) as mem_mm:
-            t0 = time.perf_counter()
-            blocked_matmul(street, satellite, args.chunk_size)
-            _sync(device)
-            matmul_times.append(time.perf_counter() - t0)
-        with PeakMemory(device) as mem_ev:
-            t0 = time.perf_counter()
-            res = evaluate_retrieval(street, satellite, positive, top1p="floor", semi_positive=semi,
-                                     chunk_size=args.chunk_size, street_latlon=latlon,
-                                     satellite_latlon=sat_latlon, reverse=False)
-            _sync(device)
-            eval_times.append(time.perf_counter() - t0)
-        mm_extra, ev_extra = max(mm_extra, mem_mm.extra), max(ev_extra, mem_ev.extra)
+    matmul_times, eval_times, mm_extra, ev_extra, res, memory_source = time_paths(
+        args, street, satellite, positive, semi, latlon, sat_latlon, device)
     matmul_s, eval_s = min(matmul_times), min(eval_times)
 
     descriptor_bytes = (street.numel() + satellite.numel()) * 4
-    s2s = res["street_to_satellite"]
     out = {
         "benchmark": "eval_streamed_vs_matmul",
         "device": device.type,
@@ -179,14 +192,14 @@ def main(argv=None) -> dict:
         "matmul_runs_s": [round(t, 3) for t in matmul_times],
         "eval_runs_s": [round(t, 3) for t in eval_times],
         "matmul_gflops": round(2.0 * n * m * d / matmul_s / 1e9, 1),
-        "memory_source": mem_ev.source,
+        "memory_source": memory_source,
         "matmul_extra_gb": round(mm_extra / 1e9, 3),
         "eval_extra_gb": round(ev_extra / 1e9, 3),
         "peak_rss_gb": round(_ru_maxrss_bytes() / 1e9, 3),
         "cuda_max_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3) if device.type == "cuda" else None,
         "within_2_5x": eval_s <= 2.5 * matmul_s,
         "extra_under_2gb": ev_extra < 2e9,
-        "recall": {k: round(s2s[k], 4) for k in ("R@1", "R@5", "R@10", "R@1%", "hit_rate")},
+        "recall": {k: round(res["street_to_satellite"][k], 4) for k in ("R@1", "R@5", "R@10", "R@1%", "hit_rate")},
         "top1p_k": res["top1p_k"],
         "localization_median_m": round(res["localization"]["median_m"], 1),
     }

@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.synthetic import generate_cvusa, generate_vigor  # noqa: E402
+from data.synth.layouts import generate_cvusa, generate_vigor  # noqa: E402
 
 
 def _cpu_seconds() -> float:

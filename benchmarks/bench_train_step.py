@@ -1,7 +1,7 @@
 """Training-step throughput of the SAFA model (default: VGG16 + TPS at CVUSA sizes).
 
-Times the project's real training step (``helper.engine.compute_loss`` + backward + Adam)
-on random inputs already on the device, so the number is the model's speed, not the
+Times the project's real training step (:func:`helper.engine.train_step`: loss, backward,
+Adam update) on random inputs already on the device, so the number is the model's speed, not the
 loader's. Variants, measured in the same run: fp32 (NCHW, the baseline), fp32 +
 channels_last, and bf16 / fp16 autocast + channels_last (CUDA only). Prints ONE JSON line.
 
@@ -21,14 +21,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from helper.distributed import DistEnv  # noqa: E402
-from helper.engine import compute_loss  # noqa: E402
+from helper.engine import Objective, train_step  # noqa: E402
 from models import build_model, count_parameters  # noqa: E402
 
 
 def run_variant(args, device: torch.device, amp: str, channels_last: bool) -> dict:
     cfg = {"transform": args.transform, "backbone": args.backbone, "pretrained": False,
-           "sate_size": [args.sate, args.sate], "pano_size": [args.pano_h, args.pano_w],
-           "lambda_sm": 10.0, "lambda_l1": args.lambda_l1, "amp": amp}
+           "sate_size": [args.sate, args.sate], "pano_size": [args.pano_h, args.pano_w], "lambda_l1": args.lambda_l1}
+    objective = Objective(lambda_sm=10.0, lambda_l1=args.lambda_l1, amp=amp)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -41,12 +41,7 @@ def run_variant(args, device: torch.device, amp: str, channels_last: bool) -> di
     batch = {k: v.contiguous(memory_format=memory_format) for k, v in batch.items()}
 
     def step():
-        loss, _, _ = compute_loss(cfg, model, batch, env, hard_ratio=1.0)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return loss
+        return train_step(objective, model, batch, optimizer, scaler, env, hard_ratio=1.0).loss
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):

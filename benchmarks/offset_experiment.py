@@ -23,7 +23,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data.synthetic import generate_cvusa  # noqa: E402
+from data.synth.layouts import generate_cvusa  # noqa: E402
 
 TRANSFORM_FLAGS = {
     "none": ["--transform", "none"],

@@ -122,6 +122,16 @@ def _city_hint(data_root: str) -> str:
     return ", ".join(found) if found else "none"
 
 
+def _check_cities(cities: Sequence[str]) -> Tuple[str, ...]:
+    cities = tuple(str(c).strip() for c in cities)
+    if not cities or any(not c for c in cities):
+        raise UserError("no VIGOR city given; pass e.g. --cities NewYork,Seattle,SanFrancisco,Chicago")
+    duplicates = sorted({c for c in cities if cities.count(c) > 1})
+    if duplicates:
+        raise UserError(f"VIGOR city listed twice: {', '.join(duplicates)}; each city may appear once")
+    return cities
+
+
 class VigorIndex:
     """Parsed VIGOR split: panorama and satellite paths, GPS and labels (no image is read).
 
@@ -150,98 +160,101 @@ class VigorIndex:
             raise UserError(f"unknown VIGOR split {split!r}; valid: {', '.join(SPLITS)}")
         if mode not in MODES:
             raise UserError(f"unknown VIGOR mode {mode!r}; valid: {', '.join(MODES)} (--mode)")
-        cities = tuple(str(c).strip() for c in cities)
-        if not cities or any(not c for c in cities):
-            raise UserError("no VIGOR city given; pass e.g. --cities NewYork,Seattle,SanFrancisco,Chicago")
-        duplicates = sorted({c for c in cities if cities.count(c) > 1})
-        if duplicates:
-            raise UserError(f"VIGOR city listed twice: {', '.join(duplicates)}; each city may appear once")
         self.data_root = str(data_root)
-        self.cities = cities
+        self.cities = _check_cities(cities)
         self.split = split
         self.mode = mode
         self._check_layout()
+        lookups = self._read_satellite_lists()
+        self._read_labels(lookups)
+        if check_files:
+            self.check_files()
 
-        satellite_paths: List[str] = []
-        satellite_gps: List[Tuple[float, float]] = []
-        satellite_city: List[int] = []
+    def _read_satellite_lists(self) -> List[Dict[str, int]]:
+        """Set the satellite attributes from the cities' lists; per city ``{name: global index}``."""
+        paths: List[str] = []
+        gps: List[Tuple[float, float]] = []
+        city_of: List[int] = []
         self.satellite_ranges: Dict[str, Tuple[int, int]] = {}
-        city_lookup: List[Dict[str, int]] = []
-        global_lookup: Dict[str, int] = {}
-        for c, city in enumerate(cities):
+        lookups: List[Dict[str, int]] = []
+        for c, city in enumerate(self.cities):
             list_file = os.path.join(self.data_root, "splits", city, "satellite_list.txt")
-            start = len(satellite_paths)
+            start = len(paths)
             lookup: Dict[str, int] = {}
             for number, name in read_list(list_file):
                 if name in lookup:
                     raise UserError(f"{list_file}:{number}: satellite {name!r} listed twice "
                                     f"(first at global index {lookup[name]}); fix the list file")
                 try:
-                    satellite_gps.append(parse_satellite_name(name))
+                    gps.append(parse_satellite_name(name))
                 except UserError as exc:
                     raise UserError(f"{list_file}:{number}: {exc}") from None
-                lookup[name] = len(satellite_paths)
-                global_lookup.setdefault(name, len(satellite_paths))
-                satellite_paths.append(f"{city}/satellite/{name}")
-                satellite_city.append(c)
-            if len(satellite_paths) == start:
+                lookup[name] = len(paths)
+                paths.append(f"{city}/satellite/{name}")
+                city_of.append(c)
+            if len(paths) == start:
                 raise UserError(f"VIGOR satellite list is empty: {list_file}")
-            self.satellite_ranges[city] = (start, len(satellite_paths))
-            city_lookup.append(lookup)
+            self.satellite_ranges[city] = (start, len(paths))
+            lookups.append(lookup)
+        self.satellite_paths = np.array(paths)
+        self.polar_paths = np.array([polar_path(path) for path in paths])
+        self.satellite_gps = np.array(gps, dtype=np.float64).reshape(-1, 2)
+        self.satellite_city = np.array(city_of, dtype=np.int64)
+        return lookups
 
-        street_paths: List[str] = []
-        street_gps: List[Tuple[float, float]] = []
-        street_city: List[int] = []
-        sats: List[List[int]] = []
-        deltas: List[List[float]] = []
+    def _read_labels(self, lookups: List[Dict[str, int]]) -> None:
+        """Set the panorama attributes, positives, semi-positives and deltas from the label files."""
+        everywhere: Dict[str, int] = {}
+        for lookup in lookups:
+            for name, index in lookup.items():
+                everywhere.setdefault(name, index)
+        paths, gps, city_of, sats, deltas = [], [], [], [], []
         self.label_files: List[str] = []
-        label_name = f"same_area_balanced_{split}.txt" if mode == "same" else "pano_label_balanced.txt"
-        for c, city in enumerate(cities):
+        label_name = f"same_area_balanced_{self.split}.txt" if self.mode == "same" else "pano_label_balanced.txt"
+        for c, city in enumerate(self.cities):
             label_file = os.path.join(self.data_root, "splits", city, label_name)
             self.label_files.append(label_file)
             for number, line in read_list(label_file):
-                fields = line.split()
-                where = f"{label_file}:{number}"
-                if len(fields) != 13:
-                    raise UserError(f"{where}: malformed VIGOR label line with {len(fields)} fields, expected 13 "
-                                    "('pano sat_pos d0 d1 sat_semi1 d0 d1 sat_semi2 d0 d1 sat_semi3 d0 d1')")
-                try:
-                    street_gps.append(parse_panorama_name(fields[0])[1:])
-                except UserError as exc:
-                    raise UserError(f"{where}: {exc}") from None
-                row = []
-                for field in (1, 4, 7, 10):
-                    name = fields[field]
-                    index = city_lookup[c].get(name, global_lookup.get(name))
-                    if index is None:
-                        raise UserError(f"{where}: satellite {name!r} is not in the satellite lists of "
-                                        f"{', '.join(cities)}; the label and list files do not match")
-                    row.append(index)
-                try:
-                    values = [float(fields[i]) for i in (2, 3, 5, 6, 8, 9, 11, 12)]
-                except ValueError:
-                    raise UserError(f"{where}: malformed VIGOR label line: the pixel offsets "
-                                    "(fields 3-4, 6-7, 9-10, 12-13) must be numbers") from None
+                name, position, row, values = self._parse_label(line, f"{label_file}:{number}", lookups[c],
+                                                                everywhere)
+                gps.append(position)
                 sats.append(row)
                 deltas.append(values)
-                street_paths.append(f"{city}/panorama/{os.path.basename(fields[0])}")
-                street_city.append(c)
-            if not street_paths or street_city[-1] != c:
+                paths.append(f"{city}/panorama/{name}")
+                city_of.append(c)
+            if not paths or city_of[-1] != c:
                 raise UserError(f"VIGOR label file has no panorama: {label_file}")
-
-        self.street_paths = np.array(street_paths)
-        self.street_gps = np.array(street_gps, dtype=np.float64).reshape(-1, 2)
-        self.street_city = np.array(street_city, dtype=np.int64)
-        self.satellite_paths = np.array(satellite_paths)
-        self.polar_paths = np.array([polar_path(path) for path in satellite_paths])
-        self.satellite_gps = np.array(satellite_gps, dtype=np.float64).reshape(-1, 2)
-        self.satellite_city = np.array(satellite_city, dtype=np.int64)
+        self.street_paths = np.array(paths)
+        self.street_gps = np.array(gps, dtype=np.float64).reshape(-1, 2)
+        self.street_city = np.array(city_of, dtype=np.int64)
         sats_array = np.array(sats, dtype=np.int64).reshape(-1, 4)
         self.positive = np.ascontiguousarray(sats_array[:, 0])
         self.semi = np.ascontiguousarray(sats_array[:, 1:])
         self.deltas = np.array(deltas, dtype=np.float64).reshape(-1, 4, 2)
-        if check_files:
-            self.check_files()
+
+    def _parse_label(self, line: str, where: str, lookup: Dict[str, int], everywhere: Dict[str, int]):
+        """One label line -> (panorama file name, (lat, lon), 4 global satellite indices, 8 deltas)."""
+        fields = line.split()
+        if len(fields) != 13:
+            raise UserError(f"{where}: malformed VIGOR label line with {len(fields)} fields, expected 13 "
+                            "('pano sat_pos d0 d1 sat_semi1 d0 d1 sat_semi2 d0 d1 sat_semi3 d0 d1')")
+        try:
+            position = parse_panorama_name(fields[0])[1:]
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        row = []
+        for name in (fields[i] for i in (1, 4, 7, 10)):
+            index = lookup.get(name, everywhere.get(name))
+            if index is None:
+                raise UserError(f"{where}: satellite {name!r} is not in the satellite lists of "
+                                f"{', '.join(self.cities)}; the label and list files do not match")
+            row.append(index)
+        try:
+            values = [float(fields[i]) for i in (2, 3, 5, 6, 8, 9, 11, 12)]
+        except ValueError:
+            raise UserError(f"{where}: malformed VIGOR label line: the pixel offsets "
+                            "(fields 3-4, 6-7, 9-10, 12-13) must be numbers") from None
+        return os.path.basename(fields[0]), position, row, values
 
     # -- checks
     def _check_layout(self) -> None:

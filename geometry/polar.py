@@ -1,6 +1,6 @@
 """The SAFA polar transform: the one home of its formula (numpy only; no torch).
 
-Reference definition (datasets.md), for an aerial of side S and an output of
+Reference definition (docs/datasets.md), for an aerial of side S and an output of
 ``height x width``, output pixel ``(i, j)`` reads source pixel coordinates::
 
     r   = (S/2) / height * (height - 1 - i)      # row 0 = outer ring, last row = centre

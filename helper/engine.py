@@ -341,7 +341,7 @@ class Training:
         set_rng_state(checkpoint["rng"])
 
 
-def start_training(run: RunConfig, task, env, train_set, resume: Optional[dict]) -> Training:
+def start_training(run: RunConfig, env, batch_sampler: ResumableBatchSampler, resume: Optional[dict]) -> Training:
     """Build the model (before anything is written), claim the run folder, restore ``resume``."""
     from models import build_model
 
@@ -355,7 +355,6 @@ def start_training(run: RunConfig, task, env, train_set, resume: Optional[dict])
     logger = setup_logging(run_dir, env.is_main)
     optimizer = torch.optim.Adam(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=run.train.amp == "fp16" and env.device.type == "cuda")
-    batch_sampler = ResumableBatchSampler(task.train_batch_sampler(run, train_set, env))
     training = Training(run, run_dir, model, optimizer, scaler, batch_sampler)
     if resume is not None:
         model.to(env.device)
@@ -450,13 +449,14 @@ class MetricsLog:
 def fit(run: RunConfig, task, env: distributed.DistEnv, resume: Optional[dict] = None) -> dict:
     """Train ``task`` with ``run``; continue from the checkpoint dict ``resume`` if given.
 
-    Every split the run reads is checked before anything is written. Per epoch: train,
+    Every split the run reads and its batch plan are checked before anything is written. Per epoch: train,
     evaluate every ``eval_every`` epochs (and at the end), append a ``metrics.jsonl`` row,
     write ``last.pth`` (and ``best.pth`` on a new best R@1). Returns the last metrics row.
     """
     train_set = task.train_dataset(run)
     task.check_evaluation(run)
-    training = start_training(run, task, env, train_set, resume)
+    batch_sampler = ResumableBatchSampler(task.train_batch_sampler(run, train_set, env))
+    training = start_training(run, env, batch_sampler, resume)
     loader = make_loader(EpochKeyed(train_set), run.train.batch_size, run.train.workers, env,
                          batch_sampler=training.batch_sampler)
     log = MetricsLog(training.run_dir, training.epoch, env)

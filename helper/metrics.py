@@ -3,7 +3,7 @@
 Vocabulary: the **query** is the street-view panorama, the **reference** the satellite image
 (the reverse direction swaps the roles and says so in its keys).
 
-Conventions (see ``shared/docs/datasets.md``, "Evaluation rules"):
+Conventions (see ``docs/datasets.md``, "Evaluation rules"):
 
 - Similarity is the dot product of L2-normalised descriptors, computed in float32 (fp16/bf16
   inputs are up-cast; TF32 is switched off for the duration on CUDA), on the tensors' device.
@@ -229,48 +229,9 @@ def streaming_ranks(
     (CPU ~5 MB, CUDA ~170 MB), plus a float32 copy of ``reference`` when it is not float32
     already. Runs under ``torch.no_grad`` with autocast disabled and, on CUDA, TF32 off.
     """
-    query = _as_descriptors(query, "query")
-    reference = _as_descriptors(reference, "reference")
-    device = reference.device
-    if query.device != device:
-        raise ValueError(f"query is on {query.device} but reference on {device}; move both to one device")
-    if query.shape[1] != reference.shape[1]:
-        raise UserError(
-            f"query descriptors have dimension {query.shape[1]} but reference descriptors {reference.shape[1]}"
-        )
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise UserError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    m = reference.shape[0]
-    if m == 0:
-        raise UserError("there are no reference descriptors to rank against")
-
-    if query_index is not None:
-        query_index = _as_index(query_index, "query_index", device)
-        if query_index.dim() != 1:
-            raise UserError(f"query_index must be 1-D, got shape {tuple(query_index.shape)}")
-        _check_indices(query_index, "query_index", query.shape[0], allow_padding=False)
-        n = query_index.shape[0]
-    else:
-        n = query.shape[0]
-    if n == 0:
-        raise UserError("there are no query descriptors to evaluate")
-
-    positive = _as_index(positive, "positive", device)
-    if positive.dim() not in (1, 2) or positive.shape[0] != n:
-        raise UserError(f"positive must have shape ({n},) or ({n}, P), got {tuple(positive.shape)}")
-    multi = positive.dim() == 2
-    _check_indices(positive, "positive", m, allow_padding=multi)
-    if multi and not bool((positive >= 0).any(dim=1).all()):
-        row = int((~(positive >= 0).any(dim=1)).nonzero()[0, 0])
-        raise UserError(f"positive row {row} has no valid index (all -1): every query needs a positive")
-    if exclude is not None:
-        exclude = _as_index(exclude, "exclude", device)
-        if exclude.dim() == 1:
-            exclude = exclude.unsqueeze(1)
-        if exclude.dim() != 2 or exclude.shape[0] != n:
-            raise UserError(f"exclude must have shape ({n}, E), got {tuple(exclude.shape)}")
-        _check_indices(exclude, "exclude", m, allow_padding=True)
-
+    query, reference, query_index, positive, exclude = _rank_inputs(query, reference, positive, exclude,
+                                                                     chunk_size, query_index)
+    device, n, m = reference.device, positive.shape[0], reference.shape[0]
     ranks = torch.empty(n, dtype=torch.long, device=device)
     ranks_ex = torch.empty(n, dtype=torch.long, device=device) if exclude is not None else None
     top1 = torch.empty(n, dtype=torch.long, device=device) if return_top1 else None
@@ -289,16 +250,9 @@ def streaming_ranks(
         for s in starts:
             e = min(s + chunk_size, n)
             rows = query[query_index[s:e]] if query_index is not None else query[s:e]
-            q = rows.to(dtype=torch.float32)
             sims = block[: e - s]
-            torch.mm(q, ref_t, out=sims)
-            pos = positive[s:e]
-            if multi:
-                g = sims.gather(1, pos.clamp(min=0))
-                g.masked_fill_(pos < 0, float("-inf"))
-                pos_sim = g.max(dim=1, keepdim=True).values
-            else:
-                pos_sim = sims.gather(1, pos.unsqueeze(1))
+            torch.mm(rows.to(dtype=torch.float32), ref_t, out=sims)
+            pos_sim = _positive_similarity(sims, positive[s:e])
             # the references are checked above, so a non-finite positive similarity means a
             # non-finite query row (NaN/Inf reaches every similarity of its row): a free check,
             # looked at after the loop (no device sync per block)
@@ -310,13 +264,78 @@ def streaming_ranks(
             if top1 is not None:
                 top1[s:e] = top
     if not bool(finite.all()):
-        r = int((~finite).nonzero()[0, 0])
-        row = int(query_index[r]) if query_index is not None else r
-        if bool(torch.isfinite(query[row]).all()):
-            raise UserError(f"similarities of query row {row} overflow float32: descriptors must be "
-                            "L2-normalised (unit length)")
-        _raise_non_finite("query", row)
+        _raise_first_non_finite(query, query_index, finite)
     return RankResult(ranks, ranks_ex, top1)
+
+
+def _positive_similarity(sims: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``B x 1`` similarity of each row's (most similar) positive; ``pos`` is B or B x P (-1 padding)."""
+    if pos.dim() == 1:
+        return sims.gather(1, pos.unsqueeze(1))
+    g = sims.gather(1, pos.clamp(min=0))
+    g.masked_fill_(pos < 0, float("-inf"))
+    return g.max(dim=1, keepdim=True).values
+
+
+def _raise_first_non_finite(query: torch.Tensor, query_index, finite: torch.Tensor) -> None:
+    r = int((~finite).nonzero()[0, 0])
+    row = int(query_index[r]) if query_index is not None else r
+    if bool(torch.isfinite(query[row]).all()):
+        raise UserError(f"similarities of query row {row} overflow float32: descriptors must be "
+                        "L2-normalised (unit length)")
+    _raise_non_finite("query", row)
+
+
+def _rank_inputs(query, reference, positive, exclude, chunk_size, query_index):
+    """Checked tensors for :func:`streaming_ranks`: (query, reference, query_index, positive, exclude)."""
+    query = _as_descriptors(query, "query")
+    reference = _as_descriptors(reference, "reference")
+    device = reference.device
+    if query.device != device:
+        raise ValueError(f"query is on {query.device} but reference on {device}; move both to one device")
+    if query.shape[1] != reference.shape[1]:
+        raise UserError(
+            f"query descriptors have dimension {query.shape[1]} but reference descriptors {reference.shape[1]}"
+        )
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise UserError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    m = reference.shape[0]
+    if m == 0:
+        raise UserError("there are no reference descriptors to rank against")
+    n = query.shape[0]
+    if query_index is not None:
+        query_index = _as_index(query_index, "query_index", device)
+        if query_index.dim() != 1:
+            raise UserError(f"query_index must be 1-D, got shape {tuple(query_index.shape)}")
+        _check_indices(query_index, "query_index", query.shape[0], allow_padding=False)
+        n = query_index.shape[0]
+    if n == 0:
+        raise UserError("there are no query descriptors to evaluate")
+    return query, reference, query_index, _check_positive(positive, n, m, device), _check_exclude(exclude, n, m, device)
+
+
+def _check_positive(positive, n: int, m: int, device) -> torch.Tensor:
+    positive = _as_index(positive, "positive", device)
+    if positive.dim() not in (1, 2) or positive.shape[0] != n:
+        raise UserError(f"positive must have shape ({n},) or ({n}, P), got {tuple(positive.shape)}")
+    multi = positive.dim() == 2
+    _check_indices(positive, "positive", m, allow_padding=multi)
+    if multi and not bool((positive >= 0).any(dim=1).all()):
+        row = int((~(positive >= 0).any(dim=1)).nonzero()[0, 0])
+        raise UserError(f"positive row {row} has no valid index (all -1): every query needs a positive")
+    return positive
+
+
+def _check_exclude(exclude, n: int, m: int, device) -> Optional[torch.Tensor]:
+    if exclude is None:
+        return None
+    exclude = _as_index(exclude, "exclude", device)
+    if exclude.dim() == 1:
+        exclude = exclude.unsqueeze(1)
+    if exclude.dim() != 2 or exclude.shape[0] != n:
+        raise UserError(f"exclude must have shape ({n}, E), got {tuple(exclude.shape)}")
+    _check_indices(exclude, "exclude", m, allow_padding=True)
+    return exclude
 
 
 def retrieval_ranks(
@@ -476,6 +495,18 @@ def _direction_dict(ranks: torch.Tensor, top1p: int, n_queries: int, n_refs: int
             "queries": n_queries, "references": n_refs, "top1p_k": top1p}
 
 
+def _retrieval_labels(positive, semi_positive, n: int, device):
+    """Checked ``positive`` (N,) and optional ``semi_positive`` (N, E) index tensors."""
+    positive = _as_index(positive, "positive", device)
+    if positive.shape != (n,):
+        raise UserError(f"positive must have one satellite index per street image ({n},), got {tuple(positive.shape)}")
+    if semi_positive is not None:
+        semi_positive = _as_index(semi_positive, "semi_positive", device)
+        if semi_positive.dim() != 2 or semi_positive.shape[0] != n:
+            raise UserError(f"semi_positive must have shape ({n}, E), got {tuple(semi_positive.shape)}")
+    return positive, semi_positive
+
+
 def evaluate_retrieval(
     street: ArrayLike,
     satellite: ArrayLike,
@@ -517,15 +548,9 @@ def evaluate_retrieval(
     street = _as_descriptors(street, "street")
     satellite = _as_descriptors(satellite, "satellite")
     n, m = street.shape[0], satellite.shape[0]
-    positive = _as_index(positive, "positive", satellite.device)
-    if positive.shape != (n,):
-        raise UserError(f"positive must have one satellite index per street image ({n},), got {tuple(positive.shape)}")
+    positive, semi_positive = _retrieval_labels(positive, semi_positive, n, satellite.device)
     if (street_latlon is None) != (satellite_latlon is None):
         raise UserError("localisation needs both street_latlon and satellite_latlon (or neither)")
-    if semi_positive is not None:
-        semi_positive = _as_index(semi_positive, "semi_positive", satellite.device)
-        if semi_positive.dim() != 2 or semi_positive.shape[0] != n:
-            raise UserError(f"semi_positive must have shape ({n}, E), got {tuple(semi_positive.shape)}")
     want_top1 = street_latlon is not None or return_top1
 
     k_fwd = top1p_k(m, top1p)
@@ -553,8 +578,8 @@ def evaluate_retrieval(
 
 def format_recalls(results: dict) -> str:
     """One line: street->satellite recalls (and the VIGOR hit rate) for the log."""
-    s2a = results["street_to_satellite"]
-    text = " ".join(f"{k} {s2a[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%"))
-    if "hit_rate" in s2a:
-        text += f" hit {s2a['hit_rate']:.2f}"
+    recalls = results["street_to_satellite"]
+    text = " ".join(f"{k} {recalls[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%"))
+    if "hit_rate" in recalls:
+        text += f" hit {recalls['hit_rate']:.2f}"
     return text

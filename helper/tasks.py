@@ -97,7 +97,7 @@ class CVUSATask:
                                 run.train.workers, desc="evaluate")
         positive = torch.arange(len(dataset))
         results = evaluate_retrieval(desc["street"].to(env.device), desc["satellite"].to(env.device),
-                                     positive.to(env.device), top1p=run.train.top1p)
+                                     positive.to(env.device), top1p=run.train.top1p, progress=env.is_main)
         return {"split": run.data.val_csv, **results}
 
     def metrics_row(self, results: dict) -> dict:
@@ -199,7 +199,8 @@ class VigorTask:
         semi = torch.as_tensor(index.semi, dtype=torch.long)
         results = evaluate_retrieval(street.to(env.device), satellite.to(env.device), positive.to(env.device),
                                      top1p=run.train.top1p, semi_positive=semi.to(env.device),
-                                     street_latlon=index.street_gps, satellite_latlon=index.satellite_gps)
+                                     street_latlon=index.street_gps, satellite_latlon=index.satellite_gps,
+                                     progress=env.is_main)
         split = "same_area_balanced_test" if run.data.mode == "same" else "pano_label_balanced"
         return {"split": split, "mode": run.data.mode, "cities": list(run.data.split_cities("test")), **results}
 

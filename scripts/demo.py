@@ -19,7 +19,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data.synthetic import generate_cvusa  # noqa: E402
+from data.synth.layouts import generate_cvusa  # noqa: E402
 from helper.visualize import plot_recall_curves  # noqa: E402
 
 RUNS = {

@@ -13,7 +13,7 @@ CVUSA layout (``generate_cvusa``)::
 
 CVUSA pixel convention: pixel (i, j) of the aerial has its centre at index coordinates
 (i, j), and the camera of a centred pair is at index coordinates (S/2, S/2): exactly the
-centre of the SAFA polar transform (datasets.md), so polar(aerial) and the panorama share
+centre of the SAFA polar transform (docs/datasets.md), so polar(aerial) and the panorama share
 their geometry.
 
 VIGOR layout (``generate_vigor``)::

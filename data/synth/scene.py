@@ -20,9 +20,6 @@ import numpy as np
 
 # Ground classes (index into Scene.palette).
 GRASS, DRY_GRASS, SOIL, WATER, ASPHALT, CONCRETE, SIDEWALK, FIELD, SAND, POOL, DIRT, PARKING = range(12)
-GROUND_NAMES = ("grass", "dry_grass", "soil", "water", "asphalt", "concrete", "sidewalk",
-                "field", "sand", "pool", "dirt", "parking")
-
 ROOF_FLAT, ROOF_GABLE, ROOF_HIP = 0, 1, 2
 MAX_BUILDING_M = 70.0
 

@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _brute_force_polar(image, height, width):
-    """datasets.md, one output pixel at a time."""
+    """docs/datasets.md, one output pixel at a time."""
     side = image.shape[0]
     out = np.zeros((height, width, image.shape[2]))
     for i in range(height):

@@ -177,6 +177,27 @@ def test_aerial_north_up_and_centre():
     assert _mask(aerial, MAGENTA).sum() == pytest.approx((2 / res) ** 2, abs=2 * 2 / res + 1)
 
 
+@pytest.mark.parametrize("size", ["demo", "full"])
+def test_vigor_tile_centre_is_pixel_index_half_side(size):
+    """The GPS of a tile (its centre) is pixel index (S/2, S/2) of the rendered tile: the official
+    convention that the loader's panorama_pixel reads (a marker there is centred on S/2)."""
+    from data.vigor import panorama_pixel
+
+    side = syn.SIZES[size].vigor_tile
+    res = syn.VIGOR_TILE_M / side
+    for row, col in ((0, 0), (2, 3)):
+        x, y = syn.tile_centre(row, col)
+        col0, row0 = syn.tile_grid_origin(row, col, side)
+        assert (col0 + side / 2) * res == pytest.approx(x) and (row0 + side / 2) * res == pytest.approx(y)
+    x, y = syn.tile_centre(0, 0)
+    scene = syn.blank_scene(100, ground_rgb=(0.4, 0.4, 0.4))
+    _pole(scene, x, y, 0.5, MAGENTA, side=11 * res)  # 11 pixels wide: symmetric about its centre
+    aerial = syn.render_aerial(scene, (x, y), side, res, syn.NEUTRAL, grid_origin=syn.tile_grid_origin(0, 0, side))
+    rows, cols = np.nonzero(_mask(aerial, MAGENTA))
+    assert (rows.mean(), cols.mean()) == pytest.approx(panorama_pixel((0.0, 0.0), side), abs=0.05)
+    assert (rows.mean(), cols.mean()) == pytest.approx((side / 2, side / 2), abs=0.05)
+
+
 # ------------------------------------------------------------------ CVUSA layout
 
 ID_RE = r"\d{7}"

@@ -38,9 +38,21 @@ def test_train_and_test_vigor(vigor_root, tmp_path, mode, cities, extra):
     assert results["dataset"] == "vigor" and results["mode"] == mode
     # same-area: 8 test panoramas in each of 2 cities; cross-area: all 16 panoramas of Seattle
     assert results["queries"] == 16
-    s2a = results["street_to_satellite"]
-    assert 0 <= s2a["R@1"] <= s2a["hit_rate"] <= 100  # a hit also counts semi-positives
-    assert s2a["R@1"] <= s2a["R@5"] <= s2a["R@10"]
+    street_to_satellite = results["street_to_satellite"]
+    assert 0 <= street_to_satellite["R@1"] <= street_to_satellite["hit_rate"] <= 100  # a hit also counts semi-positives
+    assert street_to_satellite["R@1"] <= street_to_satellite["R@5"] <= street_to_satellite["R@10"]
     loc = results["localization"]
     assert set(loc["within_m"]) == {"1", "5", "10", "25", "50"} and loc["median_m"] >= 0
-    assert rows[0]["street_to_satellite"]["R@1"] == pytest.approx(s2a["R@1"])
+    assert rows[0]["street_to_satellite"]["R@1"] == pytest.approx(street_to_satellite["R@1"])
+
+
+def test_a_plan_without_a_single_batch_is_an_error(vigor_root, tmp_path):
+    """16 panoramas on a 5 x 5 tile grid cannot fill a batch of 4 that shares no satellite: the run
+    must say so (naming the largest batch size that fits) instead of training on nothing."""
+    from common.errors import UserError
+
+    results_dir = tmp_path / "runs"
+    with pytest.raises(UserError, match=r"--batch_size 4 forms no training batch.*use --batch_size 3 or less"):
+        train_main("vigor", ["--data_root", vigor_root, "--mode", "cross", "--train_cities", "NewYork",
+                             "--test_cities", "Seattle", "--results_dir", str(results_dir), "--name", "run", *FLAGS])
+    assert not results_dir.exists()  # nothing written

@@ -10,7 +10,7 @@ import os
 import cv2
 import numpy as np
 
-from data.convert_polar import polar_transform
+from geometry.polar import polar_transform
 
 
 def smooth_aerial(rng: np.random.Generator, side: int) -> np.ndarray:

@@ -21,7 +21,7 @@ def _expected(name, height, width):
     return channels, math.ceil(height / 8), math.ceil(width / 8)
 
 
-@pytest.mark.parametrize("name", ["tiny", "resnet34", "vgg16"])
+@pytest.mark.parametrize("name", BACKBONES.names())
 @pytest.mark.parametrize("size", [(32, 32), (33, 47), (32, 176), (64, 64)])
 def test_output_stride_and_channels(name, size):
     net = build_backbone(name, pretrained=False).eval()

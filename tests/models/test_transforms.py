@@ -14,6 +14,7 @@ from models.transforms import (
     AffineTransform,
     ComposedAffineTransform,
     ResizeTransform,
+    STN_TRANSFORMS,
     TPSTransform,
     build_transform,
 )
@@ -35,7 +36,7 @@ def _perturb_heads(block, scale=0.05):
                 param.normal_(0.0, scale)
 
 
-@pytest.mark.parametrize("name", ["none", "polar", "affine", "composed_affine", "tps"])
+@pytest.mark.parametrize("name", TRANSFORMS.names())
 def test_every_transform_shape_finite_and_gradients(name):
     block = build_transform(_cfg(transform=name))
     satellite = torch.randn(2, 3, *SATE, requires_grad=True)
@@ -45,7 +46,7 @@ def test_every_transform_shape_finite_and_gradients(name):
     (out * torch.randn_like(out)).sum().backward()
     assert satellite.grad is not None and satellite.grad.abs().sum() > 0
     params = list(block.named_parameters())
-    assert (len(params) > 0) == (name in ("affine", "composed_affine", "tps"))
+    assert (len(params) > 0) == (name in STN_TRANSFORMS)
     for pname, param in params:
         assert param.grad is not None, pname
         assert torch.isfinite(param.grad).all(), pname
