@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import typing
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
@@ -51,6 +52,7 @@ def _kind(annotation) -> Tuple[str, bool]:
     return _KINDS[annotation], optional
 
 
+@functools.lru_cache(maxsize=None)
 def fields_of(cls) -> Dict[str, Tuple[dataclasses.Field, str, bool]]:
     """``{name: (field, kind, optional)}`` of a settings dataclass, in declaration order."""
     hints = typing.get_type_hints(cls)
@@ -121,8 +123,7 @@ def check_value(name: str, meta: Mapping, kind: str, optional: bool, value: Any)
 
 def check_settings(obj) -> None:
     """Check and normalise every field of the (frozen) settings dataclass ``obj`` in place."""
-    for name, (_, kind, optional) in fields_of(type(obj)).items():
-        field = next(f for f in dataclasses.fields(obj) if f.name == name)
+    for name, (field, kind, optional) in fields_of(type(obj)).items():
         object.__setattr__(obj, name, check_value(name, field.metadata, kind, optional, getattr(obj, name)))
 
 

@@ -6,7 +6,7 @@ block -> backbone -> head. The branches share no weights. Descriptors are
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +16,6 @@ from common.errors import UserError
 from models.backbones import build_backbone, feature_shape
 from models.polar import PolarTransform
 from models.transforms import build_transform
-
-if TYPE_CHECKING:
-    from models.config import ModelConfig
 
 
 class SpatialAwareAttention(nn.Module):

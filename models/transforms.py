@@ -21,7 +21,7 @@ geometry (warps, compositions, the TPS solve, the polar formula) lives in :mod:`
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +34,6 @@ from geometry.tps import control_grid
 from models.polar import PolarTransform
 from models.registry import Registry
 from models.tps import TPSGridGen
-
-if TYPE_CHECKING:
-    from models.config import ModelConfig
 
 TRANSFORMS = Registry("transform")
 STN_TRANSFORMS = ("affine", "composed_affine", "tps")
@@ -199,27 +196,27 @@ class TPSTransform(nn.Module):
 
 
 @TRANSFORMS.register("none")
-def _build_none(cfg: ModelConfig) -> nn.Module:
+def _build_none(cfg: "ModelConfig") -> nn.Module:
     return ResizeTransform(cfg.pano_size)
 
 
 @TRANSFORMS.register("polar")
-def _build_polar(cfg: ModelConfig) -> nn.Module:
+def _build_polar(cfg: "ModelConfig") -> nn.Module:
     return PolarTransform(cfg.sate_size, cfg.pano_size, polar_files=cfg.polar_files)
 
 
 @TRANSFORMS.register("affine")
-def _build_affine(cfg: ModelConfig) -> nn.Module:
+def _build_affine(cfg: "ModelConfig") -> nn.Module:
     return AffineTransform(cfg.pano_size)
 
 
 @TRANSFORMS.register("composed_affine")
-def _build_composed_affine(cfg: ModelConfig) -> nn.Module:
+def _build_composed_affine(cfg: "ModelConfig") -> nn.Module:
     return ComposedAffineTransform(cfg.pano_size, stages=cfg.stn_stages)
 
 
 @TRANSFORMS.register("tps")
-def _build_tps(cfg: ModelConfig) -> nn.Module:
+def _build_tps(cfg: "ModelConfig") -> nn.Module:
     return TPSTransform(cfg.satellite_input_size, cfg.pano_size, grid=cfg.tps_grid, span=cfg.tps_span,
                         bounded=cfg.tps_bounded, init=cfg.stn_init)
 

@@ -28,7 +28,7 @@ RUNS = {
     "tps+L1": ["--transform", "tps", "--stn_init", "polar", "--lambda_l1", "1"],
 }
 COMMON = ["--backbone", "tiny", "--no-pretrained", "--sate_size", "96,96", "--pano_size", "32,176",
-          "--batch_size", "32", "--lr", "1e-3", "--hard_ratios", "1.0,0.5", "--device", "cpu"]
+          "--batch_size", "32", "--device", "cpu"]  # --no-pretrained: lr 1e-3, hard ratios 1.0,0.5 by default
 
 
 def run(cmd: list) -> None:

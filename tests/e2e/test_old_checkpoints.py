@@ -58,8 +58,7 @@ def test_resume_with_the_original_command_continues(world, run_copy):
 
 
 def test_resume_refuses_a_changed_setting_naming_both_values(world, run_copy):
-    with pytest.raises(UserError, match=r"--lr: stored 0.0001, given 0.1.*--backbone: stored tiny, given vgg16|"
-                                        r"--backbone: stored tiny, given vgg16; --lr: stored 0.0001, given 0.1"):
+    with pytest.raises(UserError, match=r"--backbone: stored tiny, given vgg16; --lr: stored 0.0001, given 0.1"):
         train_main("cvusa", ["--resume", run_copy, "--data_root", world, "--lr", "0.1", "--backbone", "vgg16",
                              "--n_epochs", "3"])
 
