@@ -163,26 +163,30 @@ def _shown(value: Any) -> str:
 
 
 def add_settings(parser, cls, defaults: Optional[Mapping[str, Any]] = None,
-                 names: Optional[Iterable[str]] = None) -> None:
+                 names: Optional[Iterable[str]] = None, flags: Optional[Mapping[str, str]] = None,
+                 default_text: Optional[Mapping[str, str]] = None) -> None:
     """Add one ``--<field>`` flag per field of ``cls`` (all, or only ``names``) to ``parser``.
 
-    ``defaults`` override the dataclass defaults (e.g. a dataset's input sizes); the help
-    text ends with the default once.
+    ``defaults`` override the dataclass defaults (e.g. a dataset's input sizes); ``flags``
+    gives a field another option name (its destination stays the field name);
+    ``default_text`` says in words what a default is. The help text ends with the default once.
     """
-    defaults = dict(defaults or {})
+    defaults, flags, texts = dict(defaults or {}), dict(flags or {}), dict(default_text or {})
     wanted = None if names is None else set(names)
     for name, (field, kind, optional) in fields_of(cls).items():
         if wanted is not None and name not in wanted:
             continue
         meta = field.metadata
         default = defaults.get(name, field.default)
-        shown = meta["default_text"] or _shown(default)
+        shown = texts.get(name) or meta["default_text"] or _shown(default)
         help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
+        option = f"--{flags.get(name, name)}"
         if kind == "bool":
-            parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(option, dest=name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
             continue
         choices = _choices(meta["choices"])
-        parser.add_argument(f"--{name}", type=_argparse_type(name, meta, kind, optional), default=default,
+        parser.add_argument(option, dest=name, type=_argparse_type(name, meta, kind, optional), default=default,
                             choices=choices, metavar=None if choices else _metavar(kind), help=help_text)
 
 

@@ -98,10 +98,8 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
     stored = RunConfig.from_dict(state["config"], source=f"checkpoint {args.checkpoint}")
     if stored.dataset != dataset:
         raise UserError(f"{args.checkpoint} was trained on {stored.dataset}; use test_{stored.dataset}.py")
-    overrides = {key: getattr(args, key) for key in args.explicit}
-    if "batch_size" in overrides:
-        overrides["eval_batch_size"] = overrides.pop("batch_size")
-    run = stored.replace(**overrides).resolved()
+    overrides = {key: getattr(args, key) for key in args.explicit | {"device"}}
+    run = stored.replace(**overrides, amp="none").resolved()  # evaluation extracts in float32
     env = distributed.setup(run.train.device)
     setup_logging(None, env.is_main)
     task = get_task(dataset)

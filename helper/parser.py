@@ -57,15 +57,22 @@ def build_train_parser(dataset: str) -> argparse.ArgumentParser:
 
 
 def build_test_parser(dataset: str) -> argparse.ArgumentParser:
-    """The evaluation command line: the model comes from the checkpoint's stored config."""
+    """The evaluation command line: the model comes from the checkpoint's stored config, and so
+    does every setting not given here except ``--device`` (default auto: the machine that
+    evaluates is rarely the one that trained). ``--batch_size`` sets the extraction batch."""
     parser = argparse.ArgumentParser(prog=f"test_{dataset}.py", allow_abbrev=False,
                                      description=f"Evaluate a trained checkpoint on {dataset.upper()}.")
     parser.add_argument("--checkpoint", required=True, help="a best.pth/last.pth written by training")
     parser.add_argument("--results_json", default=None,
                         help="write the results here (default: next to the checkpoint, results_<dataset>.json)")
     spec = DATASETS[dataset].config
-    add_settings(parser, spec, names=evaluation_fields(spec))
-    add_settings(parser, TrainConfig, names=evaluation_fields(TrainConfig))
+    stored = "the checkpoint's"
+    data_names = evaluation_fields(spec)
+    add_settings(parser, spec, names=data_names, default_text={name: stored for name in data_names})
+    train_names = [name for name in evaluation_fields(TrainConfig) if name != "batch_size"] + ["eval_batch_size"]
+    add_settings(parser, TrainConfig, names=train_names, flags={"eval_batch_size": "batch_size"},
+                 default_text={**{name: stored for name in train_names if name != "device"},
+                               "eval_batch_size": "the checkpoint's --eval_batch_size"})
     return parser
 
 

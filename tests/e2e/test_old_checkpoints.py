@@ -71,3 +71,14 @@ def test_resuming_a_finished_run_exits_0_saying_it_is_complete(world, run_copy):
     assert proc.returncode == 0, proc.stderr
     assert "is complete" in proc.stdout and "Traceback" not in proc.stderr
     assert os.path.getmtime(run_copy) == before and os.listdir(os.path.dirname(run_copy)) == ["last.pth"]
+
+
+def test_a_gpu_checkpoint_evaluates_on_a_cpu_machine(world, tmp_path):
+    """--device and --amp of the training machine do not follow a checkpoint to evaluation."""
+    state = torch.load(FIXTURE, weights_only=True)
+    state["config"].update(device="cuda", amp="bf16", workers=0)
+    path = str(tmp_path / "gpu.pth")
+    torch.save(state, path)
+    results = evaluate_main("cvusa", ["--checkpoint", path, "--data_root", world,
+                                      "--results_json", str(tmp_path / "r.json")])
+    assert results["street_to_satellite"]["R@1"] == 12.5
