@@ -56,3 +56,30 @@ def test_a_plan_without_a_single_batch_is_an_error(vigor_root, tmp_path):
         train_main("vigor", ["--data_root", vigor_root, "--mode", "cross", "--train_cities", "NewYork",
                              "--test_cities", "Seattle", "--results_dir", str(results_dir), "--name", "run", *FLAGS])
     assert not results_dir.exists()  # nothing written
+
+
+def test_a_plan_that_drops_many_panoramas_is_logged(caplog):
+    """Six of eight panoramas share a satellite: batches of 2 can hold only two of them."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from helper.config import RunConfig
+    from helper.distributed import DistEnv
+    from helper.log import get_logger
+    from helper.tasks import VigorTask
+
+    positive = np.array([0, 0, 0, 0, 0, 0, 1, 2])
+    semi = np.stack([positive + 10, positive + 20, positive + 30], axis=1)
+    index = SimpleNamespace(positive=positive, semi=semi, num_panoramas=8)
+    run = RunConfig.from_dict({"batch_size": 2, "data_root": "/nowhere"}, "vigor")
+    logger = get_logger()  # it may not propagate to the root logger (helper.log.setup_logging)
+    logger.addHandler(caplog.handler)
+    try:
+        sampler = VigorTask().train_batch_sampler(run, SimpleNamespace(index=index),
+                                                  DistEnv(0, 1, 0, torch.device("cpu")))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert len(sampler) == 2
+    assert "leaves out about 4 of 8 training panoramas" in caplog.text
