@@ -9,7 +9,8 @@ checkpoint ``config`` (every field once, under its flag name, plus ``dataset``),
 :data:`MIGRATIONS`).
 
 Derived defaults are resolved once, by :meth:`RunConfig.resolved`, and recorded in
-``config.json``: ``lr`` and ``hard_ratios`` follow ``pretrained`` (:data:`SCHEDULES`),
+``config.json``: ``lr`` and ``hard_ratios`` (triplet loss) follow ``pretrained`` (:data:`SCHEDULES`),
+``label_smoothing`` is :data:`INFONCE_LABEL_SMOOTHING` for InfoNCE,
 ``eval_batch_size`` is twice ``batch_size``, ``name`` is ``<dataset>_<transform>_<backbone>``.
 """
 from __future__ import annotations
@@ -26,6 +27,11 @@ from helper.losses import DEFAULT_HARD_RATIOS
 from models.config import ModelConfig
 
 AMP_MODES = ("none", "bf16", "fp16")
+LOSSES = ("triplet", "infonce")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("constant", "cosine")
+#: InfoNCE's label smoothing when none is given (Sample4Geo's).
+INFONCE_LABEL_SMOOTHING = 0.1
 DEVICES = ("auto", "cpu", "cuda")
 TOP1P_RULES = ("floor", "plus1")
 
@@ -76,9 +82,24 @@ class TrainConfig:
                                              default_text="2 x --batch_size")
     results_dir: str = setting("results", "folder holding run folders")
     name: Optional[str] = setting(None, "run folder name", default_text="<dataset>_<transform>_<backbone>")
+    loss: str = setting("triplet", "training loss: SAFA's soft-margin weighted triplet loss, or symmetric InfoNCE "
+                                   "with a learned temperature (Sample4Geo)", choices=lambda: LOSSES)
+    label_smoothing: Optional[float] = setting(None, "InfoNCE: label smoothing of the cross-entropy", minimum=0.0,
+                                               maximum=0.99,
+                                               default_text=f"{INFONCE_LABEL_SMOOTHING} with --loss infonce")
+    optimizer: str = setting("adam", "optimizer (adamw: decoupled weight decay)", choices=lambda: OPTIMIZERS)
+    scheduler: str = setting("constant", "learning-rate schedule over the run's steps: constant, or cosine decay "
+                                         "to 0", choices=lambda: SCHEDULERS)
+    warmup_epochs: float = setting(0.0, "linear learning-rate warm-up from 0 over this many epochs", minimum=0.0)
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.loss != "infonce" and self.label_smoothing is not None:
+            raise UserError("--label_smoothing applies to --loss infonce only; drop it or pass --loss infonce")
+        if self.loss != "triplet" and self.hard_ratios is not None:
+            raise UserError("--hard_ratios (hard-negative mining of triplets) applies to --loss triplet only")
+        if self.warmup_epochs >= self.n_epochs:
+            raise UserError(f"--warmup_epochs {self.warmup_epochs:g} must be below --n_epochs {self.n_epochs}")
         if self.batch_size < 2:
             raise UserError("--batch_size must be >= 2 for training: the triplet loss needs at least 2 pairs "
                             "per batch to have negatives")
@@ -104,17 +125,20 @@ SECTIONS = (("model", ModelConfig), ("train", TrainConfig))
 DataConfig = Union[cvusa_layout.CVUSAConfig, vigor_layout.VigorConfig]
 
 
-def _drop_resume(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Version 1 stored the ``--resume`` path (an action, not a setting) in the config."""
+def _from_version_1(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Version 1 stored the ``--resume`` path (an action, not a setting) in the config, and
+    knew only the triplet loss with Adam at a constant learning rate."""
     cfg.pop("resume", None)
-    return cfg
+    defaults = {"loss": "triplet", "label_smoothing": None, "optimizer": "adam", "scheduler": "constant",
+                "warmup_epochs": 0.0}
+    return {**defaults, **cfg}
 
 
 #: Version of the stored config (``config.json``'s ``version`` key, a checkpoint's ``version``).
 CONFIG_VERSION = 2
 #: ``{version: migration}``: a stored config of ``version`` becomes one of ``version + 1``
 #: (a config.json without ``version`` is version 1).
-MIGRATIONS = {1: _drop_resume}
+MIGRATIONS = {1: _from_version_1}
 
 
 def migrate_config(cfg: Mapping[str, Any], version: int) -> Dict[str, Any]:
@@ -176,10 +200,13 @@ class RunConfig:
         """This config with every derived default filled in (see the module doc)."""
         schedule = SCHEDULES[self.model.pretrained]
         train = self.train
+        triplet = train.loss == "triplet"
         train = dataclasses.replace(
             train,
             lr=schedule.lr if train.lr is None else train.lr,
-            hard_ratios=schedule.hard_ratios if train.hard_ratios is None else train.hard_ratios,
+            hard_ratios=schedule.hard_ratios if triplet and train.hard_ratios is None else train.hard_ratios,
+            label_smoothing=(INFONCE_LABEL_SMOOTHING if not triplet and train.label_smoothing is None
+                             else train.label_smoothing),
             eval_batch_size=2 * train.batch_size if train.eval_batch_size is None else train.eval_batch_size,
             name=f"{self.dataset}_{self.model.transform}_{self.model.backbone}" if train.name is None else train.name)
         return dataclasses.replace(self, train=train)

@@ -28,7 +28,7 @@ from helper.checkpoint import (CHECKPOINT_VERSION, git_commit, load_model_state,
                                set_rng_state)
 from helper.config import RunConfig
 from helper.log import get_logger, setup_logging
-from helper.losses import hard_ratio_schedule, l1_guidance_loss, soft_margin_triplet_loss
+from helper.losses import LogitScale, hard_ratio_schedule, infonce_loss, l1_guidance_loss, soft_margin_triplet_loss
 from helper.metrics import format_recalls
 
 
@@ -137,33 +137,50 @@ def move_images(batch: dict, key: str, device: torch.device) -> Optional[torch.T
     return tensor.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else tensor
 
 
-class Objective(NamedTuple):
-    """What the loss of one batch depends on besides the batch: loss scales and precision."""
+@dataclass
+class Objective:
+    """What the loss of one batch depends on besides the batch (see :mod:`helper.losses`).
+
+    ``logit_scale``: InfoNCE's learned temperature (a :class:`helper.losses.LogitScale`,
+    optimised with the model and saved as the checkpoint's ``objective``); None for triplets.
+    """
 
     lambda_sm: float
     lambda_l1: float
     amp: str
+    loss: str = "triplet"
+    label_smoothing: float = 0.0
+    logit_scale: Optional[LogitScale] = None
 
     @classmethod
     def of(cls, run: RunConfig) -> "Objective":
-        return cls(run.train.lambda_sm, run.model.lambda_l1, run.train.amp)
+        infonce = run.train.loss == "infonce"
+        return cls(run.train.lambda_sm, run.model.lambda_l1, run.train.amp, run.train.loss,
+                   run.train.label_smoothing or 0.0, LogitScale() if infonce else None)
+
+    def parameters(self) -> list:
+        return [] if self.logit_scale is None else list(self.logit_scale.parameters())
 
 
 def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env: distributed.DistEnv,
-                 hard_ratio: float):
-    """The training objective of one batch: (total, triplet, l1 or None) on the global batch."""
+                 hard_ratio: Optional[float]):
+    """The training objective of one batch: (total, retrieval loss, l1 or None) on the global batch."""
     street = move_images(batch, "street", env.device)
     satellite = move_images(batch, "satellite", env.device)
     with distributed.autocast(env.device, objective.amp):
         street_desc, sat_desc, aux = model(street, satellite, return_aux=True)
     street_all = distributed.gather_with_grad(street_desc.float())
     sat_all = distributed.gather_with_grad(sat_desc.float())
-    triplet = soft_margin_triplet_loss(street_all, sat_all, lambda_sm=objective.lambda_sm, hard_ratio=hard_ratio)
+    if objective.logit_scale is not None:
+        retrieval = infonce_loss(street_all, sat_all, objective.logit_scale(), objective.label_smoothing)
+    else:
+        retrieval = soft_margin_triplet_loss(street_all, sat_all, lambda_sm=objective.lambda_sm,
+                                             hard_ratio=hard_ratio)
     l1 = None
     if aux.get("polar_target") is not None and objective.lambda_l1 > 0:
         l1 = l1_guidance_loss(aux["transformed"].float(), aux["polar_target"].float())
-        return triplet + objective.lambda_l1 * l1, triplet, l1
-    return triplet, triplet, l1
+        return retrieval + objective.lambda_l1 * l1, retrieval, l1
+    return retrieval, retrieval, l1
 
 
 def all_finite(loss: torch.Tensor) -> bool:
@@ -176,21 +193,51 @@ def all_finite(loss: torch.Tensor) -> bool:
 
 class StepResult(NamedTuple):
     loss: torch.Tensor
-    triplet: torch.Tensor
+    retrieval: torch.Tensor
     l1: Optional[torch.Tensor]
     finite: bool  # False: the step was skipped (no update)
 
 
-def train_step(objective: Objective, model, batch: dict, optimizer, scaler, env, hard_ratio: float) -> StepResult:
-    """The one training step: loss, then backward and update unless the loss is non-finite on a rank."""
-    loss, triplet, l1 = compute_loss(objective, model, batch, env, hard_ratio)
+def train_step(objective: Objective, model, batch: dict, optimizer, scaler, env, hard_ratio: Optional[float],
+               scheduler=None) -> StepResult:
+    """The one training step: loss, then backward and update unless the loss is non-finite on a rank;
+    the learning-rate ``scheduler`` (if any) advances every step, skipped or not."""
+    loss, retrieval, l1 = compute_loss(objective, model, batch, env, hard_ratio)
     finite = all_finite(loss.detach())
     optimizer.zero_grad(set_to_none=True)
     if finite:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-    return StepResult(loss, triplet, l1, finite)
+    if scheduler is not None:
+        scheduler.step()
+    return StepResult(loss, retrieval, l1, finite)
+
+
+def build_optimizer(run: RunConfig, parameters) -> torch.optim.Optimizer:
+    """Adam or AdamW at ``--lr`` with ``--weight_decay``."""
+    kind = torch.optim.AdamW if run.train.optimizer == "adamw" else torch.optim.Adam
+    return kind(parameters, lr=run.train.lr, weight_decay=run.train.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: float, cosine: bool) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up from 0, then 1 or a cosine decay to 0."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    if not cosine:
+        return 1.0
+    done = min(1.0, (step - warmup_steps) / max(total_steps - warmup_steps, 1.0))
+    return 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def build_scheduler(run: RunConfig, optimizer, steps_per_epoch: int):
+    """The per-step schedule of ``--scheduler`` / ``--warmup_epochs``; None for a constant rate."""
+    train = run.train
+    if train.scheduler == "constant" and train.warmup_epochs == 0:
+        return None
+    total, warmup = train.n_epochs * steps_per_epoch, train.warmup_epochs * steps_per_epoch
+    cosine = train.scheduler == "cosine"
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, cosine))
 
 
 def train_one_epoch(training: "Training", loader, env, epoch: int, stop: StopFlag) -> Dict[str, float]:
@@ -200,16 +247,18 @@ def train_one_epoch(training: "Training", loader, env, epoch: int, stop: StopFla
     """
     run, model, progress = training.run, training.model, training.progress
     model.train()
-    hard_ratio = hard_ratio_schedule(epoch, run.train.n_epochs, run.train.hard_ratios)
-    objective = Objective.of(run)
+    hard_ratio = (hard_ratio_schedule(epoch, run.train.n_epochs, run.train.hard_ratios)
+                  if run.train.loss == "triplet" else None)
+    objective = training.objective
     total_steps = progress.step + len(loader)
     bar = tqdm(loader, total=len(loader), initial=0, disable=not env.is_main, leave=False,
                desc=f"epoch {epoch + 1}/{run.train.n_epochs}", unit="batch", dynamic_ncols=True)
     started, samples = time.perf_counter(), 0
     for batch in bar:
-        result = train_step(objective, model, batch, training.optimizer, training.scaler, env, hard_ratio)
+        result = train_step(objective, model, batch, training.optimizer, training.scaler, env, hard_ratio,
+                            training.scheduler)
         if result.finite:
-            progress.loss_sum += float(result.triplet.detach())
+            progress.loss_sum += float(result.retrieval.detach())
             progress.l1_sum += float(result.l1.detach()) if result.l1 is not None else 0.0
         else:
             _skip_nonfinite(training, result.loss, epoch, total_steps)
@@ -304,6 +353,8 @@ class Training:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     batch_sampler: ResumableBatchSampler
+    objective: Objective
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
     epoch: int = 0
     progress: EpochProgress = field(default_factory=EpochProgress)
     best_metric: float = -math.inf
@@ -316,6 +367,10 @@ class Training:
                  "rng": rng_state(), "git": git_commit()}
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        if self.objective.logit_scale is not None:
+            state["objective"] = self.objective.logit_scale.state_dict()
         if hasattr(self.batch_sampler.batch_sampler, "state_dict"):
             state["sampler"] = self.batch_sampler.batch_sampler.state_dict()
         return state
@@ -334,6 +389,10 @@ class Training:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if "scaler" in checkpoint and self.scaler.is_enabled():
             self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.objective.logit_scale is not None:
+            self.objective.logit_scale.load_state_dict(checkpoint["objective"])
         if "sampler" in checkpoint:
             self.batch_sampler.batch_sampler.load_state_dict(checkpoint["sampler"])
         self.epoch, self.best_metric = checkpoint["epoch"], checkpoint["best_metric"]
@@ -353,9 +412,13 @@ def start_training(run: RunConfig, env, batch_sampler: ResumableBatchSampler, re
         write_json_atomic(os.path.join(run_dir, "config.json"), {**run.to_dict(), "version": CHECKPOINT_VERSION})
     distributed.barrier()
     logger = setup_logging(run_dir, env.is_main)
-    optimizer = torch.optim.Adam(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
+    objective = Objective.of(run)
+    if objective.logit_scale is not None:
+        objective.logit_scale.to(env.device)
+    optimizer = build_optimizer(run, list(model.parameters()) + objective.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=run.train.amp == "fp16" and env.device.type == "cuda")
-    training = Training(run, run_dir, model, optimizer, scaler, batch_sampler)
+    scheduler = build_scheduler(run, optimizer, len(batch_sampler.batch_sampler))
+    training = Training(run, run_dir, model, optimizer, scaler, batch_sampler, objective, scheduler)
     if resume is not None:
         model.to(env.device)
         training.restore(resume)
@@ -402,9 +465,10 @@ def run_epoch(training: Training, task, loader, env, epoch: int, stop: StopFlag,
     started = time.perf_counter()
     stats = train_one_epoch(training, loader, env, epoch, stop)
     row = {"epoch": epoch + 1, **stats, "lr": training.optimizer.param_groups[0]["lr"]}
-    get_logger().info("epoch %d/%d: loss %.4f%s, hard ratio %g, %.0f s", epoch + 1, run.train.n_epochs,
-                      stats["train_loss"], f", l1 {stats['train_l1']:.4f}" if run.model.lambda_l1 > 0 else "",
-                      stats["hard_ratio"], time.perf_counter() - started)
+    extra = (f", l1 {stats['train_l1']:.4f}" if run.model.lambda_l1 > 0 else "") + (
+        f", hard ratio {stats['hard_ratio']:g}" if stats["hard_ratio"] is not None else "")
+    get_logger().info("epoch %d/%d: loss %.4f%s, %.0f s", epoch + 1, run.train.n_epochs, stats["train_loss"], extra,
+                      time.perf_counter() - started)
     improved = evaluation_due(run, epoch) and evaluate_and_record(training, task, env, epoch, row, log)
     log.record(row, evaluated=evaluation_due(run, epoch))
     training.epoch, training.progress = epoch + 1, EpochProgress()

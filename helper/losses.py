@@ -1,5 +1,6 @@
 """Training losses: SAFA's soft-margin weighted triplet loss (with in-batch hard-negative mining),
-its hard-ratio schedule, and the L1 guidance of an STN output towards the polar image.
+its hard-ratio schedule, symmetric InfoNCE (Sample4Geo) with a learnable logit scale, and the
+L1 guidance of an STN output towards the polar image.
 
 All losses are pure functions of the tensors they get (no state, no process-group calls): under
 DDP the engine all-gathers the descriptors (with gradients) and calls the same function on the
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 
-__all__ = ["hard_ratio_schedule", "l1_guidance_loss", "num_hard_triplets", "soft_margin_triplet_loss"]
+__all__ = ["LogitScale", "hard_ratio_schedule", "infonce_loss", "l1_guidance_loss", "num_hard_triplets",
+           "soft_margin_triplet_loss"]
 
 #: Toker et al.'s hard-negative ratio schedule (the default for ImageNet-pretrained runs).
 DEFAULT_HARD_RATIOS = (1.0, 0.1, 0.05, 0.01)
@@ -131,3 +133,46 @@ def l1_guidance_loss(transformed: torch.Tensor, polar_target: torch.Tensor) -> t
     dtype = _compute_dtype(transformed, polar_target)
     with torch.autocast(device_type=transformed.device.type, enabled=False):
         return F.l1_loss(transformed.to(dtype), polar_target.detach().to(dtype))
+
+
+#: InfoNCE temperature at initialisation (Sample4Geo, CLIP: 0.07) and the cap of the learned
+#: logit scale (CLIP's 100, i.e. a temperature of at least 0.01).
+INFONCE_TEMPERATURE = 0.07
+MAX_LOGIT_SCALE = 100.0
+
+
+class LogitScale(torch.nn.Module):
+    """The learnable InfoNCE logit scale ``exp(log_scale)``, started at ``1 / 0.07``, capped at 100.
+
+    Kept outside the model (its state goes into the checkpoint's ``objective``): the model's
+    weights and state_dict are the same whatever the loss.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / INFONCE_TEMPERATURE)))
+
+    def forward(self) -> torch.Tensor:
+        return self.log_scale.float().clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+
+
+def infonce_loss(street: torch.Tensor, satellite: torch.Tensor, logit_scale: torch.Tensor,
+                 label_smoothing: float = 0.0) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch (Sample4Geo's loss), both directions averaged.
+
+    ``street`` / ``satellite``: B x D L2-normalised descriptors, pair i = (street[i],
+    satellite[i]); logits ``= logit_scale * street @ satellite^T`` (float32, autocast off);
+    the loss is ``(CE(logits, i) + CE(logits^T, i)) / 2`` with cross-entropy label smoothing
+    ``label_smoothing`` (the true class gets ``1 - s + s / B``, every other ``s / B``).
+    Returns a 0-dim float32 tensor (float64 for float64 inputs).
+    """
+    if street.dim() != 2 or satellite.shape != street.shape:
+        raise ValueError(f"street and satellite must both be B x D, got {tuple(street.shape)} and {tuple(satellite.shape)}")
+    if street.shape[0] < 2:
+        raise UserError(f"InfoNCE needs at least 2 pairs per (global) batch to have negatives, got {street.shape[0]}")
+    dtype = _compute_dtype(street, satellite)
+    with torch.autocast(device_type=street.device.type, enabled=False):
+        logits = logit_scale.to(dtype) * (street.to(dtype) @ satellite.to(dtype).t())
+        target = torch.arange(street.shape[0], device=street.device)
+        return 0.5 * (F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+                      + F.cross_entropy(logits.t(), target, label_smoothing=label_smoothing))

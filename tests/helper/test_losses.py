@@ -189,3 +189,50 @@ def test_l1_guidance_value_and_gradient():
     with pytest.raises(ValueError):
         l1_guidance_loss(transformed, target[:, :, :3])
     assert l1_guidance_loss(transformed.detach().half(), target.detach().half()).dtype == torch.float32
+
+
+def _infonce_brute_force(street, satellite, scale, smoothing):
+    """Cross-entropy written out with loops: -sum_j q_ij log softmax(logits_i)_j, both directions."""
+    b = street.shape[0]
+    logits = [[scale * float(street[i] @ satellite[j]) for j in range(b)] for i in range(b)]
+    total = 0.0
+    for rows in (logits, [list(col) for col in zip(*logits)]):
+        for i, row in enumerate(rows):
+            top = max(row)
+            log_z = top + math.log(sum(math.exp(v - top) for v in row))
+            target = [smoothing / b + (1.0 - smoothing if j == i else 0.0) for j in range(b)]
+            total += -sum(q * (v - log_z) for q, v in zip(target, row)) / b
+    return total / 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("b, smoothing", [(2, 0.0), (5, 0.1), (8, 0.3)])
+def test_infonce_equals_brute_force(b, smoothing, dtype):
+    from helper.losses import infonce_loss
+
+    gen = torch.Generator().manual_seed(b)
+    street = F.normalize(torch.randn(b, 16, generator=gen, dtype=dtype), dim=1)
+    satellite = F.normalize(torch.randn(b, 16, generator=gen, dtype=dtype), dim=1)
+    scale = torch.tensor(14.3, dtype=dtype)
+    loss = infonce_loss(street, satellite, scale, smoothing)
+    assert loss.dtype == dtype
+    assert float(loss) == pytest.approx(_infonce_brute_force(street.double(), satellite.double(), 14.3, smoothing),
+                                        rel=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_infonce_is_symmetric_and_learns_its_temperature():
+    from helper.losses import MAX_LOGIT_SCALE, LogitScale, infonce_loss
+
+    street = F.normalize(torch.randn(6, 8), dim=1)
+    satellite = F.normalize(torch.randn(6, 8), dim=1)
+    scale = LogitScale()
+    assert float(scale().detach()) == pytest.approx(1 / 0.07)
+    loss = infonce_loss(street, satellite, scale(), 0.1)
+    assert float(loss) == pytest.approx(float(infonce_loss(satellite, street, scale(), 0.1)), rel=1e-6)
+    loss.backward()
+    assert scale.log_scale.grad is not None and scale.log_scale.grad.abs() > 0
+    with torch.no_grad():
+        scale.log_scale.fill_(10.0)
+    assert float(scale().detach()) == pytest.approx(MAX_LOGIT_SCALE)  # capped
+    with pytest.raises(UserError, match="at least 2 pairs"):
+        infonce_loss(street[:1], satellite[:1], scale(), 0.0)
