@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--nprobe", type=int, default=32, help="ivf/ivfpq: lists searched per query (default: 32)")
     index.add_argument("--pq_m", type=int, default=0, help="ivfpq: sub-quantizers, must divide the descriptor "
                                                            "dimension (default: dimension / 16)")
-    index.add_argument("--refine", type=int, default=8, help="ivfpq: re-score refine x k candidates with 8-bit "
-                                                             "vectors (default: 8)")
+    index.add_argument("--refine", type=int, default=32, help="ivfpq: re-score refine x k candidates with 8-bit "
+                                                              "vectors (default: 32)")
     _common(index, batch_size=64)
     index.add_argument("--workers", type=int, default=min(4, usable_cpus()),
                        help="tile-reading worker processes (0 = main process)")

@@ -65,7 +65,7 @@ class IndexSpec:
     nlist: int = 0
     nprobe: int = 32
     pq_m: int = 0
-    refine: int = 8
+    refine: int = 32
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
