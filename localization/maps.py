@@ -98,6 +98,7 @@ def query_figure(panorama: np.ndarray, title: str, tiles: Sequence[np.ndarray], 
     ax.set_xlabel("longitude", fontsize=8)
     ax.set_ylabel("latitude", fontsize=8)
     ax.tick_params(labelsize=6)
+    ax.locator_params(nbins=4)
     ax.ticklabel_format(useOffset=False)
     ax.legend(fontsize=7, loc="upper right")
     ax.set_title("index extent", fontsize=9)
