@@ -1,0 +1,121 @@
+"""The ``localize.py`` command line: ``index`` (build a tile index) and ``query`` (localise panoramas)."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from common.errors import UserError
+from common.system import usable_cpus
+from helper.config import DEVICES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="localize.py", description="Localise street-view panoramas with a trained checkpoint: index "
+                                        "geo-tagged satellite tiles once, then query panoramas against them.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    index = commands.add_parser("index", help="embed satellite tiles into a FAISS index folder",
+                                description="Embed satellite tiles with the checkpoint's satellite branch and write "
+                                            "a FAISS index folder (resumable; refuses to mix checkpoints).")
+    index.add_argument("--checkpoint", required=True, help="trained checkpoint (train_vigor.py / train_cvusa.py)")
+    index.add_argument("--out", required=True, help="index folder to write (new, empty, or an interrupted build)")
+    source = index.add_mutually_exclusive_group(required=True)
+    source.add_argument("--satellites", nargs="+", metavar="DIR",
+                        help="folder(s) of VIGOR-style tiles satellite_<lat>_<lon>.png (centre GPS in the name)")
+    source.add_argument("--tiles", metavar="CSV", help="CSV of path,lat,lon rows (tile centre GPS; relative paths "
+                                                       "are resolved against the CSV's folder)")
+    source.add_argument("--mosaic", metavar="IMAGE", help="north-up orthophoto cut into tiles (needs --bounds, "
+                                                          "--tile_m, --stride_m)")
+    index.add_argument("--bounds", metavar="N,W,S,E", help="--mosaic: latitude/longitude of its edges, degrees")
+    index.add_argument("--tile_m", type=float, help="--mosaic: tile side in metres (VIGOR tiles: about 73 m)")
+    index.add_argument("--stride_m", type=float, help="--mosaic: distance between tile centres in metres "
+                                                      "(half the tile side gives VIGOR's half overlap)")
+    index.add_argument("--projection", default="equirectangular", choices=("equirectangular", "webmercator"),
+                       help="--mosaic: rows linear in latitude (EPSG:4326 export) or in the Mercator ordinate "
+                            "(EPSG:3857 web map export) (default: equirectangular)")
+    index.add_argument("--index", default="flat", choices=("flat", "ivf", "ivfpq"),
+                       help="flat = exact inner product; ivf / ivfpq = approximate, for millions of tiles "
+                            "(see the README's table) (default: flat)")
+    index.add_argument("--nlist", type=int, default=0, help="ivf/ivfpq: inverted lists (default: 4 sqrt(tiles))")
+    index.add_argument("--nprobe", type=int, default=32, help="ivf/ivfpq: lists searched per query (default: 32)")
+    index.add_argument("--pq_m", type=int, default=0, help="ivfpq: sub-quantizers, must divide the descriptor "
+                                                           "dimension (default: dimension / 16)")
+    index.add_argument("--refine", type=int, default=32, help="ivfpq: re-score refine x k candidates with 8-bit "
+                                                              "vectors (default: 32)")
+    _common(index, batch_size=64)
+    index.add_argument("--workers", type=int, default=min(4, usable_cpus()),
+                       help="tile-reading worker processes (0 = main process)")
+    index.add_argument("--chunk", type=int, default=2048, help="tiles per saved chunk of an interruptible build "
+                                                               "(default: 2048)")
+
+    query = commands.add_parser("query", help="localise panoramas against an index folder",
+                                description="Embed panoramas with the street branch, search the index's top k and "
+                                            "write results.json, results.csv, results.geojson and one PNG per query.")
+    query.add_argument("--index", required=True, help="index folder written by localize.py index")
+    query.add_argument("panoramas", nargs="*", metavar="PANORAMA", help="360-degree panorama images")
+    query.add_argument("--queries", metavar="DIR", help="query every .jpg/.jpeg/.png image of this folder")
+    query.add_argument("-k", type=int, default=5, help="candidates per query (default: 5)")
+    query.add_argument("--out", default="localize_results", help="output folder (default: localize_results)")
+    query.add_argument("--checkpoint", help="the checkpoint that built the index, when it moved (default: the "
+                                            "path recorded in the index)")
+    query.add_argument("--nprobe", type=int, help="ivf/ivfpq: lists searched per query (default: the index's)")
+    query.add_argument("--no-pictures", dest="pictures", action="store_false", help="skip the PNG per query")
+    _common(query, batch_size=16)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto = cuda when available (default)")
+    parser.add_argument("--batch_size", type=int, default=batch_size, help=f"images per batch (default: {batch_size})")
+
+
+def _positive(value: Optional[float], flag: str) -> None:
+    if value is not None and value <= 0:
+        raise UserError(f"{flag} must be > 0, got {value:g}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    for flag in ("batch_size", "chunk"):
+        _positive(getattr(args, flag, None), f"--{flag}")
+    if args.command == "index":
+        _index(args)
+    else:
+        _query(args)
+
+
+def _index(args) -> None:
+    from localization import tiles as sources
+    from localization.embed import load_model
+    from localization.index import IndexSpec, build_index
+
+    mosaic_flags = [f for f in ("bounds", "tile_m", "stride_m") if getattr(args, f) is not None]
+    if args.mosaic is None and mosaic_flags:
+        raise UserError(f"--{mosaic_flags[0]} only applies to --mosaic")
+    spec = IndexSpec(args.index, args.nlist, args.nprobe, args.pq_m, args.refine)
+    if args.satellites:
+        tiles, source = sources.tiles_from_folders(args.satellites), {"satellites": args.satellites}
+    elif args.tiles:
+        tiles, source = sources.tiles_from_csv(args.tiles), {"tiles": args.tiles}
+    else:
+        if args.bounds is None or args.tile_m is None or args.stride_m is None:
+            raise UserError("--mosaic needs --bounds N,W,S,E, --tile_m M and --stride_m M")
+        _positive(args.tile_m, "--tile_m")
+        _positive(args.stride_m, "--stride_m")
+        bounds = sources.parse_bounds(args.bounds)
+        tiles = sources.tiles_from_mosaic(args.mosaic, bounds, args.tile_m, args.stride_m, args.projection)
+        source = {"mosaic": args.mosaic, "bounds": list(bounds), "tile_m": args.tile_m, "stride_m": args.stride_m,
+                  "projection": args.projection}
+    print(f"{len(tiles)} tiles", flush=True)
+    loaded = load_model(args.checkpoint, args.device)
+    build_index(loaded, tiles, args.out, spec, source, args.batch_size, max(0, args.workers), args.chunk)
+
+
+def _query(args) -> None:
+    from localization.query import localise, panorama_files
+
+    if args.panoramas and args.queries:
+        raise UserError("give panoramas or --queries DIR, not both")
+    localise(args.index, panorama_files(args.panoramas, args.queries), args.out, args.k, args.checkpoint,
+             args.device, args.batch_size, args.nprobe, args.pictures)

@@ -1,0 +1,161 @@
+"""Localise panoramas against an index: embed, search the top k, write the results and pictures.
+
+Per query ``results.json`` holds ``{"query": path, "candidates": [{"rank", "tile", "lat", "lon",
+"similarity"}, ...]}``, best first, ``rank`` counting from 1; when the panorama's file name
+carries its GPS (VIGOR's ``<id>,<lat>,<lon>,.jpg``) also ``true_lat``/``true_lon`` and, per
+candidate, ``distance_m`` (great circle, :func:`helper.metrics.haversine_m`). The refined
+position (``lat_refined``/``lon_refined``) and ``heading_deg`` are written only by a model that
+estimates them; no model of this code base does yet, so they are never present today.
+
+Panoramas: any size; each is resized to the model's panorama size exactly as the evaluation
+datasets do. A 360-degree panorama is at least about twice as wide as high (equirectangular
+2:1 as VIGOR, up to a horizon strip like CVUSA's 5.5:1): an image whose width / height lies
+outside :data:`PANORAMA_ASPECT` (a 4:3 or 16:9 photo, say) is refused.
+
+Nothing is written until every panorama has been read and embedded; each file is written
+atomically.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from common.errors import UserError
+from common.fileio import write_bytes_atomic, write_json_atomic
+from data.io import read_image
+from data.vigor_layout import parse_panorama_name
+from helper.metrics import haversine_m
+from localization.tiles import IMAGE_EXTENSIONS, TileReader
+
+#: Accepted width / height of a 360-degree panorama: 2:1 equirectangular up to a 5.5:1 strip.
+PANORAMA_ASPECT = (1.9, 6.0)
+
+
+def panorama_files(paths: Sequence[str], folder: Optional[str]) -> List[str]:
+    """The panoramas named on the command line, or every image of ``--queries`` (sorted)."""
+    if folder is not None:
+        if not os.path.isdir(folder):
+            raise UserError(f"--queries folder not found: {folder}")
+        paths = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                       if name.lower().endswith(IMAGE_EXTENSIONS))
+        if not paths:
+            raise UserError(f"--queries folder {folder} holds no .jpg/.jpeg/.png panorama")
+    if not paths:
+        raise UserError("no panorama given: pass PANORAMA [PANORAMA ...] or --queries DIR")
+    return list(paths)
+
+
+def read_panorama(path: str, size: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """``(full image, model input at size)``, both RGB uint8; a UserError for an unreadable file or
+    an image that is not a 360-degree panorama."""
+    full = read_image(path)
+    height, width = full.shape[:2]
+    ratio = width / height
+    low, high = PANORAMA_ASPECT
+    if not low <= ratio <= high:
+        raise UserError(f"{path} is {width}x{height} (width/height {ratio:.2f}): not a 360-degree panorama. "
+                        f"Expected width/height between {low:g} and {high:g} (an equirectangular panorama is 2:1, "
+                        f"a CVUSA-style horizon strip about 5.5:1); a normal photo covers a limited field of "
+                        f"view, which this model does not handle")
+    return full, read_image(path, size)  # exactly the evaluation datasets' input
+
+
+def true_position(path: str) -> Optional[Tuple[float, float]]:
+    """``(lat, lon)`` from a VIGOR-style panorama name, or None when the name carries no GPS."""
+    try:
+        _, lat, lon = parse_panorama_name(path)
+    except UserError:
+        return None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return None
+    return lat, lon
+
+
+def _figure_names(paths: Sequence[str]) -> List[str]:
+    names, seen = [], set()
+    for path in paths:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(os.path.basename(path))[0]).strip("_") or "query"
+        name, number = f"{stem}.png", 1
+        while name in seen:
+            number += 1
+            name = f"{stem}_{number}.png"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, checkpoint: Optional[str] = None,
+             device: str = "auto", batch_size: int = 16, nprobe: Optional[int] = None, pictures: bool = True,
+             log=print) -> List[dict]:
+    """Query ``panoramas`` against the index in ``index_dir``; write the results into ``out``."""
+    from localization.embed import PanoramaInputs, embed, load_model
+    from localization.index import load_index
+    from localization.maps import MAX_TILES_SHOWN, query_figure, results_csv, results_geojson
+
+    if k < 1:
+        raise UserError(f"-k must be >= 1, got {k}")
+    index = load_index(index_dir, nprobe)
+    built_with = index.manifest["checkpoint"]
+    path = checkpoint or built_with["path"]
+    if checkpoint is None and not os.path.isfile(path):
+        raise UserError(f"the checkpoint the index was built with is missing: {path}; pass --checkpoint with "
+                        f"that checkpoint (weights {built_with['sha256'][:12]})")
+    loaded = load_model(path, device)
+    if loaded.sha256 != built_with["sha256"]:
+        raise UserError(f"the index {index_dir} was built by another checkpoint ({built_with['path']}, weights "
+                        f"{built_with['sha256'][:12]}) than {path} (weights {loaded.sha256[:12]}); query with the "
+                        f"checkpoint that built it, or rebuild the index with localize.py index")
+    fulls, inputs = [], []
+    for panorama in panoramas:
+        full, model_input = read_panorama(panorama, loaded.pano_size)
+        fulls.append(full)
+        inputs.append(model_input)
+    descriptors = embed(loaded, PanoramaInputs(inputs), "street", batch_size, 0, desc="panoramas")
+    similarities, ids = index.search(descriptors, k)
+
+    results = []
+    figures = _figure_names(panoramas) if pictures else [None] * len(panoramas)
+    for panorama, sims, rows, figure in zip(panoramas, similarities, ids, figures):
+        truth = true_position(panorama)
+        candidates = []
+        for rank, (similarity, row) in enumerate(zip(sims, rows), start=1):
+            if row < 0:  # an approximate index may find fewer than k
+                break
+            tile = index.tiles[int(row)]
+            candidate = {"rank": rank, "tile": tile.name, "lat": tile.lat, "lon": tile.lon,
+                         "similarity": float(similarity)}
+            if truth is not None:
+                candidate["distance_m"] = float(haversine_m(truth[0], truth[1], tile.lat, tile.lon))
+            candidates.append(candidate)
+        result = {"query": panorama, "candidates": candidates}
+        if truth is not None:
+            result["true_lat"], result["true_lon"] = truth
+        if figure is not None:
+            result["figure"] = figure
+        results.append(result)
+
+    os.makedirs(out, exist_ok=True)
+    if pictures:
+        reader = TileReader()
+        all_latlon = np.array([(t.lat, t.lon) for t in index.tiles], dtype=np.float64)
+        for result, full, rows in zip(results, fulls, ids):
+            shown = [reader(index.tiles[int(r)]) for r in rows[:len(result["candidates"])][:MAX_TILES_SHOWN]]
+            png = query_figure(full, os.path.basename(result["query"]), shown, result["candidates"], all_latlon,
+                               (result["true_lat"], result["true_lon"]) if "true_lat" in result else None)
+            write_bytes_atomic(os.path.join(out, result["figure"]), png)
+    write_bytes_atomic(os.path.join(out, "results.csv"), results_csv(results))
+    write_json_atomic(os.path.join(out, "results.geojson"), results_geojson(results))
+    write_json_atomic(os.path.join(out, "results.json"), results)
+    for result in results:
+        best = result["candidates"][0]
+        line = (f"{os.path.basename(result['query'])}: {best['tile']} ({best['lat']:.6f}, {best['lon']:.6f}) "
+                f"similarity {best['similarity']:.3f}")
+        if "distance_m" in best:
+            line += f", {best['distance_m']:.1f} m from the true position"
+        log(line)
+    log(f"{len(results)} queries, top-{min(k, len(index.tiles))} written to {out} "
+        f"(results.json, results.csv, results.geojson{', one PNG per query' if pictures else ''})")
+    return results
