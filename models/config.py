@@ -16,9 +16,11 @@ from common.settings import as_plain, check_settings, pick, setting
 from data import cvusa_layout
 from geometry.polar import satellite_input_size
 from models.backbones import BACKBONES
+from models.heads import HEADS
 from models.transforms import STN_TRANSFORMS, TRANSFORMS
 
 STN_INITS = ("identity", "polar")
+
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,10 @@ class ModelConfig:
                                          "transformation block's output size)", minimum=32)
     polar_files: bool = setting(False, "read precomputed polar images (python -m data.convert_polar) instead of "
                                        "computing the polar transform on the fly; needs --transform polar")
-    attention_maps: int = setting(8, "SAFA spatial-aware attention maps per branch", minimum=1)
+    head: str = setting("safa", "descriptor head: SAFA's spatial-aware attention, or a global average pool "
+                                "(Sample4Geo)", choices=HEADS)
+    shared_backbone: bool = setting(False, "one backbone for both views (Sample4Geo); the heads stay separate")
+    attention_maps: int = setting(8, "SAFA spatial-aware attention maps per branch (head safa)", minimum=1)
     stn_stages: int = setting(3, "composed_affine: number of affine stages", minimum=1)
     tps_grid: Tuple[int, int] = setting((6, 10), "tps: control points GH,GW", minimum=2)
     tps_span: float = setting(0.9, "tps: control points span [-span, span] of the output frame",

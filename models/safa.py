@@ -1,74 +1,22 @@
-"""SAFA: spatial-aware feature aggregation (Shi et al., NeurIPS 2019) and the two-branch model.
+"""The two-branch model of SAFA (Shi et al., NeurIPS 2019) with a satellite transformation block.
 
-Street branch: backbone -> spatial-aware attention head. Satellite branch: transformation
-block -> backbone -> head. The branches share no weights. Descriptors are
-``channels * attention_maps`` long and L2-normalised in float32.
+Street branch: backbone -> descriptor head. Satellite branch: transformation block ->
+backbone -> head. By default the branches share no weights (``shared_backbone``: one
+backbone, separate heads) and the head is SAFA's spatial-aware attention, whose descriptors
+are ``channels * attention_maps`` long (:mod:`models.heads`), L2-normalised in float32.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from common.errors import UserError
 from models.backbones import build_backbone, feature_shape
+from models.heads import HEADS
 from models.polar import PolarTransform
 from models.transforms import build_transform
-
-
-class SpatialAwareAttention(nn.Module):
-    """SAFA spatial-aware attention and aggregation for a fixed feature-map size.
-
-    For features ``B x C x h x w`` (``N = h * w`` positions, ``d = maps``):
-    ``m = max over channels`` (``B x N``; the seed and the VIGOR code take the max, SAFA's
-    released TensorFlow code the mean of the channels); per map ``k``:
-    ``a_k = W2_k^T (W1_k^T m + b1_k) + b2_k`` with ``W1_k`` ``N x N//2`` and ``W2_k``
-    ``N//2 x N`` (no non-linearity in between, as in SAFA's ``spatial_aware``), giving
-    the attention ``B x N x d``; descriptor ``= features (B x C x N) @ attention`` ->
-    ``B x C x d`` -> flattened channel-major (``index = c * d + k``) -> L2-normalised in
-    float32. Parameters use SAFA's layout (``weight1`` ``N x N//2 x d``, ``bias1``
-    ``1 x N//2 x d``, ``weight2`` ``N//2 x N x d``, ``bias2`` ``1 x N x d``) and init
-    (truncated normal, std 0.005, cut at 2 std; biases 0.1).
-    """
-
-    def __init__(self, feature_size: Sequence[int], channels: int, maps: int = 8) -> None:
-        super().__init__()
-        self.feature_size = tuple(int(v) for v in feature_size)
-        positions = self.feature_size[0] * self.feature_size[1]
-        hidden = positions // 2
-        if hidden < 1:
-            raise UserError(
-                f"the backbone feature map is only {self.feature_size[0]} x {self.feature_size[1]}: too small for "
-                f"the spatial-aware attention; use larger --pano_size (at least 32 px per side)"
-            )
-        if int(maps) < 1:
-            raise UserError(f"attention_maps must be >= 1, got {maps}")
-        self.channels, self.maps = int(channels), int(maps)
-        self.out_dim = self.channels * self.maps
-        self.weight1 = nn.Parameter(torch.empty(positions, hidden, self.maps))
-        self.bias1 = nn.Parameter(torch.full((1, hidden, self.maps), 0.1))
-        self.weight2 = nn.Parameter(torch.empty(hidden, positions, self.maps))
-        self.bias2 = nn.Parameter(torch.full((1, positions, self.maps), 0.1))
-        for weight in (self.weight1, self.weight2):
-            nn.init.trunc_normal_(weight, mean=0.0, std=0.005, a=-0.01, b=0.01)
-
-    def attention(self, features: torch.Tensor) -> torch.Tensor:
-        """Spatial attention ``B x N x d`` of features ``B x C x h x w``."""
-        mask = features.amax(dim=1).flatten(1)
-        hidden = torch.einsum("bi,ijd->bjd", mask, self.weight1) + self.bias1
-        return torch.einsum("bjd,jid->bid", hidden, self.weight2) + self.bias2
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if tuple(features.shape[-2:]) != self.feature_size or features.shape[1] != self.channels:
-            raise ValueError(
-                f"features must be B x {self.channels} x {self.feature_size[0]} x {self.feature_size[1]}, "
-                f"got {tuple(features.shape)}"
-            )
-        attention = self.attention(features)
-        descriptor = torch.bmm(features.flatten(2), attention.to(features.dtype)).flatten(1)
-        return F.normalize(descriptor.float(), p=2.0, dim=1)
 
 
 class SAFAModel(nn.Module):
@@ -76,7 +24,8 @@ class SAFAModel(nn.Module):
 
     Built by :func:`models.build_model` from a :class:`models.config.ModelConfig` (kept as
     ``self.cfg``). Submodules: ``transform`` (the block), ``street_backbone``,
-    ``satellite_backbone``, ``street_attention``, ``satellite_attention`` and, for L1
+    ``satellite_backbone`` (the same module with ``shared_backbone``), ``street_attention`` and
+    ``satellite_attention`` (the descriptor heads of :data:`HEADS`: SAFA's or a global pool) and, for L1
     guidance (STN transform with ``lambda_l1 > 0``), ``polar_target`` (a fixed
     :class:`PolarTransform`, no parameters). ``descriptor_dim`` is the descriptor length.
     Both branches' backbones see ``pano_size`` images (every block outputs that size), so
@@ -98,10 +47,12 @@ class SAFAModel(nn.Module):
         self.sate_input_size = cfg.satellite_input_size
         self.transform = build_transform(cfg)
         self.street_backbone = build_backbone(cfg.backbone, cfg.pretrained)
-        self.satellite_backbone = build_backbone(cfg.backbone, cfg.pretrained)
+        self.satellite_backbone = (self.street_backbone if cfg.shared_backbone
+                                   else build_backbone(cfg.backbone, cfg.pretrained))
         channels, height, width = feature_shape(self.street_backbone, *self.pano_size)
-        self.street_attention = SpatialAwareAttention((height, width), channels, cfg.attention_maps)
-        self.satellite_attention = SpatialAwareAttention((height, width), channels, cfg.attention_maps)
+        head = HEADS.get(cfg.head)
+        self.street_attention = head((height, width), channels, cfg.attention_maps)
+        self.satellite_attention = head((height, width), channels, cfg.attention_maps)
         self.descriptor_dim = self.street_attention.out_dim
         self.polar_target = (
             PolarTransform(cfg.sate_size, cfg.pano_size, polar_files=cfg.polar_files) if cfg.l1_guidance else None

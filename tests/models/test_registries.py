@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models import BACKBONES, TRANSFORMS, build_model
+from models.heads import HEADS
 
 SMALL = {"pretrained": False, "sate_size": [48, 48], "pano_size": [32, 64], "attention_maps": 2}
 
@@ -37,5 +38,14 @@ def test_every_backbone_in_the_whole_model(backbone):
     assert type(model.street_backbone) is type(BACKBONES.get(backbone)(False))
 
 
+@pytest.mark.parametrize("head", HEADS.names())
+@pytest.mark.parametrize("shared_backbone", [False, True])
+def test_every_head_in_the_whole_model(head, shared_backbone):
+    model = _forward_backward({"transform": "tps", "backbone": "tiny", "head": head,
+                               "shared_backbone": shared_backbone})
+    assert type(model.street_attention) is HEADS.get(head)
+    assert (model.street_backbone is model.satellite_backbone) == shared_backbone
+
+
 def test_the_registries_are_not_empty():
-    assert len(TRANSFORMS.names()) >= 5 and len(BACKBONES.names()) >= 3
+    assert len(TRANSFORMS.names()) >= 5 and len(BACKBONES.names()) >= 3 and len(HEADS.names()) >= 2

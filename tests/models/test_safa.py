@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from common.errors import UserError
-from models.safa import SpatialAwareAttention
+from models.heads import SpatialAwareAttention
 
 
 def _reference(head, features):
@@ -71,3 +71,25 @@ def test_rejects_wrong_feature_size_and_too_small_maps():
         head(torch.randn(1, 5, 4, 2))
     with pytest.raises(UserError, match="too small"):
         SpatialAwareAttention((1, 1), channels=5, maps=2)
+
+
+def test_pool_head_is_the_normalised_channel_mean():
+    from models.heads import GlobalPoolHead
+
+    features = torch.randn(3, 16, 4, 7)
+    out = GlobalPoolHead((4, 7), 16)(features)
+    expected = features.mean(dim=(2, 3))
+    torch.testing.assert_close(out, expected / expected.norm(dim=1, keepdim=True))
+    assert out.dtype == torch.float32
+
+
+def test_shared_backbone_round_trips_strictly():
+    from models import build_model
+
+    cfg = {"backbone": "tiny", "pretrained": False, "sate_size": [48, 48], "pano_size": [32, 64],
+           "shared_backbone": True, "head": "pool"}
+    first, second = build_model(cfg), build_model(cfg)
+    assert sum(p.numel() for p in first.parameters()) == sum(p.numel() for p in first.street_backbone.parameters())
+    second.load_state_dict(first.state_dict(), strict=True)
+    street = torch.randn(2, 3, 32, 64)
+    torch.testing.assert_close(second(street, None)[0], first(street, None)[0])
