@@ -127,10 +127,10 @@ DataConfig = Union[cvusa_layout.CVUSAConfig, vigor_layout.VigorConfig]
 
 def _from_version_1(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Version 1 stored the ``--resume`` path (an action, not a setting) in the config, and
-    knew only the triplet loss with Adam at a constant learning rate."""
+    knew only SAFA's head on two backbones, the triplet loss, Adam and a constant learning rate."""
     cfg.pop("resume", None)
-    defaults = {"loss": "triplet", "label_smoothing": None, "optimizer": "adam", "scheduler": "constant",
-                "warmup_epochs": 0.0}
+    defaults = {"head": "safa", "shared_backbone": False, "loss": "triplet", "label_smoothing": None,
+                "optimizer": "adam", "scheduler": "constant", "warmup_epochs": 0.0}
     return {**defaults, **cfg}
 
 

@@ -39,6 +39,9 @@ def test_version_1_is_migrated_on_load():
     assert raw["version"] == 1 and "resume" in raw["config"] and CHECKPOINT_VERSION == 2
     state = load_checkpoint(FIXTURE)
     assert "resume" not in state["config"] and state["config"]["transform"] == "polar"
+    # what version 1 did without saying: SAFA's head on two backbones, triplets, Adam, constant rate
+    assert {k: state["config"][k] for k in ("head", "shared_backbone", "loss", "optimizer", "scheduler")} == \
+        {"head": "safa", "shared_backbone": False, "loss": "triplet", "optimizer": "adam", "scheduler": "constant"}
 
 
 def test_version_1_evaluates_to_the_numbers_of_its_own_code(world, tmp_path):
