@@ -21,7 +21,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.fileio import read_jsonl, write_json_atomic, write_jsonl_atomic
+from common.errors import UserError
+from common.fileio import lock_folder, read_jsonl, unlock, write_json_atomic, write_jsonl_atomic
 from data.tensors import normalise
 from helper import distributed
 from helper.checkpoint import (CHECKPOINT_VERSION, git_commit, load_model_state, rng_state, save_checkpoint,
@@ -307,6 +308,7 @@ class Training:
     epoch: int = 0
     progress: EpochProgress = field(default_factory=EpochProgress)
     best_metric: float = -math.inf
+    lock: Optional[int] = None  # the run folder's lock (main rank)
 
     def state_dict(self) -> dict:
         """The checkpoint dict (see :mod:`helper.checkpoint`)."""
@@ -324,7 +326,13 @@ class Training:
         """Write ``<run_dir>/<name>`` on the main rank (all ranks wait); returns its path."""
         path = os.path.join(self.run_dir, name)
         if env.is_main:
-            save_checkpoint(path, self.state_dict())
+            try:
+                save_checkpoint(path, self.state_dict())
+            except OSError as exc:  # disk full, folder made read-only or removed: the old file is intact
+                kept = os.path.join(self.run_dir, "last.pth")
+                kept = f"continue with --resume {kept}" if os.path.exists(kept) else "no checkpoint was kept"
+                raise UserError(f"cannot write checkpoint {path}: {exc.strerror or exc}; free disk space or fix "
+                                f"the folder, then {kept}") from None
         distributed.barrier()
         return path
 
@@ -341,22 +349,40 @@ class Training:
         set_rng_state(checkpoint["rng"])
 
 
-def start_training(run: RunConfig, task, env, train_set, resume: Optional[dict]) -> Training:
-    """Build the model (before anything is written), claim the run folder, restore ``resume``."""
+def claim_run_folder(run_dir: str, fresh: bool) -> int:
+    """Create and lock ``run_dir`` (:func:`common.fileio.lock_folder`); a ``fresh`` run refuses a
+    folder that already holds one. Returns the lock to release at the end."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        lock = lock_folder(run_dir, "run folder")
+    except OSError as exc:
+        raise UserError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}; check --results_dir") from None
+    last = os.path.join(run_dir, "last.pth")
+    if fresh and (os.path.exists(last) or os.path.exists(os.path.join(run_dir, "config.json"))):
+        unlock(lock)
+        advice = (f"continue it with --resume {last}" if os.path.exists(last)
+                  else "it wrote no checkpoint: delete the folder")
+        raise UserError(f"run folder {run_dir} already holds a run; {advice} or choose another --name")
+    return lock
+
+
+def start_training(run: RunConfig, task, env, train_set, resume: Optional[dict], fresh: bool = True) -> Training:
+    """Build the model and batches (before anything is written), claim the run folder (a ``fresh``
+    run needs an unused one), restore ``resume``."""
     from models import build_model
 
     torch.manual_seed(run.train.seed)
     model = build_model(run.model)
-    run_dir = run_dir_of(run)
+    batch_sampler = ResumableBatchSampler(task.train_batch_sampler(run, train_set, env))
+    run_dir, lock = run_dir_of(run), None
     if env.is_main:
-        os.makedirs(run_dir, exist_ok=True)
+        lock = claim_run_folder(run_dir, fresh)
         write_json_atomic(os.path.join(run_dir, "config.json"), {**run.to_dict(), "version": CHECKPOINT_VERSION})
     distributed.barrier()
     logger = setup_logging(run_dir, env.is_main)
     optimizer = torch.optim.Adam(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=run.train.amp == "fp16" and env.device.type == "cuda")
-    batch_sampler = ResumableBatchSampler(task.train_batch_sampler(run, train_set, env))
-    training = Training(run, run_dir, model, optimizer, scaler, batch_sampler)
+    training = Training(run, run_dir, model, optimizer, scaler, batch_sampler, lock=lock)
     if resume is not None:
         model.to(env.device)
         training.restore(resume)
@@ -413,6 +439,10 @@ def run_epoch(training: Training, task, loader, env, epoch: int, stop: StopFlag,
     training.save("last.pth", env)
     if improved:
         training.save("best.pth", env)
+    elif env.is_main and math.isfinite(training.best_metric) and not os.path.exists(
+            os.path.join(training.run_dir, "best.pth")):
+        get_logger().warning("best.pth was deleted from %s: the best weights (R@1 %.2f) are lost; it is written "
+                             "again at the next improvement", training.run_dir, training.best_metric)
     if stop.should_stop(env.device) and epoch + 1 < run.train.n_epochs:
         raise Interrupted(stop.signum, os.path.join(training.run_dir, "last.pth"))
     return row
@@ -447,8 +477,10 @@ class MetricsLog:
             self.writer.close()
 
 
-def fit(run: RunConfig, task, env: distributed.DistEnv, resume: Optional[dict] = None) -> dict:
+def fit(run: RunConfig, task, env: distributed.DistEnv, resume: Optional[dict] = None,
+        fresh: Optional[bool] = None) -> dict:
     """Train ``task`` with ``run``; continue from the checkpoint dict ``resume`` if given.
+    ``fresh`` (default: no ``resume``): the run folder must not hold a run yet.
 
     Every split the run reads is checked before anything is written. Per epoch: train,
     evaluate every ``eval_every`` epochs (and at the end), append a ``metrics.jsonl`` row,
@@ -456,12 +488,12 @@ def fit(run: RunConfig, task, env: distributed.DistEnv, resume: Optional[dict] =
     """
     train_set = task.train_dataset(run)
     task.check_evaluation(run)
-    training = start_training(run, task, env, train_set, resume)
-    loader = make_loader(EpochKeyed(train_set), run.train.batch_size, run.train.workers, env,
-                         batch_sampler=training.batch_sampler)
-    log = MetricsLog(training.run_dir, training.epoch, env)
-    row: dict = {}
+    training = start_training(run, task, env, train_set, resume, resume is None if fresh is None else fresh)
+    log, row = None, {}
     try:
+        loader = make_loader(EpochKeyed(train_set), run.train.batch_size, run.train.workers, env,
+                             batch_sampler=training.batch_sampler)
+        log = MetricsLog(training.run_dir, training.epoch, env)
         with StopFlag() as stop:
             get_logger().info("run folder %s: %d training samples, %d steps per epoch, %d process(es) on %s",
                               training.run_dir, len(train_set), len(training.batch_sampler.batch_sampler),
@@ -469,5 +501,7 @@ def fit(run: RunConfig, task, env: distributed.DistEnv, resume: Optional[dict] =
             for epoch in range(training.epoch, run.train.n_epochs):
                 row = run_epoch(training, task, loader, env, epoch, stop, log)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
+        unlock(training.lock)
     return row
