@@ -88,14 +88,15 @@ def train_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     from common.fileio import check_output_dir
     from helper import distributed
     from helper.checkpoint import check_resumable, load_checkpoint
-    from helper.engine import Interrupted, NonFiniteLoss, fit, run_dir_of
+    from helper.engine import Interrupted, NonFiniteLoss, file_stamp, fit, run_dir_of
     from helper.log import get_logger
     from helper.parser import parse_train_args
     from helper.tasks import get_task
 
     parsed = parse_train_args(dataset, argv)
-    run, resume, fresh = parsed.run, None, True
+    run, resume, fresh, stamp = parsed.run, None, True, None
     if parsed.resume:
+        stamp = file_stamp(os.path.join(os.path.dirname(os.path.abspath(parsed.resume)), "last.pth"))
         resume = load_checkpoint(parsed.resume)
         check_resumable(resume, parsed.resume)
         run = resume_config(parsed.resume, resume, parsed, dataset)
@@ -112,7 +113,7 @@ def train_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     if run.train.amp != "none" and env.device.type != "cuda":
         raise UserError(f"--amp {run.train.amp} needs a CUDA device; none is available here")
     try:
-        fit(run, get_task(dataset), env, resume, fresh)
+        fit(run, get_task(dataset), env, resume, fresh, stamp)
     except Interrupted as stop:
         get_logger().warning("interrupted by signal %d; saved %s. Resume with: python train_%s.py --resume %s",
                              stop.signum, stop.checkpoint, dataset, stop.checkpoint)

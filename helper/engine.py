@@ -349,26 +349,42 @@ class Training:
         set_rng_state(checkpoint["rng"])
 
 
-def claim_run_folder(run_dir: str, fresh: bool) -> int:
+def file_stamp(path: str) -> Optional[tuple]:
+    """(mtime, size) of ``path``, or None when it does not exist: whether a file changed."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+def claim_run_folder(run_dir: str, fresh: bool, last_stamp: Optional[tuple] = None) -> int:
     """Create and lock ``run_dir`` (:func:`common.fileio.lock_folder`); a ``fresh`` run refuses a
-    folder that already holds one. Returns the lock to release at the end."""
+    folder that already holds one; a resumed one refuses a ``last.pth`` that changed since it was
+    checked (``last_stamp``: another run wrote it meanwhile). Returns the lock to release at the end."""
     try:
         os.makedirs(run_dir, exist_ok=True)
         lock = lock_folder(run_dir, "run folder")
     except OSError as exc:
         raise UserError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}; check --results_dir") from None
     last = os.path.join(run_dir, "last.pth")
+    problem = None
     if fresh and (os.path.exists(last) or os.path.exists(os.path.join(run_dir, "config.json"))):
-        unlock(lock)
         advice = (f"continue it with --resume {last}" if os.path.exists(last)
                   else "it wrote no checkpoint: delete the folder")
-        raise UserError(f"run folder {run_dir} already holds a run; {advice} or choose another --name")
+        problem = f"run folder {run_dir} already holds a run; {advice} or choose another --name"
+    elif not fresh and file_stamp(last) != last_stamp:
+        problem = f"{last} was rewritten by another process while this one started; resume again from it"
+    if problem:
+        unlock(lock)
+        raise UserError(problem)
     return lock
 
 
-def start_training(run: RunConfig, task, env, train_set, resume: Optional[dict], fresh: bool = True) -> Training:
-    """Build the model and batches (before anything is written), claim the run folder (a ``fresh``
-    run needs an unused one), restore ``resume``."""
+def start_training(run: RunConfig, task, env, train_set, resume: Optional[dict], fresh: bool = True,
+                   last_stamp: Optional[tuple] = None) -> Training:
+    """Build the model and batches (before anything is written), claim the run folder
+    (:func:`claim_run_folder`), restore ``resume``."""
     from models import build_model
 
     torch.manual_seed(run.train.seed)
@@ -376,7 +392,7 @@ def start_training(run: RunConfig, task, env, train_set, resume: Optional[dict],
     batch_sampler = ResumableBatchSampler(task.train_batch_sampler(run, train_set, env))
     run_dir, lock = run_dir_of(run), None
     if env.is_main:
-        lock = claim_run_folder(run_dir, fresh)
+        lock = claim_run_folder(run_dir, fresh, last_stamp)
         write_json_atomic(os.path.join(run_dir, "config.json"), {**run.to_dict(), "version": CHECKPOINT_VERSION})
     distributed.barrier()
     logger = setup_logging(run_dir, env.is_main)
@@ -478,9 +494,10 @@ class MetricsLog:
 
 
 def fit(run: RunConfig, task, env: distributed.DistEnv, resume: Optional[dict] = None,
-        fresh: Optional[bool] = None) -> dict:
+        fresh: Optional[bool] = None, last_stamp: Optional[tuple] = None) -> dict:
     """Train ``task`` with ``run``; continue from the checkpoint dict ``resume`` if given.
-    ``fresh`` (default: no ``resume``): the run folder must not hold a run yet.
+    ``fresh`` (default: no ``resume``): the run folder must not hold a run yet; otherwise its
+    ``last.pth`` must still have :func:`file_stamp` ``last_stamp``.
 
     Every split the run reads is checked before anything is written. Per epoch: train,
     evaluate every ``eval_every`` epochs (and at the end), append a ``metrics.jsonl`` row,
@@ -488,7 +505,8 @@ def fit(run: RunConfig, task, env: distributed.DistEnv, resume: Optional[dict] =
     """
     train_set = task.train_dataset(run)
     task.check_evaluation(run)
-    training = start_training(run, task, env, train_set, resume, resume is None if fresh is None else fresh)
+    fresh = resume is None if fresh is None else fresh
+    training = start_training(run, task, env, train_set, resume, fresh, last_stamp)
     log, row = None, {}
     try:
         loader = make_loader(EpochKeyed(train_set), run.train.batch_size, run.train.workers, env,
