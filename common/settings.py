@@ -61,10 +61,13 @@ def fields_of(cls) -> Dict[str, Tuple[dataclasses.Field, str, bool]]:
 
 def _number_rule(meta: Mapping) -> str:
     """The bounds as text: ``in (0, 1]``, ``>= 1``, ``> 0``, or ``""``."""
-    low = (f"({meta['above']:g}" if meta["above"] is not None
-           else f"[{meta['minimum']:g}" if meta["minimum"] is not None else None)
+    def shown(bound: float) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+    low = (f"({shown(meta['above'])}" if meta["above"] is not None
+           else f"[{shown(meta['minimum'])}" if meta["minimum"] is not None else None)
     if meta["maximum"] is not None:
-        return f"in {low}, {meta['maximum']:g}]" if low else f"<= {meta['maximum']:g}"
+        return f"in {low}, {shown(meta['maximum'])}]" if low else f"<= {shown(meta['maximum'])}"
     if low is None:
         return ""
     return ("> " if low[0] == "(" else ">= ") + low[1:]

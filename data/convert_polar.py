@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import signal
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -34,7 +36,7 @@ from common.system import usable_cpus
 from data import cvusa_layout, vigor_layout
 from data.cvusa_layout import (AERIAL_DIR, DEFAULT_TRAIN_CSV, DEFAULT_VAL_CSV, layout_hints, missing_files_error,
                                read_split_csv, resolve_csv)
-from data.io import find_missing, list_subdirs, read_image, write_image_atomic
+from data.io import find_missing, list_subdirs, png_complete, png_size, read_image, write_image_atomic
 from geometry.polar import polar_image_uint8, polar_transform  # noqa: F401  (polar_transform: fixed interface)
 
 
@@ -45,6 +47,26 @@ PNG_PARAMS = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWR
 #: Default polar image size per layout: the panorama input size of that dataset.
 DEFAULT_SIZES = {"cvusa": cvusa_layout.PANO_SIZE, "vigor": vigor_layout.PANO_SIZE}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+#: Bounds of --height / --width (a 4096 x 4096 polar image is already 200 MB of float32 per worker).
+MIN_SIDE, MAX_SIDE = 8, 4096
+
+
+class Stopped(Exception):
+    """SIGTERM arrived; finished images are kept, the rest remain to do."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped(signum)
+
+
+def _worker_init() -> None:
+    """Pool workers leave Ctrl-C to the main process and exit quietly on SIGTERM (pool.terminate)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def _convert_one(task: Tuple[str, str, int, int, Tuple[int, ...]]) -> str:
@@ -121,15 +143,6 @@ def vigor_jobs(data_root: str, cities: Optional[Sequence[str]] = None) -> List[T
     return jobs
 
 
-def png_size(path: str) -> Optional[Tuple[int, int]]:
-    """(height, width) from a PNG file's IHDR chunk, or None when it is not a PNG."""
-    with open(path, "rb") as handle:
-        head = handle.read(24)
-    if len(head) < 24 or not head.startswith(b"\x89PNG\r\n\x1a\n") or head[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
-
-
 def _check_existing(data_root: str, outputs: Sequence[str], height: int, width: int) -> None:
     """Refuse to skip existing outputs of another size (a mixed folder); --overwrite rewrites them."""
     wrong = []
@@ -149,7 +162,8 @@ def convert(data_root: str, jobs: Sequence[Tuple[str, str]], height: int, width:
             overwrite: bool = False, params: Sequence[int] = PNG_PARAMS, progress: bool = True) -> Dict[str, int]:
     """Run ``jobs`` (relative (source, output) paths): skip existing outputs unless ``overwrite``.
 
-    Existing outputs of another size than ``height x width`` are an error (use ``overwrite``).
+    Existing outputs of another size than ``height x width`` are an error (use ``overwrite``);
+    empty or truncated ones (no PNG end marker) are rewritten.
 
     ``workers`` > 1 uses a process pool fed in chunks. Outputs are written to a temporary
     file and renamed, so an interrupted run never leaves a half-written PNG.
@@ -159,8 +173,12 @@ def convert(data_root: str, jobs: Sequence[Tuple[str, str]], height: int, width:
         todo = list(jobs)
     else:
         absent = set(find_missing(data_root, [dst for _, dst in jobs]))
-        todo = [job for job in jobs if job[1] in absent]
-        _check_existing(data_root, [dst for _, dst in jobs if dst not in absent], height, width)
+        broken = {dst for _, dst in jobs if dst not in absent and not png_complete(os.path.join(data_root, dst))}
+        todo = [job for job in jobs if job[1] in absent | broken]
+        _check_existing(data_root, [dst for _, dst in jobs if dst not in absent | broken], height, width)
+        if broken and progress:
+            print(f"{len(broken)} existing polar images are truncated (no PNG end marker); rewriting them, e.g. "
+                  f"{os.path.join(data_root, sorted(broken)[0])}", flush=True)
     for folder in sorted({os.path.dirname(os.path.join(data_root, dst)) for _, dst in todo}):
         os.makedirs(folder, exist_ok=True)
     tasks = [(os.path.join(data_root, src), os.path.join(data_root, dst), int(height), int(width), tuple(params))
@@ -173,7 +191,7 @@ def convert(data_root: str, jobs: Sequence[Tuple[str, str]], height: int, width:
                 bar.update()
         else:
             chunksize = max(1, min(32, len(tasks) // (workers * 8)))
-            with multiprocessing.Pool(min(workers, len(tasks))) as pool:
+            with multiprocessing.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
                 for _ in pool.imap_unordered(_convert_one, tasks, chunksize):
                     bar.update()
     return {"converted": len(tasks), "skipped": len(jobs) - len(tasks)}
@@ -221,16 +239,27 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, int]:
                         f"{args.dataset.upper()} folder")
     height = args.height if args.height is not None else DEFAULT_SIZES[args.dataset][0]
     width = args.width if args.width is not None else DEFAULT_SIZES[args.dataset][1]
-    if height <= 0 or width <= 0:
-        raise UserError(f"--height and --width must be positive, got {height} x {width}")
+    if not (MIN_SIDE <= height <= MAX_SIDE and MIN_SIDE <= width <= MAX_SIDE):
+        raise UserError(f"--height and --width must be in [{MIN_SIDE}, {MAX_SIDE}], got {height} x {width}; "
+                        f"use the --pano_size you train with (default {DEFAULT_SIZES[args.dataset][0]} x "
+                        f"{DEFAULT_SIZES[args.dataset][1]})")
     if args.dataset == "cvusa":
         jobs = cvusa_jobs(args.data_root, args.csv)
     else:
         jobs = vigor_jobs(args.data_root, args.cities)
     params = list(PNG_PARAMS)
     params[1] = args.png_compression
-    summary = convert(args.data_root, jobs, height, width, workers=args.workers, overwrite=args.overwrite,
-                      params=params, progress=not args.no_progress)
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        summary = convert(args.data_root, jobs, height, width, workers=args.workers, overwrite=args.overwrite,
+                          params=params, progress=not args.no_progress)
+    except (Stopped, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+        print(f"interrupted by signal {int(signum)}; the polar images written so far are complete: run the same "
+              f"command again to convert the rest", file=sys.stderr, flush=True)
+        sys.exit(128 + int(signum))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"polar images {height}x{width}: {summary['converted']} written, {summary['skipped']} already "
           f"present (use --overwrite to rewrite) under {args.data_root}", flush=True)
     return summary

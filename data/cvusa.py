@@ -15,8 +15,8 @@ from torch.utils.data import Dataset
 
 from common.errors import UserError
 from data.augment import check_rotation_sizes, paired_augment, sample_rng
-from data.cvusa_layout import missing_files_error, polar_path, read_split_csv, resolve_csv
-from data.io import find_missing, read_image, size_hw
+from data.cvusa_layout import check_column_order, missing_files_error, polar_path, read_split_csv, resolve_csv
+from data.io import MIN_IMAGE_SIDE, check_polar_size, file_image_size, find_missing, read_image, size_hw
 from data.tensors import converter
 from geometry.polar import satellite_input_size
 
@@ -71,6 +71,12 @@ class CVUSA(Dataset):
         missing = find_missing(data_root, paths)
         if missing:
             raise missing_files_error(data_root, missing, len(paths), self.csv)
+        aerial, panorama = file_image_size(self.satellite_file(0)), file_image_size(self.street_file(0))
+        if aerial and panorama:
+            check_column_order(self.csv, aerial, panorama)
+        if self.polar_files:
+            check_polar_size(self.polar_file(0), self.pano_size,
+                             f"python -m data.convert_polar --data_root {data_root}")
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose augmentation decisions :meth:`__getitem__` uses."""
@@ -92,9 +98,9 @@ class CVUSA(Dataset):
         index = int(index)
         if index < 0:
             index += len(self.pairs)
-        street = read_image(self.street_file(index), self.pano_size)
+        street = read_image(self.street_file(index), self.pano_size, min_side=MIN_IMAGE_SIDE)
         source = self.polar_file(index) if self.polar_files else self.satellite_file(index)
-        satellite = read_image(source, self.satellite_size)
+        satellite = read_image(source, self.satellite_size, square=not self.polar_files, min_side=MIN_IMAGE_SIDE)
         if self.augment or self.rotate:
             street, satellite, _ = paired_augment(street, satellite, sample_rng(self.seed, self.epoch, index),
                                                   flip=self.augment, rotate=self.rotate,

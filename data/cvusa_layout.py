@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from common.errors import UserError
 from common.settings import check_settings, setting
@@ -23,13 +23,31 @@ DEFAULT_VAL_CSV = "splits/val-19zl.csv"
 AERIAL_DIR = "bingmap/19"
 POLAR_DIR = "polarmap/19"
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _line_mistake(fields: List[str], first: bool) -> Optional[str]:
+    """The likely cause when a CSV line is not ``aerial,panorama[,annotation]`` paths, or None."""
+    if len(fields) < 2 or not fields[0] or not fields[1]:
+        return "expected 'aerial,panorama[,annotation]' (comma-separated relative paths)"
+    if any(field[:1] in "\"'" or field[-1:] in "\"'" for field in fields if field):
+        return "quoted fields are not supported: remove the quotes"
+    if any("\\" in field for field in fields):
+        return "Windows backslashes in a path: write it with '/' (e.g. bingmap/19/0000001.jpg)"
+    if first and not any(field.lower().endswith(IMAGE_SUFFIXES) for field in fields[:2]):
+        return "this looks like a header line; split CSVs have none: delete it"
+    return None
+
+
 def read_split_csv(path: str) -> List[Tuple[str, str, Optional[str]]]:
     """Read a CVUSA split CSV into ``[(aerial_rel, pano_rel, annotation_rel or None), ...]``.
 
     No header; comma-separated relative paths; every line and field is stripped (CRLF
     endings and trailing spaces are fine); blank lines are skipped; a third field is the
-    annotation (None when absent). A line with fewer than 2 fields raises :class:`UserError`
-    naming ``path:line``; so does a missing file.
+    annotation (None when absent). A :class:`UserError` naming ``path:line`` and the likely
+    cause refuses a line with fewer than 2 fields, a header line, quoted fields, Windows
+    backslashes, and an aerial or panorama listed twice (a repeated pair changes what
+    recall@k means); so does a missing file.
     """
     try:
         with open(path, encoding="utf-8-sig") as handle:
@@ -40,18 +58,34 @@ def read_split_csv(path: str) -> List[Tuple[str, str, Optional[str]]]:
         raise UserError(f"split CSV is not a text file: {path}") from None
     except OSError as exc:
         raise UserError(f"cannot read split CSV {path}: {exc.strerror}") from None
-    pairs = []
+    pairs: List[Tuple[str, str, Optional[str]]] = []
+    seen: Dict[str, int] = {}
     for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
             continue
         fields = [field.strip() for field in line.split(",")]
-        if len(fields) < 2 or not fields[0] or not fields[1]:
-            raise UserError(f"{path}:{number}: expected 'aerial,panorama[,annotation]' "
-                            f"(comma-separated relative paths), got {line!r}")
+        mistake = _line_mistake(fields, first=not pairs)
+        if mistake:
+            raise UserError(f"{path}:{number}: {mistake}; got {line!r}")
+        for kind, rel in (("aerial", fields[0]), ("panorama", fields[1])):
+            if (kind, rel) in seen:
+                raise UserError(f"{path}:{number}: {kind} {rel} is listed again (first at line {seen[kind, rel]}); "
+                                f"each pair may appear once (a repeated row changes what recall@k means): "
+                                f"delete the repeated row")
+            seen[kind, rel] = number
         annotation = fields[2] if len(fields) > 2 and fields[2] else None
         pairs.append((fields[0], fields[1], annotation))
     return pairs
+
+
+def check_column_order(csv: str, aerial: Tuple[int, int], panorama: Tuple[int, int]) -> None:
+    """Refuse a split whose first row has the panorama first: aerials are square, panoramas wide.
+    ``aerial`` / ``panorama`` are the (H, W) of the first row's two images."""
+    if aerial[0] != aerial[1] and panorama[0] == panorama[1] and aerial[1] > aerial[0]:
+        raise UserError(f"{csv}: the first row names a {aerial[0]} x {aerial[1]} image first and a square "
+                        f"{panorama[0]} x {panorama[1]} one second: the columns look swapped; the order is "
+                        f"aerial,panorama[,annotation]")
 
 
 def polar_path(aerial_rel: str) -> str:

@@ -41,6 +41,69 @@ def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
     return None
 
 
+def _png_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """(height, width) from a PNG byte string's IHDR chunk, or None."""
+    if len(data) < 24 or not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+
+
+def image_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """(height, width) of JPEG or PNG bytes from their header (nothing is decoded), or None."""
+    return _jpeg_size(data) if data.startswith(_JPEG_SOI) else _png_size(data)
+
+
+def png_size(path: str) -> Optional[Tuple[int, int]]:
+    """(height, width) from a PNG file's IHDR chunk, or None when it is not a PNG."""
+    with open(path, "rb") as handle:
+        return _png_size(handle.read(24))
+
+
+def file_image_size(path: str, limit: int = 1 << 20) -> Optional[Tuple[int, int]]:
+    """(height, width) of a JPEG/PNG file from its header (first ``limit`` bytes), or None."""
+    try:
+        with open(path, "rb") as handle:
+            return image_size(handle.read(limit))
+    except OSError:
+        return None
+
+
+def check_polar_size(path: str, pano_size: Sequence[int], fix: str = "python -m data.convert_polar") -> None:
+    """Refuse polar images that do not fit ``pano_size`` = (H, W): smaller on a side (they would be
+    upsampled) or of another aspect ratio (distorted). ``path`` is one of them (all share one size)."""
+    size = file_image_size(path)
+    height, width = int(pano_size[0]), int(pano_size[1])
+    if size is None:
+        return
+    if size[0] < height or size[1] < width or abs(size[1] / size[0] - width / height) > 0.02 * width / height:
+        raise UserError(f"polar image {path} is {size[0]} x {size[1]}, which does not fit --pano_size "
+                        f"{height},{width} (polar images need its aspect ratio and at least its size); recreate "
+                        f"them with `{fix} --height {height} --width {width} --overwrite`")
+
+
+def png_complete(path: str) -> bool:
+    """Whether the PNG file ``path`` ends with its IEND chunk (False: truncated or not a PNG)."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(handle.tell() - 32, 0))
+        return head == _PNG_MAGIC and b"IEND" in handle.read()
+
+
+#: Dataset images with a side below this many pixels are refused (a placeholder or a broken export).
+MIN_IMAGE_SIDE = 8
+
+
+def _check_shape(data: bytes, image: np.ndarray, factor: int, path: str, square: bool, min_side: int) -> None:
+    height, width = image_size(data) or (image.shape[0] * factor, image.shape[1] * factor)
+    if min(height, width) < min_side:
+        raise UserError(f"image is only {height} x {width} pixels: {path}; every image needs at least "
+                        f"{min_side} pixels per side: replace it or remove its row from the split")
+    if square and height != width:
+        raise UserError(f"aerial/satellite image is not square ({height} x {width}): {path}; the polar "
+                        f"transform and the rotations need square tiles: replace it or remove its row")
+
+
 def _check_complete(data: bytes, path: str) -> None:
     """Raise a UserError when a JPEG/PNG byte string is empty, unknown or truncated."""
     if not data:
@@ -73,12 +136,14 @@ def jpeg_reduction(data: bytes, size: Optional[Sequence[int]]) -> int:
 
 
 def decode_image(data: bytes, path: str = "<bytes>", size: Optional[Sequence[int]] = None,
-                 reduced: bool = True) -> np.ndarray:
+                 reduced: bool = True, square: bool = False, min_side: int = 1) -> np.ndarray:
     """Decode JPEG/PNG bytes into RGB uint8 ``H x W x 3``; resize to ``size`` = (H, W) if given.
 
     With ``reduced`` (default) a JPEG is decoded at 1/2, 1/4 or 1/8 resolution by libjpeg's
     DCT scaling when that still covers ``size`` (:func:`jpeg_reduction`); pass
-    ``reduced=False`` for a full-resolution decode. Errors name ``path``.
+    ``reduced=False`` for a full-resolution decode. An image with a side below ``min_side``
+    (datasets pass :data:`MIN_IMAGE_SIDE`), or (``square``) a non-square one, is refused.
+    Errors name ``path``.
     """
     _check_complete(data, path)
     factor = jpeg_reduction(data, size) if reduced else 1
@@ -89,15 +154,17 @@ def decode_image(data: bytes, path: str = "<bytes>", size: Optional[Sequence[int
         image = None
     if image is None:
         raise UserError(f"could not decode image: {path}; the file is corrupt")
+    _check_shape(data, image, factor, path, square, min_side)
     if size is not None and image.shape[:2] != tuple(size):
         image = resize(image, size)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_image(path: str, size: Optional[Sequence[int]] = None, reduced: bool = True) -> np.ndarray:
+def read_image(path: str, size: Optional[Sequence[int]] = None, reduced: bool = True,
+               square: bool = False, min_side: int = 1) -> np.ndarray:
     """Read an image file as RGB uint8 ``H x W x 3``, resized to ``size`` = (H, W) if given.
 
-    See :func:`decode_image` for ``reduced``. A missing, unreadable, truncated or non-image
+    See :func:`decode_image` for ``reduced``, ``square`` and ``min_side``. A missing, unreadable, truncated or non-image
     file raises :class:`UserError` naming ``path``.
     """
     try:
@@ -107,7 +174,7 @@ def read_image(path: str, size: Optional[Sequence[int]] = None, reduced: bool = 
         raise UserError(f"image not found: {path}") from None
     except OSError as exc:
         raise UserError(f"cannot read image {path}: {exc.strerror}") from None
-    return decode_image(data, path, size, reduced)
+    return decode_image(data, path, size, reduced, square, min_side)
 
 
 def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -148,25 +215,47 @@ def size_hw(value: Sequence[int], name: str) -> Tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def _usable(entry: os.DirEntry) -> bool:
+    """Whether a directory entry can be an image file: a non-empty regular file (or a link to one)."""
+    try:
+        return entry.is_file() and entry.stat().st_size > 0
+    except OSError:
+        return False
+
+
 def find_missing(root: str, rel_paths: Iterable[str]) -> List[str]:
-    """The ``rel_paths`` (relative to ``root``) that do not exist, in order.
+    """The ``rel_paths`` (relative to ``root``) that do not exist or cannot be image files
+    (a folder, a broken symbolic link, an empty file), in order.
 
     Lists each directory once instead of one ``stat`` per file (fast on network disks).
     """
-    listings: Dict[str, set] = {}
+    listings: Dict[str, Dict[str, os.DirEntry]] = {}
     missing = []
     for rel in rel_paths:
         folder, name = os.path.split(os.path.join(root, rel))
-        names = listings.get(folder)
-        if names is None:
+        entries = listings.get(folder)
+        if entries is None:
             try:
-                names = set(os.listdir(folder))
+                with os.scandir(folder) as scan:
+                    entries = {entry.name: entry for entry in scan}
             except OSError:
-                names = set()
-            listings[folder] = names
-        if name not in names:
+                entries = {}
+            listings[folder] = entries
+        if name not in entries or not _usable(entries[name]):
             missing.append(rel)
     return missing
+
+
+def why_unusable(path: str) -> str:
+    """Why ``path`` is not an image file: ``missing``, ``a folder``, ``a broken symbolic link``,
+    ``an empty file`` (or ``unreadable``)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return "a broken symbolic link"
+    if not os.path.exists(path):
+        return "missing"
+    if os.path.isdir(path):
+        return "a folder"
+    return "an empty file" if os.path.isfile(path) and os.path.getsize(path) == 0 else "unreadable"
 
 
 #: How many missing paths an error message lists.
@@ -186,9 +275,12 @@ def missing_files_error(root: str, missing: Sequence[str], total: int, kind: str
     """A :class:`UserError`: how many of the ``total`` ``kind`` files (e.g. "VIGOR satellite";
     "" when ``source`` says enough) named by ``source`` are missing under ``root``, the first
     :data:`MISSING_EXAMPLES` of them, and one ``hint:`` line per hint."""
-    examples = "\n  ".join(os.path.join(root, rel) for rel in missing[:MISSING_EXAMPLES])
+    paths = [os.path.join(root, rel) for rel in missing[:MISSING_EXAMPLES]]
+    reasons = [why_unusable(path) for path in paths]
+    examples = "\n  ".join(path if why == "missing" else f"{path} ({why})" for path, why in zip(paths, reasons))
     more = f"\n  ... and {len(missing) - MISSING_EXAMPLES} more" if len(missing) > MISSING_EXAMPLES else ""
     hint_text = "".join(f"\nhint: {hint}" for hint in hints)
     files = f"{kind} files" if kind else "files"
-    return UserError(f"{len(missing)} of {total} {files} are missing under {root} (named by {source}):"
+    unusable = " or unusable" if any(why != "missing" for why in reasons) else ""
+    return UserError(f"{len(missing)} of {total} {files} are missing{unusable} under {root} (named by {source}):"
                      f"\n  {examples}{more}{hint_text}")

@@ -36,6 +36,7 @@ import argparse
 import os
 
 from common.errors import UserError, run_main
+from common.fileio import check_output_dir
 from data.synth.layouts import (CVUSA_AERIAL_M, SIZES, VIGOR_M_PER_PX, VIGOR_STRIDE_M,
                                 VIGOR_TILE_M, CityPlan, cvusa_pair, generate_cvusa, generate_vigor, gps_to_metres,
                                 metres_to_gps, parse_cities, plan_city, tile_centre, tile_grid_origin, vigor_panorama,
@@ -63,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a synthetic cross-view dataset in the exact CVUSA or VIGOR layout.")
     parser.add_argument("--layout", required=True, choices=("cvusa", "vigor"),
                         help="on-disk layout to write: cvusa (pairs) or vigor (cities of tiles + panoramas)")
-    parser.add_argument("--out", required=True, help="output directory (created; existing files are overwritten)")
+    parser.add_argument("--out", required=True, help="output directory: new or empty (created)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out (files of the same names are replaced, others kept)")
     parser.add_argument("--train", type=int, required=True,
                         help="training items: CVUSA pairs, or VIGOR panoramas per city (e.g. 200)")
     parser.add_argument("--test", type=int, required=True,
@@ -88,6 +91,12 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
+    check_output_dir(args.out, "--out")
+    entries = sorted(os.listdir(args.out)) if os.path.isdir(args.out) else []
+    if entries and not args.overwrite:
+        raise UserError(f"--out {args.out} is not empty (it holds {len(entries)} entries, e.g. {entries[0]}): "
+                        f"a dataset written over another mixes their files; pass a new or empty folder, or "
+                        f"--overwrite to write into it anyway")
     if args.layout == "cvusa":
         summary = generate_cvusa(args.out, args.train, args.test, args.seed, args.size, args.max_offset,
                                  args.workers, progress=not args.quiet)

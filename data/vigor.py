@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.augment import check_rotation_sizes, paired_augment, sample_rng
-from data.io import read_image, size_hw
+from data.io import MIN_IMAGE_SIDE, read_image, size_hw
 from data.tensors import converter
 from data.vigor_layout import PANO_SIZE, SATE_SIZE, TILE_SIDE, VigorIndex
 from geometry.polar import satellite_input_size
@@ -83,7 +83,8 @@ def augment_deltas(delta, flip: bool, rotation: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- datasets
 def _read_satellite(index: VigorIndex, j: int, size: Tuple[int, int], polar_files: bool):
     """Satellite ``j`` (its polar image with ``polar_files``) as RGB uint8 at ``size``."""
-    return read_image(index.polar_file(j) if polar_files else index.satellite_file(j), size)
+    return read_image(index.polar_file(j) if polar_files else index.satellite_file(j), size, square=not polar_files,
+                      min_side=MIN_IMAGE_SIDE)
 
 
 class VigorPairs(Dataset):
@@ -121,7 +122,7 @@ class VigorPairs(Dataset):
         if self.rotate:
             check_rotation_sizes(self.pano_size, self.satellite_size, self.polar_files)
         if self.polar_files:
-            index.check_polar_files(np.unique(index.positive))
+            index.check_polar_files(np.unique(index.positive), self.satellite_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -135,7 +136,7 @@ class VigorPairs(Dataset):
         if i < 0:
             i += len(self)
         positive = int(index.positive[i])
-        pano = read_image(index.street_file(i), self.pano_size)
+        pano = read_image(index.street_file(i), self.pano_size, min_side=MIN_IMAGE_SIDE)
         satellite = _read_satellite(index, positive, self.satellite_size, self.polar_files)
         flip, k = False, 0
         delta = np.array(index.deltas[i, 0], dtype=np.float64)
@@ -166,7 +167,7 @@ class VigorPanoramas(Dataset):
         return self.index.num_panoramas
 
     def __getitem__(self, i: int) -> dict:
-        return {"street": self.convert(read_image(self.index.street_file(i), self.pano_size)), "index": int(i)}
+        return {"street": self.convert(read_image(self.index.street_file(i), self.pano_size, min_side=MIN_IMAGE_SIDE)), "index": int(i)}
 
 
 class VigorSatellites(Dataset):
@@ -185,7 +186,7 @@ class VigorSatellites(Dataset):
         self.normalise = bool(normalise)
         self.convert = converter(self.normalise)
         if self.polar_files:
-            index.check_polar_files(range(index.num_satellites))
+            index.check_polar_files(range(index.num_satellites), self.size)
 
     def __len__(self) -> int:
         return self.index.num_satellites

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from common.errors import UserError
 from common.settings import check_settings, setting
-from data.io import find_missing, missing_files_error
+from data.io import check_polar_size, find_missing, missing_files_error
 
 SAME_AREA_CITIES = ("NewYork", "Seattle", "SanFrancisco", "Chicago")
 CROSS_TRAIN = ("NewYork", "Seattle")
@@ -281,11 +281,15 @@ class VigorIndex:
                                     ("satellite", self.satellite_paths, "the satellite lists")):
             _check_exist(self.data_root, paths, kind, source, "re-extract the VIGOR archive or check --data_root")
 
-    def check_polar_files(self, satellites: Iterable[int]) -> None:
-        """Raise a :class:`UserError` when a polar image of one of ``satellites`` is missing."""
+    def check_polar_files(self, satellites: Iterable[int], pano_size: Optional[Sequence[int]] = None) -> None:
+        """Raise a :class:`UserError` when a polar image of one of ``satellites`` is missing (or,
+        given ``pano_size``, when they do not fit it: :func:`data.io.check_polar_size`)."""
+        satellites = list(satellites)
+        command = f"python -m data.convert_polar --dataset vigor --data_root {self.data_root}"
         _check_exist(self.data_root, (self.polar_paths[j] for j in satellites), "polar", "the satellite lists",
-                     f"create them with `python -m data.convert_polar --dataset vigor --data_root {self.data_root}` "
-                     "or train without --polar_files")
+                     f"create them with `{command}` or train without --polar_files")
+        if pano_size is not None and satellites:
+            check_polar_size(self.polar_file(satellites[0]), pano_size, command)
 
     # -- accessors
     @property

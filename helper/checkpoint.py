@@ -26,7 +26,7 @@ import torch
 
 from common.fileio import write_bytes_atomic
 from common.errors import UserError
-from helper.config import CONFIG_VERSION, migrate_config
+from helper.config import CONFIG_VERSION, RunConfig, migrate_config
 
 CHECKPOINT_VERSION = CONFIG_VERSION
 REQUIRED_KEYS = ("version", "config", "model", "epoch")
@@ -104,7 +104,23 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     if not isinstance(state["config"], dict):
         raise UserError(f"{path} has no settings dict under 'config'; it was not written by this code")
     state["config"] = migrate_config(state["config"], version)
+    RunConfig.from_dict(state["config"], source=f"checkpoint {path}", complete=True)
+    if not isinstance(state["model"], dict) or not isinstance(state["epoch"], int):
+        raise UserError(f"{path} has no weights dict under 'model' or no epoch number; it is damaged")
     return state
+
+
+#: What a checkpoint must hold besides :data:`REQUIRED_KEYS` for ``--resume`` to continue it exactly.
+RESUME_KEYS = {"optimizer": dict, "rng": dict, "best_metric": (int, float)}
+
+
+def check_resumable(state: Dict[str, Any], path: str) -> None:
+    """Raise a :class:`UserError` when ``state`` lacks what an exact resume restores."""
+    missing = [key for key, kind in RESUME_KEYS.items() if not isinstance(state.get(key), kind)]
+    if missing:
+        raise UserError(f"{path} cannot be resumed: it lacks {', '.join(missing)} (a training state); evaluate it "
+                        f"with test_{state['config']['dataset']}.py, or start a new run with "
+                        f"--config <its run folder>/config.json")
 
 
 def load_model_state(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], path: str) -> None:

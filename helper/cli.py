@@ -16,6 +16,8 @@ from common.errors import UserError
 #: Settings that may change when a run is resumed; every other setting comes from the checkpoint
 #: (it may be repeated on the command line with its stored value).
 RESUME_OVERRIDES = ("n_epochs", "device", "workers", "eval_every", "eval_batch_size", "data_root")
+#: Flags that branch a resumed run into a new run folder instead of its own.
+BRANCH_FLAGS = ("results_dir", "name")
 
 
 def _shown(value) -> str:
@@ -23,10 +25,11 @@ def _shown(value) -> str:
 
 
 def resume_config(path: str, checkpoint: dict, parsed, dataset: str):
-    """The run to continue: the checkpoint's config, its folder, and the allowed overrides.
+    """The run to continue: the checkpoint's config, its folder (or the ``--results_dir`` /
+    ``--name`` given: a branch), and the allowed overrides.
 
-    A flag given with a value other than the stored one (outside :data:`RESUME_OVERRIDES`)
-    is an error naming both values.
+    A flag given with a value other than the stored one (outside :data:`RESUME_OVERRIDES`
+    and :data:`BRANCH_FLAGS`) is an error naming both values.
     """
     from helper.config import RunConfig
 
@@ -34,43 +37,83 @@ def resume_config(path: str, checkpoint: dict, parsed, dataset: str):
     if stored.dataset != dataset:
         raise UserError(f"--resume {path} is a {stored.dataset} run; use train_{stored.dataset}.py")
     given, kept = parsed.run.to_dict(), stored.to_dict()
-    differ = [key for key in sorted(parsed.explicit - set(RESUME_OVERRIDES)) if given[key] != kept[key]]
+    free = set(RESUME_OVERRIDES) | set(BRANCH_FLAGS)
+    differ = [key for key in sorted(parsed.explicit - free) if given[key] != kept[key]]
     if differ:
         changes = "; ".join(f"--{key}: stored {_shown(kept[key])}, given {_shown(given[key])}" for key in differ)
         raise UserError(f"--resume continues a run with its stored settings, but {changes}. Only "
                         f"{', '.join('--' + k for k in RESUME_OVERRIDES)} may change (start a new run with "
                         f"--config <run>/config.json to change others)")
     results_dir, name = os.path.split(os.path.dirname(os.path.abspath(path)))
-    overrides = {key: given[key] for key in parsed.explicit & set(RESUME_OVERRIDES)}
-    return stored.replace(results_dir=results_dir, name=name, **overrides)
+    overrides = {key: given[key] for key in parsed.explicit & free}
+    return stored.replace(**{"results_dir": results_dir, "name": name, **overrides})
+
+
+def _position(checkpoint: dict) -> tuple:
+    return checkpoint["epoch"], checkpoint.get("progress", {}).get("step", 0)
+
+
+def _described(checkpoint: dict) -> str:
+    epoch, step = _position(checkpoint)
+    return f"epoch {epoch + 1}, step {step}" if step else f"{epoch} epoch(s) done"
+
+
+def check_newest(path: str, checkpoint: dict) -> None:
+    """Refuse to continue ``path`` in its own folder when that folder's ``last.pth`` is newer:
+    resuming would overwrite it and cut its metrics back."""
+    last = os.path.join(os.path.dirname(os.path.abspath(path)), "last.pth")
+    if os.path.abspath(path) == last or not os.path.exists(last):
+        return
+    from helper.checkpoint import load_checkpoint
+
+    newest = load_checkpoint(last)
+    if _position(newest) > _position(checkpoint):
+        raise UserError(f"--resume {path} ({_described(checkpoint)}) is older than {last} "
+                        f"({_described(newest)}): continuing it there would overwrite the newer run. Continue "
+                        f"the newest with --resume {last}, or branch a new run from {path} with --name NEW_NAME")
+
+
+def check_epochs(path: str, checkpoint: dict, n_epochs: int) -> bool:
+    """Whether ``checkpoint`` has finished all ``n_epochs``; an ``n_epochs`` below the epochs it has
+    already started is an error (it would train nothing and record a shorter run)."""
+    epoch, step = _position(checkpoint)
+    started = epoch + (1 if step else 0)
+    if n_epochs < started:
+        raise UserError(f"--n_epochs {n_epochs} is below the {started} epoch(s) {path} has already started "
+                        f"({_described(checkpoint)}); pass --n_epochs {started} or more")
+    return epoch >= n_epochs and not step
 
 
 def train_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
+    from common.fileio import check_output_dir
     from helper import distributed
-    from helper.checkpoint import load_checkpoint
-    from helper.engine import Interrupted, NonFiniteLoss, fit, run_dir_of
+    from helper.checkpoint import check_resumable, load_checkpoint
+    from helper.engine import Interrupted, NonFiniteLoss, file_stamp, fit, run_dir_of
     from helper.log import get_logger
     from helper.parser import parse_train_args
     from helper.tasks import get_task
 
     parsed = parse_train_args(dataset, argv)
-    run, resume = parsed.run, None
+    run, resume, fresh, stamp = parsed.run, None, True, None
     if parsed.resume:
+        stamp = file_stamp(os.path.join(os.path.dirname(os.path.abspath(parsed.resume)), "last.pth"))
         resume = load_checkpoint(parsed.resume)
+        check_resumable(resume, parsed.resume)
         run = resume_config(parsed.resume, resume, parsed, dataset)
-        if resume["epoch"] >= run.train.n_epochs and not resume.get("progress", {}).get("step"):
+        fresh = os.path.abspath(run_dir_of(run)) != os.path.dirname(os.path.abspath(parsed.resume))
+        if not fresh:
+            check_newest(parsed.resume, resume)
+        if check_epochs(parsed.resume, resume, run.train.n_epochs):
             print(f"{parsed.resume} is complete: it finished all {run.train.n_epochs} epochs; nothing to do "
                   f"(pass a larger --n_epochs to train further)", flush=True)
             return
-    elif os.path.exists(os.path.join(run_dir_of(run), "last.pth")):
-        raise UserError(f"run folder {run_dir_of(run)} already holds a run; continue it with "
-                        f"--resume {os.path.join(run_dir_of(run), 'last.pth')} or choose another --name")
+    check_output_dir(run_dir_of(run), "run folder")
 
     env = distributed.setup(run.train.device)
     if run.train.amp != "none" and env.device.type != "cuda":
         raise UserError(f"--amp {run.train.amp} needs a CUDA device; none is available here")
     try:
-        fit(run, get_task(dataset), env, resume)
+        fit(run, get_task(dataset), env, resume, fresh, stamp)
     except Interrupted as stop:
         get_logger().warning("interrupted by signal %d; saved %s. Resume with: python train_%s.py --resume %s",
                              stop.signum, stop.checkpoint, dataset, stop.checkpoint)
@@ -83,8 +126,17 @@ def train_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     distributed.cleanup()
 
 
+def results_path(args, run, task) -> str:
+    """``--results_json``, or ``results_<checkpoint stem>_<split tag>.json`` next to the checkpoint
+    (so best/last and each split or VIGOR mode keep their own file)."""
+    if args.results_json:
+        return args.results_json
+    stem = os.path.splitext(os.path.basename(args.checkpoint))[0]
+    return os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"results_{stem}_{task.split_tag(run)}.json")
+
+
 def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
-    from common.fileio import write_json_atomic
+    from common.fileio import check_output_file, write_json_atomic
     from helper import distributed
     from helper.checkpoint import load_checkpoint, load_model_state
     from helper.config import RunConfig
@@ -94,15 +146,19 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
     from models import build_model
 
     args = parse_test_args(dataset, argv)
+    if args.results_json:
+        check_output_file(args.results_json, "--results_json")
     state = load_checkpoint(args.checkpoint)
     stored = RunConfig.from_dict(state["config"], source=f"checkpoint {args.checkpoint}")
     if stored.dataset != dataset:
         raise UserError(f"{args.checkpoint} was trained on {stored.dataset}; use test_{stored.dataset}.py")
     overrides = {key: getattr(args, key) for key in args.explicit | {"device"}}
     run = stored.replace(**overrides, amp="none").resolved()  # evaluation extracts in float32
+    task = get_task(dataset)
+    path = results_path(args, run, task)
+    check_output_file(path, "the results file")
     env = distributed.setup(run.train.device)
     setup_logging(None, env.is_main)
-    task = get_task(dataset)
     model = build_model(run.model.replace(pretrained=False))  # the weights come from the checkpoint
     load_model_state(model, state["model"], args.checkpoint)
     model = distributed.wrap_model(model, env)
@@ -110,10 +166,11 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
                "transform": run.model.transform, **task.evaluate(run, model, env)}
     if env.is_main:
         print(format_table(results), flush=True)
-        path = args.results_json or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
-                                                 f"results_{dataset}.json")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        write_json_atomic(path, results)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            write_json_atomic(path, results)
+        except OSError as exc:
+            raise UserError(f"cannot write the results to {path}: {exc.strerror or exc}") from None
         print(f"results written to {path}", flush=True)
     distributed.cleanup()
     return results

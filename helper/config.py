@@ -16,6 +16,7 @@ Derived defaults are resolved once, by :meth:`RunConfig.resolved`, and recorded 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
@@ -100,6 +101,10 @@ class TrainConfig:
             raise UserError("--hard_ratios (hard-negative mining of triplets) applies to --loss triplet only")
         if self.warmup_epochs >= self.n_epochs:
             raise UserError(f"--warmup_epochs {self.warmup_epochs:g} must be below --n_epochs {self.n_epochs}")
+        if self.name is not None and (self.name.strip() in ("", ".", "..") or "/" in self.name
+                                      or (os.altsep or os.sep) in self.name or os.sep in self.name):
+            raise UserError(f"--name {self.name!r} must be a plain folder name (no '/', not '', '.' or '..'): "
+                            f"the run is written to <--results_dir>/<--name>")
         if self.batch_size < 2:
             raise UserError("--batch_size must be >= 2 for training: the triplet loss needs at least 2 pairs "
                             "per batch to have negatives")
@@ -170,22 +175,29 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], dataset: Optional[str] = None, source: str = "config",
-                  strict: bool = True) -> "RunConfig":
+                  strict: bool = True, complete: bool = False) -> "RunConfig":
         """Validate a flat dict (``config.json``, a checkpoint's ``config``, a ``--config`` file).
 
         ``dataset`` defaults to ``cfg["dataset"]``. With ``strict`` an unknown key is an
-        error naming ``source``; missing keys take the defaults.
+        error naming ``source``; missing keys take the defaults, unless ``complete`` (a
+        checkpoint's config, which records every setting): then a missing key is an error.
         """
         if not isinstance(cfg, Mapping):
             raise UserError(f"{source} must be a JSON object of settings, got {type(cfg).__name__}")
+        if complete and "dataset" not in cfg:
+            raise UserError(f"{source} lacks the setting 'dataset'; it was not written by this code or is damaged")
         dataset = dataset or cfg.get("dataset")
         if dataset not in DATASETS:
             raise UserError(f"{source} names dataset {dataset!r}; valid: {', '.join(DATASETS)}")
         spec = DATASETS[dataset]
-        known = {"dataset", "version"} | set(fields_of(spec.config)) | {n for _, c in SECTIONS for n in fields_of(c)}
-        unknown = sorted(set(cfg) - known)
+        settings = set(fields_of(spec.config)) | {n for _, c in SECTIONS for n in fields_of(c)}
+        unknown = sorted(set(cfg) - settings - {"dataset", "version"})
         if strict and unknown:
             raise UserError(f"{source} has unknown keys: {', '.join(unknown)}")
+        missing = sorted(settings - set(cfg)) if complete else []
+        if missing:
+            raise UserError(f"{source} lacks the setting(s) {', '.join(missing)}; it was not written by this code "
+                            f"or is damaged (a checkpoint records every setting)")
         try:
             model = ModelConfig(**{**model_defaults(dataset), **pick(ModelConfig, cfg)})
             return cls(dataset, model, spec.config(**pick(spec.config, cfg)), TrainConfig(**pick(TrainConfig, cfg)))

@@ -21,7 +21,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.fileio import read_jsonl, write_json_atomic, write_jsonl_atomic
+from common.errors import UserError
+from common.fileio import lock_folder, read_jsonl, unlock, write_json_atomic, write_jsonl_atomic
 from data.tensors import normalise
 from helper import distributed
 from helper.checkpoint import (CHECKPOINT_VERSION, git_commit, load_model_state, rng_state, save_checkpoint,
@@ -358,6 +359,7 @@ class Training:
     epoch: int = 0
     progress: EpochProgress = field(default_factory=EpochProgress)
     best_metric: float = -math.inf
+    lock: Optional[int] = None  # the run folder's lock (main rank)
 
     def state_dict(self) -> dict:
         """The checkpoint dict (see :mod:`helper.checkpoint`)."""
@@ -379,7 +381,13 @@ class Training:
         """Write ``<run_dir>/<name>`` on the main rank (all ranks wait); returns its path."""
         path = os.path.join(self.run_dir, name)
         if env.is_main:
-            save_checkpoint(path, self.state_dict())
+            try:
+                save_checkpoint(path, self.state_dict())
+            except OSError as exc:  # disk full, folder made read-only or removed: the old file is intact
+                kept = os.path.join(self.run_dir, "last.pth")
+                kept = f"continue with --resume {kept}" if os.path.exists(kept) else "no checkpoint was kept"
+                raise UserError(f"cannot write checkpoint {path}: {exc.strerror or exc}; free disk space or fix "
+                                f"the folder, then {kept}") from None
         distributed.barrier()
         return path
 
@@ -400,15 +408,50 @@ class Training:
         set_rng_state(checkpoint["rng"])
 
 
-def start_training(run: RunConfig, env, batch_sampler: ResumableBatchSampler, resume: Optional[dict]) -> Training:
-    """Build the model (before anything is written), claim the run folder, restore ``resume``."""
+def file_stamp(path: str) -> Optional[tuple]:
+    """(mtime, size) of ``path``, or None when it does not exist: whether a file changed."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+def claim_run_folder(run_dir: str, fresh: bool, last_stamp: Optional[tuple] = None) -> int:
+    """Create and lock ``run_dir`` (:func:`common.fileio.lock_folder`); a ``fresh`` run refuses a
+    folder that already holds one; a resumed one refuses a ``last.pth`` that changed since it was
+    checked (``last_stamp``: another run wrote it meanwhile). Returns the lock to release at the end."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        lock = lock_folder(run_dir, "run folder")
+    except OSError as exc:
+        raise UserError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}; check --results_dir") from None
+    last = os.path.join(run_dir, "last.pth")
+    problem = None
+    if fresh and (os.path.exists(last) or os.path.exists(os.path.join(run_dir, "config.json"))):
+        advice = (f"continue it with --resume {last}" if os.path.exists(last)
+                  else "it wrote no checkpoint: delete the folder")
+        problem = f"run folder {run_dir} already holds a run; {advice} or choose another --name"
+    elif not fresh and file_stamp(last) != last_stamp:
+        problem = f"{last} was rewritten by another process while this one started; resume again from it"
+    if problem:
+        unlock(lock)
+        raise UserError(problem)
+    return lock
+
+
+def start_training(run: RunConfig, task, env, train_set, resume: Optional[dict], fresh: bool = True,
+                   last_stamp: Optional[tuple] = None) -> Training:
+    """Build the model and batches (before anything is written), claim the run folder
+    (:func:`claim_run_folder`), restore ``resume``."""
     from models import build_model
 
     torch.manual_seed(run.train.seed)
     model = build_model(run.model)
-    run_dir = run_dir_of(run)
+    batch_sampler = ResumableBatchSampler(task.train_batch_sampler(run, train_set, env))
+    run_dir, lock = run_dir_of(run), None
     if env.is_main:
-        os.makedirs(run_dir, exist_ok=True)
+        lock = claim_run_folder(run_dir, fresh, last_stamp)
         write_json_atomic(os.path.join(run_dir, "config.json"), {**run.to_dict(), "version": CHECKPOINT_VERSION})
     distributed.barrier()
     logger = setup_logging(run_dir, env.is_main)
@@ -418,7 +461,7 @@ def start_training(run: RunConfig, env, batch_sampler: ResumableBatchSampler, re
     optimizer = build_optimizer(run, list(model.parameters()) + objective.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=run.train.amp == "fp16" and env.device.type == "cuda")
     scheduler = build_scheduler(run, optimizer, len(batch_sampler.batch_sampler))
-    training = Training(run, run_dir, model, optimizer, scaler, batch_sampler, objective, scheduler)
+    training = Training(run, run_dir, model, optimizer, scaler, batch_sampler, objective, scheduler, lock=lock)
     if resume is not None:
         model.to(env.device)
         training.restore(resume)
@@ -476,6 +519,10 @@ def run_epoch(training: Training, task, loader, env, epoch: int, stop: StopFlag,
     training.save("last.pth", env)
     if improved:
         training.save("best.pth", env)
+    elif env.is_main and math.isfinite(training.best_metric) and not os.path.exists(
+            os.path.join(training.run_dir, "best.pth")):
+        get_logger().warning("best.pth was deleted from %s: the best weights (R@1 %.2f) are lost; it is written "
+                             "again at the next improvement", training.run_dir, training.best_metric)
     if stop.should_stop(env.device) and epoch + 1 < run.train.n_epochs:
         raise Interrupted(stop.signum, os.path.join(training.run_dir, "last.pth"))
     return row
@@ -510,8 +557,11 @@ class MetricsLog:
             self.writer.close()
 
 
-def fit(run: RunConfig, task, env: distributed.DistEnv, resume: Optional[dict] = None) -> dict:
+def fit(run: RunConfig, task, env: distributed.DistEnv, resume: Optional[dict] = None,
+        fresh: Optional[bool] = None, last_stamp: Optional[tuple] = None) -> dict:
     """Train ``task`` with ``run``; continue from the checkpoint dict ``resume`` if given.
+    ``fresh`` (default: no ``resume``): the run folder must not hold a run yet; otherwise its
+    ``last.pth`` must still have :func:`file_stamp` ``last_stamp``.
 
     Every split the run reads and its batch plan are checked before anything is written. Per epoch: train,
     evaluate every ``eval_every`` epochs (and at the end), append a ``metrics.jsonl`` row,
@@ -519,13 +569,13 @@ def fit(run: RunConfig, task, env: distributed.DistEnv, resume: Optional[dict] =
     """
     train_set = task.train_dataset(run)
     task.check_evaluation(run)
-    batch_sampler = ResumableBatchSampler(task.train_batch_sampler(run, train_set, env))
-    training = start_training(run, env, batch_sampler, resume)
-    loader = make_loader(EpochKeyed(train_set), run.train.batch_size, run.train.workers, env,
-                         batch_sampler=training.batch_sampler)
-    log = MetricsLog(training.run_dir, training.epoch, env)
-    row: dict = {}
+    fresh = resume is None if fresh is None else fresh
+    training = start_training(run, task, env, train_set, resume, fresh, last_stamp)
+    log, row = None, {}
     try:
+        loader = make_loader(EpochKeyed(train_set), run.train.batch_size, run.train.workers, env,
+                             batch_sampler=training.batch_sampler)
+        log = MetricsLog(training.run_dir, training.epoch, env)
         with StopFlag() as stop:
             get_logger().info("run folder %s: %d training samples, %d steps per epoch, %d process(es) on %s",
                               training.run_dir, len(train_set), len(training.batch_sampler.batch_sampler),
@@ -533,5 +583,7 @@ def fit(run: RunConfig, task, env: distributed.DistEnv, resume: Optional[dict] =
             for epoch in range(training.epoch, run.train.n_epochs):
                 row = run_epoch(training, task, loader, env, epoch, stop, log)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
+        unlock(training.lock)
     return row

@@ -64,7 +64,8 @@ def build_test_parser(dataset: str) -> argparse.ArgumentParser:
                                      description=f"Evaluate a trained checkpoint on {dataset.upper()}.")
     parser.add_argument("--checkpoint", required=True, help="a best.pth/last.pth written by training")
     parser.add_argument("--results_json", default=None,
-                        help="write the results here (default: next to the checkpoint, results_<dataset>.json)")
+                        help="write the results here (default: next to the checkpoint, results_<checkpoint stem>_<split>.json, "
+                             "e.g. results_best_val-19zl.json or results_last_same.json for VIGOR same-area)")
     spec = DATASETS[dataset].config
     stored = "the checkpoint's"
     data_names = evaluation_fields(spec)

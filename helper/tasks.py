@@ -6,6 +6,7 @@ else and names no dataset's keys.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, Protocol
 
 import torch
@@ -36,6 +37,9 @@ class Task(Protocol):
 
     def train_batch_sampler(self, run: RunConfig, dataset: Dataset, env):
         """Batches of this rank, with ``set_epoch(epoch)`` (and ``state_dict`` where it has state)."""
+
+    def split_tag(self, run: RunConfig) -> str:
+        """A short name of the evaluation split (for the default results file name)."""
 
     def evaluate(self, run: RunConfig, model, env) -> dict:
         """The results JSON's dataset part: ``split``, ``queries``, recalls in both directions..."""
@@ -90,6 +94,9 @@ class CVUSATask:
         sampler = DistributedShuffleSampler(len(dataset), seed=run.train.seed, shuffle=True,
                                             rank=env.rank, world_size=env.world_size)
         return _EpochBatchSampler(sampler, run.train.batch_size)
+
+    def split_tag(self, run: RunConfig) -> str:
+        return os.path.splitext(os.path.basename(run.data.val_csv))[0]
 
     def evaluate(self, run: RunConfig, model, env) -> dict:
         dataset = self._dataset(run, run.data.val_csv, train=False)
@@ -184,6 +191,9 @@ class VigorTask:
                                  "a satellite); a smaller --batch_size keeps more", len(plan.dropped),
                                  index.num_panoramas)
         return batch_sampler
+
+    def split_tag(self, run: RunConfig) -> str:
+        return run.data.mode
 
     def evaluate(self, run: RunConfig, model, env) -> dict:
         from data.vigor import VigorPanoramas

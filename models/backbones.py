@@ -16,10 +16,8 @@ from typing import Tuple
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
 from torch.func import functional_call
-from torchvision.models import vgg as tv_vgg
 
 from common.errors import UserError
 from models.registry import Registry
@@ -34,7 +32,12 @@ def hub_weights_path(url: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
 
 
-def load_imagenet_state_dict(weights: torchvision.models.WeightsEnum, backbone: str) -> dict:
+def _replace_cached(backbone: str, path: str, url: str, problem: str) -> UserError:
+    return UserError(f"the cached ImageNet weights of backbone {backbone!r} at {path} {problem}; delete that file "
+                     f"and place a fresh copy of {url} there, or train from scratch with --no-pretrained")
+
+
+def load_imagenet_state_dict(weights: "torchvision.models.WeightsEnum", backbone: str) -> dict:
     """State dict of torchvision ``weights``, from the hub cache or downloaded into it.
 
     The download runs under a bounded socket timeout (``DOWNLOAD_TIMEOUT_S``, restored
@@ -47,18 +50,16 @@ def load_imagenet_state_dict(weights: torchvision.models.WeightsEnum, backbone: 
     previous_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return torch.hub.load_state_dict_from_url(
+        state = torch.hub.load_state_dict_from_url(
             url, progress=False, check_hash=True, map_location="cpu", weights_only=True
         )
     # URLError, HTTPError and socket timeouts are OSErrors; a hash mismatch is a RuntimeError;
     # an unreadable cached file raises UnpicklingError / EOFError / RuntimeError.
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        if cached:
-            raise UserError(
-                f"the cached ImageNet weights of backbone {backbone!r} at {path} could not be read ({reason}); "
-                f"delete that file and place a fresh copy of {url} there, or train from scratch with --no-pretrained"
-            ) from exc
+        if cached:  # torch's own advice (weights_only=False) is wrong for a corrupt download
+            raise _replace_cached(backbone, path, url, "could not be read (not a torch weights file, or "
+                                                       "truncated)") from None
         raise UserError(
             f"could not download the ImageNet weights of backbone {backbone!r} from {url} ({reason}). "
             f"Either train from scratch with --no-pretrained, or download that file on a machine with "
@@ -66,6 +67,26 @@ def load_imagenet_state_dict(weights: torchvision.models.WeightsEnum, backbone: 
         ) from exc
     finally:
         socket.setdefaulttimeout(previous_timeout)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise _replace_cached(backbone, path, url, "is not a state dict of tensors")
+    return state
+
+
+def load_imagenet_weights(module: nn.Module, weights: "torchvision.models.WeightsEnum", backbone: str,
+                          prefix: str = "") -> None:
+    """Load the ImageNet ``weights`` entries under ``prefix`` into ``module`` strictly; a cached
+    file whose keys or shapes do not fit is a :class:`UserError` saying to replace it."""
+    state = load_imagenet_state_dict(weights, backbone)
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or wrong:
+        detail = (f"missing {len(missing)} of {len(expected)} weights, e.g. {prefix}{missing[0]}" if missing
+                  else f"{len(wrong)} weights of the wrong shape, e.g. {prefix}{wrong[0]}")
+        raise _replace_cached(backbone, hub_weights_path(weights.url), weights.url,
+                              f"does not match torchvision's {backbone} ({detail})")
+    module.load_state_dict({k: state[k] for k in expected}, strict=True)  # extra entries (the classifier) dropped
 
 
 def feature_shape(backbone: nn.Module, height: int, width: int) -> Tuple[int, int, int]:
@@ -103,6 +124,9 @@ class VGG16(nn.Module):
 
     def __init__(self, pretrained: bool = True) -> None:
         super().__init__()
+        import torchvision
+        from torchvision.models import vgg as tv_vgg
+
         # Only the convolutional part is built (torchvision's 120M-parameter classifier is never created).
         features = tv_vgg.make_layers(tv_vgg.cfgs["D"], batch_norm=False)
         for module in features.modules():  # torchvision's VGG initialisation of conv layers
@@ -110,10 +134,7 @@ class VGG16(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
         if pretrained:
-            state = load_imagenet_state_dict(torchvision.models.VGG16_Weights.IMAGENET1K_V1, "vgg16")
-            prefix = "features."
-            conv_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            features.load_state_dict(conv_state, strict=True)
+            load_imagenet_weights(features, torchvision.models.VGG16_Weights.IMAGENET1K_V1, "vgg16", "features.")
         self.features = features[:30]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,9 +156,11 @@ class ResNet34(nn.Module):
 
     def __init__(self, pretrained: bool = True) -> None:
         super().__init__()
+        import torchvision
+
         net = torchvision.models.resnet34(weights=None)
         if pretrained:
-            net.load_state_dict(load_imagenet_state_dict(torchvision.models.ResNet34_Weights.IMAGENET1K_V1, "resnet34"))
+            load_imagenet_weights(net, torchvision.models.ResNet34_Weights.IMAGENET1K_V1, "resnet34")
         self.layers = nn.Sequential(net.conv1, net.bn1, net.relu, net.layer1, net.layer2, net.layer3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -315,7 +315,8 @@ def test_polar_files(tmp_path):
     assert torch.equal(polar, expected)
     pairs = VigorPairs(index, pano_size=(8, 32), polar_files=True)
     assert pairs[1]["satellite"].shape == (3, 8, 32)
-    assert VigorSatellites(index, polar_files=True).size == PANO_SIZE  # the official panorama size
+    with pytest.raises(UserError, match="8 x 32, which does not fit --pano_size 320,640"):
+        VigorSatellites(index, polar_files=True)  # the official panorama size: these polar images are too small
 
 
 # ------------------------------------------------------------------------ augmentation

@@ -7,10 +7,14 @@ import torch
 from helper.checkpoint import (CHECKPOINT_VERSION, load_checkpoint, load_model_state, rng_state,
                                save_checkpoint, set_rng_state)
 from common.errors import UserError
+from helper.config import RunConfig
+
+#: A complete stored config (a checkpoint records every setting).
+CONFIG = RunConfig.from_dict({"dataset": "cvusa"}).resolved().to_dict()
 
 
 def _state(model):
-    return {"version": CHECKPOINT_VERSION, "config": {"transform": "polar"}, "model": model.state_dict(),
+    return {"version": CHECKPOINT_VERSION, "config": CONFIG, "model": model.state_dict(),
             "epoch": 3, "best_metric": 12.5, "rng": rng_state()}
 
 
@@ -20,7 +24,7 @@ def test_round_trip_and_weights_only(tmp_path):
     save_checkpoint(path, _state(model))
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
     state = torch.load(path, weights_only=True)  # loadable without pickled code
-    assert state["epoch"] == 3 and state["config"] == {"transform": "polar"}
+    assert state["epoch"] == 3 and state["config"] == CONFIG
     loaded = load_checkpoint(path)
     other = torch.nn.Linear(4, 2)
     load_model_state(other, loaded["model"], path)
