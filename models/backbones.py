@@ -8,6 +8,7 @@ download raises :class:`common.errors.UserError`; we never fall back to random w
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import pickle
@@ -201,9 +202,37 @@ class TinyCNN(nn.Module):
         return self.layers(x)
 
 
+class ConvNeXt(nn.Module):
+    """torchvision ConvNeXt ``features`` (stem and the four stages; no pooling, no classifier),
+    Sample4Geo's backbone: output stride 32, ``h = H // 32``, ``w = W // 32``; 768 channels
+    (tiny) or 1024 (base). LayerNorm normalises per sample (no batch statistics). Pretrained
+    weights: ``ConvNeXt_{Tiny,Base}_Weights.IMAGENET1K_V1``.
+    """
+
+    stride = 32
+    CHANNELS = {"tiny": 768, "base": 1024}
+
+    def __init__(self, variant: str, pretrained: bool = True) -> None:
+        super().__init__()
+        import torchvision
+
+        name = f"convnext_{variant}"
+        net = getattr(torchvision.models, name)(weights=None)
+        if pretrained:
+            weights = getattr(torchvision.models, f"ConvNeXt_{variant.capitalize()}_Weights").IMAGENET1K_V1
+            load_imagenet_weights(net.features, weights, name, "features.")
+        self.features = net.features
+        self.out_channels = self.CHANNELS[variant]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
 BACKBONES.register("vgg16")(VGG16)
 BACKBONES.register("resnet34")(ResNet34)
 BACKBONES.register("tiny")(TinyCNN)
+for _variant in ConvNeXt.CHANNELS:
+    BACKBONES.register(f"convnext_{_variant}")(functools.partial(ConvNeXt, _variant))
 
 
 def build_backbone(name: str, pretrained: bool) -> nn.Module:

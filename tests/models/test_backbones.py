@@ -15,6 +15,8 @@ from models.backbones import BACKBONES, ResNet34, TinyCNN, VGG16, build_backbone
 
 
 def _expected(name, height, width):
+    if name.startswith("convnext"):
+        return (768 if name == "convnext_tiny" else 1024), height // 32, width // 32
     if name == "vgg16":
         return 512, height // 16, width // 16
     channels = 256 if name == "resnet34" else 128
@@ -60,8 +62,8 @@ def test_resnet34_has_no_maxpool_and_stops_after_layer3():
 
 
 def test_registry_lists_valid_names():
-    assert BACKBONES.names() == ["vgg16", "resnet34", "tiny"]
-    with pytest.raises(UserError, match="vgg16, resnet34, tiny"):
+    assert BACKBONES.names() == ["vgg16", "resnet34", "tiny", "convnext_tiny", "convnext_base"]
+    with pytest.raises(UserError, match="vgg16, resnet34, tiny, convnext_tiny, convnext_base"):
         build_backbone("resnet50", pretrained=False)
 
 
@@ -153,3 +155,23 @@ def test_corrupt_cached_file_is_a_user_error(torch_home):
         handle.write(b"not a checkpoint")
     with pytest.raises(UserError, match="could not be read.*delete that file"):
         build_backbone("resnet34", pretrained=True)
+
+
+def test_convnext_offline_failure_names_the_cache_path(torch_home, monkeypatch):
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    with pytest.raises(UserError) as info:
+        build_backbone("convnext_tiny", pretrained=True)
+    url = torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1.url
+    assert "--no-pretrained" in str(info.value) and hub_weights_path(url) in str(info.value)
+
+
+def test_convnext_loads_the_features_from_the_hub_cache(torch_home, monkeypatch):
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded"))
+    reference = torchvision.models.convnext_tiny(weights=None)
+    path = hub_weights_path(torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1.url)
+    os.makedirs(os.path.dirname(path))
+    torch.save(reference.state_dict(), path)  # with the classifier, which is dropped
+    net = build_backbone("convnext_tiny", pretrained=True)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, reference.state_dict()[key]), key
