@@ -24,14 +24,14 @@ def _expected(name, height, width):
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())
-@pytest.mark.parametrize("size", [(32, 32), (33, 47), (32, 176), (64, 64)])
-def test_output_stride_and_channels(name, size):
+def test_output_stride_and_channels(name):
     net = build_backbone(name, pretrained=False).eval()
-    with torch.no_grad():
-        out = net(torch.randn(1, 3, *size))
-    assert tuple(out.shape[1:]) == _expected(name, *size)
-    assert out.shape[1] == net.out_channels
-    assert feature_shape(net, *size) == tuple(out.shape[1:])
+    for size in [(32, 32), (33, 47), (32, 176), (64, 64)]:
+        with torch.no_grad():
+            out = net(torch.randn(1, 3, *size))
+        assert tuple(out.shape[1:]) == _expected(name, *size), size
+        assert out.shape[1] == net.out_channels
+        assert feature_shape(net, *size) == tuple(out.shape[1:])
 
 
 def test_feature_shape_does_not_touch_batchnorm_statistics():
