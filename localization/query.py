@@ -87,17 +87,10 @@ def _figure_names(paths: Sequence[str]) -> List[str]:
     return names
 
 
-def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, checkpoint: Optional[str] = None,
-             device: str = "auto", batch_size: int = 16, nprobe: Optional[int] = None, pictures: bool = True,
-             log=print) -> List[dict]:
-    """Query ``panoramas`` against the index in ``index_dir``; write the results into ``out``."""
-    from localization.embed import PanoramaInputs, embed, load_model
-    from localization.index import load_index
-    from localization.maps import MAX_TILES_SHOWN, query_figure, results_csv, results_geojson
+def _model_of(index, index_dir: str, checkpoint: Optional[str], device: str):
+    """The checkpoint that built ``index`` (or ``checkpoint``, which must have the same weights)."""
+    from localization.embed import load_model
 
-    if k < 1:
-        raise UserError(f"-k must be >= 1, got {k}")
-    index = load_index(index_dir, nprobe)
     built_with = index.manifest["checkpoint"]
     path = checkpoint or built_with["path"]
     if checkpoint is None and not os.path.isfile(path):
@@ -108,34 +101,33 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
         raise UserError(f"the index {index_dir} was built by another checkpoint ({built_with['path']}, weights "
                         f"{built_with['sha256'][:12]}) than {path} (weights {loaded.sha256[:12]}); query with the "
                         f"checkpoint that built it, or rebuild the index with localize.py index")
-    fulls, inputs = [], []
-    for panorama in panoramas:
-        full, model_input = read_panorama(panorama, loaded.pano_size)
-        fulls.append(full)
-        inputs.append(model_input)
-    descriptors = embed(loaded, PanoramaInputs(inputs), "street", batch_size, 0, desc="panoramas")
-    similarities, ids = index.search(descriptors, k)
+    return loaded
 
-    results = []
-    figures = _figure_names(panoramas) if pictures else [None] * len(panoramas)
-    for panorama, sims, rows, figure in zip(panoramas, similarities, ids, figures):
-        truth = true_position(panorama)
-        candidates = []
-        for rank, (similarity, row) in enumerate(zip(sims, rows), start=1):
-            if row < 0:  # an approximate index may find fewer than k
-                break
-            tile = index.tiles[int(row)]
-            candidate = {"rank": rank, "tile": tile.name, "lat": tile.lat, "lon": tile.lon,
-                         "similarity": float(similarity)}
-            if truth is not None:
-                candidate["distance_m"] = float(haversine_m(truth[0], truth[1], tile.lat, tile.lon))
-            candidates.append(candidate)
-        result = {"query": panorama, "candidates": candidates}
+
+def _result(index, panorama: str, sims, rows, figure: Optional[str]) -> dict:
+    """One query's entry of results.json: its candidates and, when its name has GPS, the truth."""
+    truth = true_position(panorama)
+    candidates = []
+    for rank, (similarity, row) in enumerate(zip(sims, rows), start=1):
+        if row < 0:  # an approximate index may find fewer than k
+            break
+        tile = index.tiles[int(row)]
+        candidate = {"rank": rank, "tile": tile.name, "lat": tile.lat, "lon": tile.lon,
+                     "similarity": float(similarity)}
         if truth is not None:
-            result["true_lat"], result["true_lon"] = truth
-        if figure is not None:
-            result["figure"] = figure
-        results.append(result)
+            candidate["distance_m"] = float(haversine_m(truth[0], truth[1], tile.lat, tile.lon))
+        candidates.append(candidate)
+    result = {"query": panorama, "candidates": candidates}
+    if truth is not None:
+        result["true_lat"], result["true_lon"] = truth
+    if figure is not None:
+        result["figure"] = figure
+    return result
+
+
+def _write_outputs(index, results: List[dict], fulls, ids, out: str, pictures: bool) -> None:
+    """The PNGs (with ``pictures``), results.csv, results.geojson and results.json, atomically."""
+    from localization.maps import MAX_TILES_SHOWN, query_figure, results_csv, results_geojson
 
     os.makedirs(out, exist_ok=True)
     if pictures:
@@ -149,6 +141,29 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
     write_bytes_atomic(os.path.join(out, "results.csv"), results_csv(results))
     write_json_atomic(os.path.join(out, "results.geojson"), results_geojson(results))
     write_json_atomic(os.path.join(out, "results.json"), results)
+
+
+def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, checkpoint: Optional[str] = None,
+             device: str = "auto", batch_size: int = 16, nprobe: Optional[int] = None, pictures: bool = True,
+             log=print) -> List[dict]:
+    """Query ``panoramas`` against the index in ``index_dir``; write the results into ``out``."""
+    from localization.embed import PanoramaInputs, embed
+    from localization.index import load_index
+
+    if k < 1:
+        raise UserError(f"-k must be >= 1, got {k}")
+    index = load_index(index_dir, nprobe)
+    loaded = _model_of(index, index_dir, checkpoint, device)
+    fulls, inputs = [], []
+    for panorama in panoramas:
+        full, model_input = read_panorama(panorama, loaded.pano_size)
+        fulls.append(full)
+        inputs.append(model_input)
+    descriptors = embed(loaded, PanoramaInputs(inputs), "street", batch_size, 0, desc="panoramas")
+    similarities, ids = index.search(descriptors, k)
+    figures = _figure_names(panoramas) if pictures else [None] * len(panoramas)
+    results = [_result(index, *entry) for entry in zip(panoramas, similarities, ids, figures)]
+    _write_outputs(index, results, fulls, ids, out, pictures)
     for result in results:
         best = result["candidates"][0]
         line = (f"{os.path.basename(result['query'])}: {best['tile']} ({best['lat']:.6f}, {best['lon']:.6f}) "
