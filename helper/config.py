@@ -174,35 +174,37 @@ class RunConfig:
             raise UserError("--polar_files needs --transform polar (an STN learns from the raw satellite image)")
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any], dataset: Optional[str] = None, source: str = "config",
+    def from_dict(cls, cfg: Mapping[str, Any], dataset: Optional[str] = None, source: Optional[str] = None,
                   strict: bool = True, complete: bool = False) -> "RunConfig":
         """Validate a flat dict (``config.json``, a checkpoint's ``config``, a ``--config`` file).
 
-        ``dataset`` defaults to ``cfg["dataset"]``. With ``strict`` an unknown key is an
-        error naming ``source``; missing keys take the defaults, unless ``complete`` (a
-        checkpoint's config, which records every setting): then a missing key is an error.
+        ``dataset`` defaults to ``cfg["dataset"]``. Errors name ``source`` (a file; None for
+        the command line, whose flags name themselves). With ``strict`` an unknown key is an
+        error; missing keys take the defaults, unless ``complete`` (a checkpoint's config,
+        which records every setting): then a missing key is an error.
         """
+        where = source or "the settings"
         if not isinstance(cfg, Mapping):
-            raise UserError(f"{source} must be a JSON object of settings, got {type(cfg).__name__}")
+            raise UserError(f"{where} must be a JSON object of settings, got {type(cfg).__name__}")
         if complete and "dataset" not in cfg:
-            raise UserError(f"{source} lacks the setting 'dataset'; it was not written by this code or is damaged")
+            raise UserError(f"{where} lacks the setting 'dataset'; it was not written by this code or is damaged")
         dataset = dataset or cfg.get("dataset")
         if dataset not in DATASETS:
-            raise UserError(f"{source} names dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+            raise UserError(f"{where} names dataset {dataset!r}; valid: {', '.join(DATASETS)}")
         spec = DATASETS[dataset]
         settings = set(fields_of(spec.config)) | {n for _, c in SECTIONS for n in fields_of(c)}
         unknown = sorted(set(cfg) - settings - {"dataset", "version"})
         if strict and unknown:
-            raise UserError(f"{source} has unknown keys: {', '.join(unknown)}")
+            raise UserError(f"{where} has unknown keys: {', '.join(unknown)}")
         missing = sorted(settings - set(cfg)) if complete else []
         if missing:
-            raise UserError(f"{source} lacks the setting(s) {', '.join(missing)}; it was not written by this code "
+            raise UserError(f"{where} lacks the setting(s) {', '.join(missing)}; it was not written by this code "
                             f"or is damaged (a checkpoint records every setting)")
         try:
             model = ModelConfig(**{**model_defaults(dataset), **pick(ModelConfig, cfg)})
             return cls(dataset, model, spec.config(**pick(spec.config, cfg)), TrainConfig(**pick(TrainConfig, cfg)))
         except UserError as exc:
-            raise UserError(f"{source}: {exc}") from None
+            raise UserError(f"{source}: {exc}" if source else str(exc)) from None
 
     def to_dict(self) -> Dict[str, Any]:
         """The flat, JSON-able dict stored in checkpoints (``config.json`` adds ``version``)."""
@@ -225,4 +227,4 @@ class RunConfig:
 
     def replace(self, **flat: Any) -> "RunConfig":
         """A copy with some flat settings changed (validated like any config)."""
-        return RunConfig.from_dict({**self.to_dict(), **flat}, source="settings")
+        return RunConfig.from_dict({**self.to_dict(), **flat})

@@ -111,7 +111,7 @@ def parse_train_args(dataset: str, argv: Optional[Sequence[str]] = None) -> Trai
     config_path, resume = args.pop("config"), args.pop("resume")
     explicit = explicit_flags(argv, parser) - {"config", "resume"}
     values = dict(args)
-    source = "command line"
+    source = None
     if config_path:
         source = f"--config file {config_path}"
         stored = load_config_file(config_path)
