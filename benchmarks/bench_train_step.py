@@ -7,6 +7,7 @@ channels_last, and bf16 / fp16 autocast + channels_last (CUDA only). Prints ONE 
 
     python benchmarks/bench_train_step.py                 # CUDA when available
     python benchmarks/bench_train_step.py --device cpu --backbone tiny --batch_size 8 --steps 3
+    python benchmarks/bench_train_step.py --chunk_size 8    # gradient caching (compare peak memory)
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def run_variant(args, device: torch.device, amp: str, channels_last: bool) -> di
     batch = {k: v.contiguous(memory_format=memory_format) for k, v in batch.items()}
 
     def step():
-        return train_step(objective, model, batch, optimizer, scaler, env, hard_ratio=1.0).loss
+        return train_step(objective, model, batch, optimizer, scaler, env, hard_ratio=1.0,
+                          chunk_size=args.chunk_size).loss
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--pano_w", type=int, default=616)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--chunk_size", type=int, default=0, help="gradient caching chunk (0 = off)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -88,6 +91,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(json.dumps({"benchmark": "train_step", "device": name, "torch": torch.__version__,
                       "model": f"{args.backbone}+{args.transform}", "batch_size": args.batch_size,
+                      "chunk_size": args.chunk_size,
                       "sate_size": args.sate, "pano_size": [args.pano_h, args.pano_w], "results": results}))
 
 

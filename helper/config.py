@@ -92,6 +92,9 @@ class TrainConfig:
     scheduler: str = setting("constant", "learning-rate schedule over the run's steps: constant, or cosine decay "
                                          "to 0", choices=lambda: SCHEDULERS)
     warmup_epochs: float = setting(0.0, "linear learning-rate warm-up from 0 over this many epochs", minimum=0.0)
+    chunk_size: int = setting(0, "gradient caching: the loss sees the whole batch while only this many samples "
+                                 "are embedded with gradients at once (same gradients, less memory; one process); "
+                                 "0 = off", minimum=0)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -135,7 +138,7 @@ def _from_version_1(cfg: Dict[str, Any]) -> Dict[str, Any]:
     knew only SAFA's head on two backbones, the triplet loss, Adam and a constant learning rate."""
     cfg.pop("resume", None)
     defaults = {"head": "safa", "shared_backbone": False, "loss": "triplet", "label_smoothing": None,
-                "optimizer": "adam", "scheduler": "constant", "warmup_epochs": 0.0}
+                "optimizer": "adam", "scheduler": "constant", "warmup_epochs": 0.0, "chunk_size": 0}
     return {**defaults, **cfg}
 
 

@@ -163,6 +163,21 @@ class Objective:
         return [] if self.logit_scale is None else list(self.logit_scale.parameters())
 
 
+def retrieval_loss(objective: Objective, street: torch.Tensor, satellite: torch.Tensor,
+                   hard_ratio: Optional[float]) -> torch.Tensor:
+    """The retrieval loss of (global) batch descriptors: InfoNCE or SAFA's triplet loss."""
+    if objective.logit_scale is not None:
+        return infonce_loss(street, satellite, objective.logit_scale(), objective.label_smoothing)
+    return soft_margin_triplet_loss(street, satellite, lambda_sm=objective.lambda_sm, hard_ratio=hard_ratio)
+
+
+def _l1(objective: Objective, aux: dict) -> Optional[torch.Tensor]:
+    """The L1 guidance of the STN output towards the polar image (None without it)."""
+    if aux.get("polar_target") is None or objective.lambda_l1 <= 0:
+        return None
+    return l1_guidance_loss(aux["transformed"].float(), aux["polar_target"].float())
+
+
 def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env: distributed.DistEnv,
                  hard_ratio: Optional[float]):
     """The training objective of one batch: (total, retrieval loss, l1 or None) on the global batch."""
@@ -172,16 +187,52 @@ def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env:
         street_desc, sat_desc, aux = model(street, satellite, return_aux=True)
     street_all = distributed.gather_with_grad(street_desc.float())
     sat_all = distributed.gather_with_grad(sat_desc.float())
-    if objective.logit_scale is not None:
-        retrieval = infonce_loss(street_all, sat_all, objective.logit_scale(), objective.label_smoothing)
-    else:
-        retrieval = soft_margin_triplet_loss(street_all, sat_all, lambda_sm=objective.lambda_sm,
-                                             hard_ratio=hard_ratio)
-    l1 = None
-    if aux.get("polar_target") is not None and objective.lambda_l1 > 0:
-        l1 = l1_guidance_loss(aux["transformed"].float(), aux["polar_target"].float())
+    retrieval = retrieval_loss(objective, street_all, sat_all, hard_ratio)
+    l1 = _l1(objective, aux)
+    if l1 is not None:
         return retrieval + objective.lambda_l1 * l1, retrieval, l1
     return retrieval, retrieval, l1
+
+
+def backward_in_chunks(objective: Objective, model, batch: dict, env, hard_ratio: Optional[float], chunk: int,
+                       scale=lambda loss: loss):
+    """Gradient caching (Gao et al. 2021): the gradients of :func:`compute_loss` on the whole batch
+    with only ``chunk`` samples' activations in memory at once. One process only.
+
+    Pass 1 embeds the batch in chunks without gradients; the loss of the whole batch gives the
+    gradient of every descriptor; pass 2 re-embeds each chunk with gradients and back-propagates
+    those descriptor gradients (plus the chunk's share of the L1 guidance). Equal to the
+    unchunked gradients for models without batch statistics (resnet34's BatchNorm sees chunks).
+    ``scale`` is the AMP loss scaler's ``scale``. Returns ``(total, retrieval, l1, finite)``;
+    when not ``finite`` the accumulated gradients must be discarded.
+    """
+    street = move_images(batch, "street", env.device)
+    satellite = move_images(batch, "satellite", env.device)
+    starts = range(0, street.shape[0], chunk)
+    with torch.no_grad(), distributed.autocast(env.device, objective.amp):
+        parts = [model(street[i:i + chunk], satellite[i:i + chunk]) for i in starts]
+    street_all = torch.cat([p[0] for p in parts]).float().requires_grad_()
+    sat_all = torch.cat([p[1] for p in parts]).float().requires_grad_()
+    retrieval = retrieval_loss(objective, street_all, sat_all, hard_ratio)
+    if not all_finite(retrieval.detach()):
+        return retrieval.detach(), retrieval.detach(), None, False
+    scale(retrieval).backward()
+    l1_total = None
+    for i in starts:
+        with distributed.autocast(env.device, objective.amp):
+            street_desc, sat_desc, aux = model(street[i:i + chunk], satellite[i:i + chunk], return_aux=True)
+        surrogate = ((street_desc.float() * street_all.grad[i:i + chunk]).sum()
+                     + (sat_desc.float() * sat_all.grad[i:i + chunk]).sum())
+        l1 = _l1(objective, aux)
+        if l1 is not None:
+            share = l1 * (street_desc.shape[0] / street.shape[0])
+            if not all_finite(share.detach()):
+                return retrieval.detach() + share.detach(), retrieval.detach(), share.detach(), False
+            surrogate = surrogate + scale(objective.lambda_l1 * share)
+            l1_total = share.detach() if l1_total is None else l1_total + share.detach()
+        surrogate.backward()
+    total = retrieval.detach() if l1_total is None else retrieval.detach() + objective.lambda_l1 * l1_total
+    return total, retrieval.detach(), l1_total, True
 
 
 def all_finite(loss: torch.Tensor) -> bool:
@@ -200,16 +251,24 @@ class StepResult(NamedTuple):
 
 
 def train_step(objective: Objective, model, batch: dict, optimizer, scaler, env, hard_ratio: Optional[float],
-               scheduler=None) -> StepResult:
+               scheduler=None, chunk_size: int = 0) -> StepResult:
     """The one training step: loss, then backward and update unless the loss is non-finite on a rank;
-    the learning-rate ``scheduler`` (if any) advances every step, skipped or not."""
-    loss, retrieval, l1 = compute_loss(objective, model, batch, env, hard_ratio)
-    finite = all_finite(loss.detach())
+    the learning-rate ``scheduler`` (if any) advances every step, skipped or not. ``chunk_size``
+    > 0: the same gradients by :func:`backward_in_chunks`."""
     optimizer.zero_grad(set_to_none=True)
+    if chunk_size:
+        loss, retrieval, l1, finite = backward_in_chunks(objective, model, batch, env, hard_ratio, chunk_size,
+                                                         scaler.scale)
+    else:
+        loss, retrieval, l1 = compute_loss(objective, model, batch, env, hard_ratio)
+        finite = all_finite(loss.detach())
+        if finite:
+            scaler.scale(loss).backward()
     if finite:
-        scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+    else:
+        optimizer.zero_grad(set_to_none=True)
     if scheduler is not None:
         scheduler.step()
     return StepResult(loss, retrieval, l1, finite)
@@ -257,7 +316,7 @@ def train_one_epoch(training: "Training", loader, env, epoch: int, stop: StopFla
     started, samples = time.perf_counter(), 0
     for batch in bar:
         result = train_step(objective, model, batch, training.optimizer, training.scaler, env, hard_ratio,
-                            training.scheduler)
+                            training.scheduler, run.train.chunk_size)
         if result.finite:
             progress.loss_sum += float(result.retrieval.detach())
             progress.l1_sum += float(result.l1.detach()) if result.l1 is not None else 0.0

@@ -77,3 +77,15 @@ def test_mid_epoch_stop_resumes_exactly(cvusa_root, tmp_path, monkeypatch):
     assert (state["epoch"], state["progress"]["step"]) == (1, 2) and state["scheduler"]["last_epoch"] == 6
     train_main("cvusa", ["--resume", last])
     assert _rows(results_dir, "run") == _rows(reference, "run")
+
+
+def test_gradient_caching_trains_like_the_whole_batch(cvusa_root, tmp_path):
+    """--chunk_size 3 with batches of 8: the same training up to float round-off."""
+    rows = {}
+    for name, extra in (("whole", []), ("chunked", ["--chunk_size", "3"])):
+        flags = _flags(cvusa_root, str(tmp_path), name) + ["--n_epochs", "2", *extra]  # the last --n_epochs wins
+        train_main("cvusa", flags)
+        rows[name] = _rows(str(tmp_path), name)
+    for whole, chunked in zip(rows["whole"], rows["chunked"]):
+        assert chunked["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-4)
+        assert chunked["lr"] == pytest.approx(whole["lr"])

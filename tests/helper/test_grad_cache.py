@@ -1,0 +1,45 @@
+"""Gradient caching: chunked backward passes give the gradients of the whole batch."""
+import pytest
+import torch
+
+from helper.distributed import DistEnv
+from helper.engine import Objective, backward_in_chunks, compute_loss
+from helper.losses import LogitScale
+from models import build_model
+
+CFG = {"backbone": "tiny", "pretrained": False, "sate_size": [48, 48], "pano_size": [32, 64], "transform": "tps",
+       "lambda_l1": 1.0, "attention_maps": 2}
+ENV = DistEnv(0, 1, 0, torch.device("cpu"))
+
+
+def _gradients(model, objective):
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    if objective.logit_scale is not None:
+        grads["logit_scale"] = objective.logit_scale.log_scale.grad.clone()
+    return grads
+
+
+@pytest.mark.parametrize("loss, lambda_l1", [("triplet", 1.0), ("infonce", 1.0), ("triplet", 0.0)])
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+def test_chunked_gradients_equal_the_whole_batch(loss, lambda_l1, chunk):
+    torch.manual_seed(0)
+    model = build_model({**CFG, "lambda_l1": lambda_l1}).train()
+    objective = Objective(10.0, lambda_l1, "none", loss, 0.1, LogitScale() if loss == "infonce" else None)
+    generator = torch.Generator().manual_seed(1)
+    batch = {"street": torch.randn(8, 3, 32, 64, generator=generator),
+             "satellite": torch.randn(8, 3, 48, 48, generator=generator)}
+    total, retrieval, l1 = compute_loss(objective, model, batch, ENV, hard_ratio=0.5)
+    total.backward()
+    expected = _gradients(model, objective)
+    model.zero_grad(set_to_none=True)
+    for parameter in objective.parameters():
+        parameter.grad = None
+    chunked, chunked_retrieval, chunked_l1, finite = backward_in_chunks(objective, model, batch, ENV, 0.5, chunk)
+    assert finite
+    assert float(chunked) == pytest.approx(float(total.detach()), rel=1e-6)
+    assert float(chunked_retrieval) == pytest.approx(float(retrieval.detach()), rel=1e-6)
+    assert (chunked_l1 is None) == (l1 is None)
+    got = _gradients(model, objective)
+    assert set(got) == set(expected)
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, atol=1e-5, rtol=1e-4, msg=name)
