@@ -64,9 +64,12 @@ def _raise_stopped(signum, frame) -> None:
 
 
 def _worker_init() -> None:
-    """Pool workers leave Ctrl-C to the main process and exit quietly on SIGTERM (pool.terminate)."""
+    """Pool workers leave Ctrl-C to the main process, and SIGTERM (``pool.terminate``, or a kill of
+    the process group) ends them at once, silently: the default action, not the handler inherited
+    from the main process (raising from a signal handler can deadlock a worker inside the pool's
+    queue locks)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _convert_one(task: Tuple[str, str, int, int, Tuple[int, ...]]) -> str:
