@@ -14,6 +14,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 
@@ -408,7 +409,7 @@ def weights_case(name, content, expected):
 
 
 weights_case("wrong_content", None, "does not match torchvision's vgg16 (missing 25 of 26 weights")
-weights_case("random_bytes", os.urandom(4096), "could not be read (not a torch weights file, or truncated)")
+weights_case("random_bytes", np.random.default_rng(17).bytes(4096), "could not be read (not a torch weights file, or truncated)")
 
 
 @pytest.fixture(scope="module")

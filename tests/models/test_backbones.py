@@ -175,3 +175,28 @@ def test_convnext_loads_the_features_from_the_hub_cache(torch_home, monkeypatch)
     net = build_backbone("convnext_tiny", pretrained=True)
     for key, value in net.state_dict().items():
         assert torch.equal(value, reference.state_dict()[key]), key
+
+
+def test_cached_files_of_random_bytes_are_user_errors(torch_home):
+    """Unpickling arbitrary bytes fails in many ways (UnpicklingError, IndexError, ...): all one message."""
+    import numpy as np
+
+    path = hub_weights_path(torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url)
+    os.makedirs(os.path.dirname(path))
+    for seed in range(20):
+        with open(path, "wb") as handle:
+            handle.write(np.random.default_rng(seed).bytes(4096))
+        with pytest.raises(UserError, match="could not be read"):
+            build_backbone("resnet34", pretrained=True)
+
+
+def test_checkpoints_of_random_bytes_are_user_errors(tmp_path):
+    import numpy as np
+
+    from helper.checkpoint import load_checkpoint
+
+    path = tmp_path / "noise.pth"
+    for seed in range(20):
+        path.write_bytes(np.random.default_rng(seed).bytes(4096))
+        with pytest.raises(UserError, match="not a readable checkpoint"):
+            load_checkpoint(str(path))
