@@ -153,14 +153,16 @@ def _argparse_type(name: str, meta: Mapping, kind: str, optional: bool) -> Calla
             return check_value(name, meta, kind, optional, _parse_text(kind, text))
         except ValueError as exc:  # UserError is a ValueError
             detail = str(exc) if isinstance(exc, UserError) else f"cannot read {text!r} as {kind}"
-            raise argparse.ArgumentTypeError(detail.replace(f"--{name} ", "", 1)) from None
+            # argparse names the flag itself: "argument --x: must be ...", "argument --x: 'v' is not one of ..."
+            raise argparse.ArgumentTypeError(detail.replace(f"--{name} = ", "", 1).replace(f"--{name} ", "", 1)) from None
 
     parse.__name__ = kind  # argparse names the type in its messages
     return parse
 
 
-def _shown(value: Any) -> str:
-    if isinstance(value, tuple):
+def shown(value: Any) -> str:
+    """A setting's value as it is written on the command line (lists as ``a,b``)."""
+    if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     return str(value)
 
@@ -181,8 +183,8 @@ def add_settings(parser, cls, defaults: Optional[Mapping[str, Any]] = None,
             continue
         meta = field.metadata
         default = defaults.get(name, field.default)
-        shown = texts.get(name) or meta["default_text"] or _shown(default)
-        help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
+        stated = texts.get(name) or meta["default_text"] or shown(default)
+        help_text = f"{meta['help']} (default: {stated})".replace("%", "%%")
         option = f"--{flags.get(name, name)}"
         if kind == "bool":
             parser.add_argument(option, dest=name, action=argparse.BooleanOptionalAction, default=default,

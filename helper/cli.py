@@ -12,16 +12,13 @@ import sys
 from typing import Optional, Sequence
 
 from common.errors import UserError
+from common.settings import shown
 
 #: Settings that may change when a run is resumed; every other setting comes from the checkpoint
 #: (it may be repeated on the command line with its stored value).
 RESUME_OVERRIDES = ("n_epochs", "device", "workers", "eval_every", "eval_batch_size", "data_root")
 #: Flags that branch a resumed run into a new run folder instead of its own.
 BRANCH_FLAGS = ("results_dir", "name")
-
-
-def _shown(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def resume_config(path: str, checkpoint: dict, parsed, dataset: str):
@@ -40,7 +37,7 @@ def resume_config(path: str, checkpoint: dict, parsed, dataset: str):
     free = set(RESUME_OVERRIDES) | set(BRANCH_FLAGS)
     differ = [key for key in sorted(parsed.explicit - free) if given[key] != kept[key]]
     if differ:
-        changes = "; ".join(f"--{key}: stored {_shown(kept[key])}, given {_shown(given[key])}" for key in differ)
+        changes = "; ".join(f"--{key}: stored {shown(kept[key])}, given {shown(given[key])}" for key in differ)
         raise UserError(f"--resume continues a run with its stored settings, but {changes}. Only "
                         f"{', '.join('--' + k for k in RESUME_OVERRIDES)} may change (start a new run with "
                         f"--config <run>/config.json to change others)")
