@@ -19,7 +19,8 @@ from common.errors import UserError
 
 def write_bytes_atomic(path: str, data: bytes, fsync: bool = False) -> None:
     """Write ``data`` to ``path`` via ``<path>.tmp<pid>`` + ``os.replace``: readers never see a
-    half-written file, and the temporary file is removed on failure."""
+    half-written file, and the temporary file is removed on failure. A failed write (disk full,
+    read-only or removed folder) is a :class:`UserError` naming ``path``; the old file is intact."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as handle:
@@ -28,9 +29,12 @@ def write_bytes_atomic(path: str, data: bytes, fsync: bool = False) -> None:
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}; free disk space or fix the folder's "
+                            f"permissions") from None
         raise
 
 

@@ -165,11 +165,8 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
                "transform": run.model.transform, **task.evaluate(run, model, env)}
     if env.is_main:
         print(format_table(results), flush=True)
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            write_json_atomic(path, results)
-        except OSError as exc:
-            raise UserError(f"cannot write the results to {path}: {exc.strerror or exc}") from None
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # checked before the evaluation
+        write_json_atomic(path, results)
         print(f"results written to {path}", flush=True)
     distributed.cleanup()
     return results

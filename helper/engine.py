@@ -442,11 +442,10 @@ class Training:
         if env.is_main:
             try:
                 save_checkpoint(path, self.state_dict())
-            except OSError as exc:  # disk full, folder made read-only or removed: the old file is intact
+            except UserError as exc:  # disk full, folder made read-only or removed: the old file is intact
                 kept = os.path.join(self.run_dir, "last.pth")
                 kept = f"continue with --resume {kept}" if os.path.exists(kept) else "no checkpoint was kept"
-                raise UserError(f"cannot write checkpoint {path}: {exc.strerror or exc}; free disk space or fix "
-                                f"the folder, then {kept}") from None
+                raise UserError(f"{exc}; then {kept}") from None
         distributed.barrier()
         return path
 

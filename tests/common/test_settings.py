@@ -65,3 +65,26 @@ def test_the_command_line_applies_the_same_rules(capsys):
     help_text = " ".join(parser.format_help().split())
     assert "a count (default: 7)" in help_text and "(default: twice the ratio)" in help_text
     assert "(default: None)" not in help_text
+
+
+def test_a_failed_write_is_one_user_error_and_leaves_the_old_file(tmp_path, monkeypatch):
+    """Disk full (ENOSPC) while writing any output: a UserError naming the file; the old one intact."""
+    import errno
+
+    from common import fileio
+
+    path = tmp_path / "out.json"
+    path.write_text("old")
+    real_open = open
+
+    def full_disk(name, *args, **kwargs):
+        handle = real_open(name, *args, **kwargs)
+        if str(name).startswith(str(path)) and "w" in (args[0] if args else kwargs.get("mode", "r")):
+            handle.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return handle
+
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(UserError, match=r"cannot write .*out.json: No space left on device"):
+        fileio.write_json_atomic(str(path), {"new": 1})
+    monkeypatch.undo()
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]

@@ -157,6 +157,6 @@ def test_write_image_atomic_leaves_nothing_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(dio.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match="cannot write .*x.png: disk full"):  # a user's problem: one message
         write_image_atomic(str(tmp_path / "x.png"), np.zeros((2, 2, 3), np.uint8))
     assert os.listdir(tmp_path) == []
