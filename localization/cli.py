@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 from common.errors import UserError
 from common.system import usable_cpus
 from helper.config import DEVICES
+from localization.index import REFINE_BITS, IndexSpec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,12 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--index", default="flat", choices=("flat", "ivf", "ivfpq"),
                        help="flat = exact inner product; ivf / ivfpq = approximate, for millions of tiles "
                             "(see the README's table) (default: flat)")
-    index.add_argument("--nlist", type=int, default=0, help="ivf/ivfpq: inverted lists (default: 4 sqrt(tiles))")
-    index.add_argument("--nprobe", type=int, default=32, help="ivf/ivfpq: lists searched per query (default: 32)")
-    index.add_argument("--pq_m", type=int, default=0, help="ivfpq: sub-quantizers, must divide the descriptor "
-                                                           "dimension (default: dimension / 16)")
-    index.add_argument("--refine", type=int, default=32, help="ivfpq: re-score refine x k candidates with 8-bit "
-                                                              "vectors (default: 32)")
+    spec = IndexSpec()
+    index.add_argument("--nlist", type=int, default=spec.nlist, help="ivf/ivfpq: inverted lists (default: 4 "
+                                                                     "sqrt(tiles))")
+    index.add_argument("--nprobe", type=int, default=spec.nprobe, help="ivf/ivfpq: lists searched per query "
+                                                                       f"(default: {spec.nprobe})")
+    index.add_argument("--pq_m", type=int, default=spec.pq_m, help="ivfpq: sub-quantizers, must divide the "
+                                                                   "descriptor dimension (default: dimension / 16)")
+    index.add_argument("--refine", type=int, default=spec.refine, help="ivfpq: re-score refine x k candidates "
+                                                                       f"(default: {spec.refine})")
+    index.add_argument("--refine_bits", type=int, default=spec.refine_bits, choices=REFINE_BITS,
+                       help="ivfpq: bits per dimension of the re-scoring vectors; 4 halves their memory (1M x "
+                            "4096-d: 2 GB instead of 4), 0 = PQ codes only (default: "
+                            f"{spec.refine_bits})")
     _common(index, batch_size=64)
     index.add_argument("--workers", type=int, default=min(4, usable_cpus()),
                        help="tile-reading worker processes (0 = main process)")
@@ -88,12 +96,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 def _index(args) -> None:
     from localization import tiles as sources
     from localization.embed import load_model
-    from localization.index import IndexSpec, build_index
+    from localization.index import build_index
 
     mosaic_flags = [f for f in ("bounds", "tile_m", "stride_m") if getattr(args, f) is not None]
     if args.mosaic is None and mosaic_flags:
         raise UserError(f"--{mosaic_flags[0]} only applies to --mosaic")
-    spec = IndexSpec(args.index, args.nlist, args.nprobe, args.pq_m, args.refine)
+    spec = IndexSpec(args.index, args.nlist, args.nprobe, args.pq_m, args.refine, args.refine_bits)
     if args.satellites:
         tiles, source = sources.tiles_from_folders(args.satellites), {"satellites": args.satellites}
     elif args.tiles:

@@ -20,8 +20,12 @@ Index kinds (similarity = inner product of L2-normalised descriptors = cosine):
   ``N / 39`` so k-means has 39 points per centroid) searched ``nprobe`` at a time; exact
   vectors, approximate candidate set.
 * ``ivfpq``: ``IndexIVFPQ`` (``pq_m`` sub-quantizers of 8 bits each, residual encoding) whose
-  top ``refine x k`` candidates are re-scored with 8-bit scalar-quantised vectors
-  (``IndexRefine`` over ``SQ8``): d bytes per tile plus ``pq_m`` bytes of codes.
+  top ``refine x k`` candidates are re-scored with ``refine_bits``-bit scalar-quantised vectors
+  (``IndexRefine`` over ``SQ8`` or ``SQ4``): ``d * refine_bits / 8`` bytes per tile plus ``pq_m``
+  bytes of codes; ``refine_bits 0`` keeps the PQ codes only (no re-scoring).
+
+Building never needs all descriptors in memory at once: :func:`make_index` takes them as
+:class:`Chunks` read on demand (the training sample, then one chunk at a time).
 """
 from __future__ import annotations
 
@@ -32,9 +36,9 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -46,6 +50,8 @@ from localization.tiles import Tile
 MANIFEST, TILES, INDEX_FILE, BUILDING, PLAN = "manifest.json", "tiles.json", "index.faiss", "building", "plan.json"
 FORMAT = 1
 INDEX_KINDS = ("flat", "ivf", "ivfpq")
+REFINE_BITS = (8, 4, 0)
+PQ_CODEBOOK = 256  # centroids of each 8-bit product-quantizer codebook
 
 
 def _faiss():
@@ -66,29 +72,47 @@ class IndexSpec:
     nprobe: int = 32
     pq_m: int = 0
     refine: int = 32
+    refine_bits: int = 8
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
             raise UserError(f"unknown --index {self.kind!r}; valid: {', '.join(INDEX_KINDS)}")
+        if self.refine_bits not in REFINE_BITS:
+            raise UserError(f"--refine_bits must be one of {', '.join(map(str, REFINE_BITS))}, got {self.refine_bits}")
         for name in ("nlist", "nprobe", "pq_m", "refine"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
 
-    def resolved(self, count: int, dim: int) -> "IndexSpec":
-        """The parameters actually used for ``count`` tiles of dimension ``dim``."""
+    def check_count(self, count: int) -> int:
+        """The number of inverted lists for ``count`` tiles; a UserError when too few tiles."""
         if self.kind == "flat":
-            return IndexSpec("flat", 0, 0, 0, 0)
+            return 0
         nlist = self.nlist or int(max(1, min(round(4 * math.sqrt(count)), count // 39)))
         if nlist > count:
             raise UserError(f"--nlist {nlist} is larger than the {count} tiles; use --index flat for small "
                             f"indexes or a smaller --nlist")
+        if self.kind == "ivfpq" and count < PQ_CODEBOOK:
+            raise UserError(f"--index ivfpq needs at least {PQ_CODEBOOK} tiles to train its 8-bit codebooks, got "
+                            f"{count}; use --index flat (exact, and fast at this size) or ivf")
+        return nlist
+
+    def resolved(self, count: int, dim: int) -> "IndexSpec":
+        """The parameters actually used for ``count`` tiles of dimension ``dim``."""
+        if self.kind == "flat":
+            return IndexSpec("flat", 0, 0, 0, 0, 0)
+        nlist = self.check_count(count)
         nprobe = max(1, min(self.nprobe or 1, nlist))
         if self.kind == "ivf":
-            return IndexSpec("ivf", nlist, nprobe, 0, 0)
+            return IndexSpec("ivf", nlist, nprobe, 0, 0, 0)
         pq_m = self.pq_m or _default_pq_m(dim)
         if dim % pq_m:
             raise UserError(f"--pq_m {pq_m} must divide the descriptor dimension {dim}")
-        return IndexSpec("ivfpq", nlist, nprobe, pq_m, max(1, self.refine))
+        refine = max(1, self.refine) if self.refine_bits else 0
+        return IndexSpec("ivfpq", nlist, nprobe, pq_m, refine, self.refine_bits)
+
+    def with_nprobe(self, nprobe: int) -> "IndexSpec":
+        """This (resolved) spec searching ``nprobe`` lists (at most ``nlist``; flat: unchanged)."""
+        return replace(self, nprobe=min(nprobe, self.nlist)) if self.nlist else self
 
 
 def _default_pq_m(dim: int) -> int:
@@ -99,10 +123,46 @@ def _default_pq_m(dim: int) -> int:
     return 1
 
 
-def make_index(spec: IndexSpec, descriptors: np.ndarray, seed: int = 0):
-    """A trained FAISS index of the resolved ``spec`` holding ``descriptors`` (N x D float32)."""
+@dataclass(frozen=True)
+class Chunks:
+    """N x D float32 descriptors as consecutive row chunks: ``read(i)`` returns chunk ``i``
+    (``sizes[i]`` rows) on demand, from memory, a memory-mapped file or a generator."""
+
+    sizes: Sequence[int]
+    dim: int
+    read: Callable[[int], np.ndarray]
+
+    @classmethod
+    def of(cls, arrays: Sequence[np.ndarray]) -> "Chunks":
+        return cls([len(a) for a in arrays], int(arrays[0].shape[1]), arrays.__getitem__)
+
+    @property
+    def count(self) -> int:
+        return int(sum(self.sizes))
+
+    def rows(self, wanted: np.ndarray) -> np.ndarray:
+        """The rows of sorted global indices ``wanted``, reading only the chunks that hold them."""
+        bounds = np.cumsum([0, *self.sizes])
+        parts = []
+        for number in range(len(self.sizes)):
+            inside = wanted[(wanted >= bounds[number]) & (wanted < bounds[number + 1])]
+            if len(inside):
+                parts.append(np.asarray(self.read(number))[inside - bounds[number]])
+        return np.concatenate(parts)
+
+
+def training_rows(spec: IndexSpec, count: int) -> int:
+    """Descriptors k-means (and PQ) are trained on: 64 per inverted list (PQ: at least 256 x 64)."""
+    return min(count, 64 * spec.nlist if spec.kind == "ivf" else max(64 * spec.nlist, PQ_CODEBOOK * 64))
+
+
+def make_index(spec: IndexSpec, descriptors, seed: int = 0):
+    """A trained FAISS index of the resolved ``spec`` holding ``descriptors``: an N x D float32
+    array or :class:`Chunks`, read twice (a random training sample, then chunk by chunk), so
+    that memory holds the index, the sample and one chunk but never all descriptors."""
     faiss = _faiss()
-    count, dim = descriptors.shape
+    chunks = Chunks.of([descriptors]) if isinstance(descriptors, np.ndarray) else descriptors
+    count, dim = chunks.count, chunks.dim
     if spec.kind == "flat":
         index = faiss.IndexFlatIP(dim)
     else:
@@ -110,15 +170,16 @@ def make_index(spec: IndexSpec, descriptors: np.ndarray, seed: int = 0):
         if spec.kind == "ivf":
             index = faiss.IndexIVFFlat(quantizer, dim, spec.nlist, faiss.METRIC_INNER_PRODUCT)
         else:
-            ivfpq = faiss.IndexIVFPQ(quantizer, dim, spec.nlist, spec.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
-            index = faiss.IndexRefine(ivfpq, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit,
-                                                                        faiss.METRIC_INNER_PRODUCT))
-        sample = descriptors
-        limit = 64 * spec.nlist if spec.kind == "ivf" else max(64 * spec.nlist, 256 * 64)
-        if count > limit:
-            sample = descriptors[np.random.default_rng(seed).choice(count, limit, replace=False)]
-        index.train(np.ascontiguousarray(sample))
-    index.add(descriptors)
+            index = faiss.IndexIVFPQ(quantizer, dim, spec.nlist, spec.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+            if spec.refine_bits:
+                bits = {8: faiss.ScalarQuantizer.QT_8bit, 4: faiss.ScalarQuantizer.QT_4bit}[spec.refine_bits]
+                index = faiss.IndexRefine(index, faiss.IndexScalarQuantizer(dim, bits, faiss.METRIC_INNER_PRODUCT))
+        limit = training_rows(spec, count)
+        wanted = np.arange(count) if limit == count else np.sort(
+            np.random.default_rng(seed).choice(count, limit, replace=False))
+        index.train(np.ascontiguousarray(chunks.rows(wanted), dtype=np.float32))
+    for number in range(len(chunks.sizes)):
+        index.add(np.ascontiguousarray(chunks.read(number), dtype=np.float32))
     set_search_params(index, spec)
     return index
 
@@ -128,7 +189,7 @@ def set_search_params(index, spec: IndexSpec) -> None:
     faiss = _faiss()
     if spec.kind == "flat":
         return
-    if spec.kind == "ivfpq":
+    if spec.kind == "ivfpq" and spec.refine_bits:
         refine = faiss.downcast_index(index)
         refine.k_factor = float(spec.refine)
         faiss.extract_index_ivf(refine.base_index).nprobe = spec.nprobe
@@ -221,6 +282,7 @@ def build_index(loaded, tiles: List[Tile], out: str, spec: IndexSpec, source: di
     from localization.embed import TileImages, embed
 
     started = time.perf_counter()
+    spec.check_count(len(tiles))
     checkpoint = loaded.identity()
     tiles_sha = tiles_sha256(tiles)
     if _check_out_folder(out, checkpoint, tiles_sha, spec):
@@ -238,7 +300,7 @@ def build_index(loaded, tiles: List[Tile], out: str, spec: IndexSpec, source: di
 
     size = loaded.satellite_size
     polar = loaded.run.model.polar_files
-    parts, dim, resumed = [], None, 0
+    paths, sizes, dim, resumed = [], [], None, 0
     bar = tqdm(total=len(tiles), desc="embedding tiles", unit="tile", dynamic_ncols=True)
     for number, start in enumerate(range(0, len(tiles), chunk)):
         rows = tiles[start:start + chunk]
@@ -250,13 +312,14 @@ def build_index(loaded, tiles: List[Tile], out: str, spec: IndexSpec, source: di
         else:
             resumed += len(rows)
         dim = part.shape[1]
-        parts.append(part)
+        paths.append(path)
+        sizes.append(len(rows))
         bar.update(len(rows))
     bar.close()
     if resumed:
         log(f"resumed: {resumed} of {len(tiles)} tiles were embedded by the interrupted build")
-    descriptors = np.concatenate(parts)
     spec = spec.resolved(len(tiles), dim)
+    descriptors = Chunks(sizes, dim, lambda number: np.load(paths[number], mmap_mode="r", allow_pickle=False))
     index_bytes = serialise(make_index(spec, descriptors))
     tiles_bytes = (json.dumps([t.as_dict() for t in tiles], indent=0) + "\n").encode("utf-8")
     lats, lons = [t.lat for t in tiles], [t.lon for t in tiles]
@@ -289,17 +352,21 @@ class LoadedIndex:
         return self.index.search(np.ascontiguousarray(descriptors, dtype=np.float32), k)
 
 
-def _read_verified(folder: str, name: str, manifest: dict) -> bytes:
+def _verify(folder: str, name: str, manifest: dict) -> str:
+    """The path of index file ``name`` once its SHA-256 (read in blocks) matches the manifest."""
     path = os.path.join(folder, name)
+    digest = hashlib.sha256()
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
     except OSError as exc:
         problem = "is missing" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc.strerror})"
         raise UserError(f"index file {problem}: {path}; rebuild the index with localize.py index") from None
-    if _sha256(data) != manifest.get("files", {}).get(name):
+    if digest.hexdigest() != manifest.get("files", {}).get(name):
         raise UserError(f"index file is corrupt (its checksum differs from {MANIFEST}): {path}; rebuild the index "
                         "with localize.py index")
-    return data
+    return path
 
 
 def load_index(folder: str, nprobe: Optional[int] = None) -> LoadedIndex:
@@ -316,21 +383,21 @@ def load_index(folder: str, nprobe: Optional[int] = None) -> LoadedIndex:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UserError(f"{manifest_path} is not an index manifest of format {FORMAT}; rebuild the index")
     try:
-        rows = json.loads(_read_verified(folder, TILES, manifest).decode("utf-8"))
+        rows = json.loads(Path(_verify(folder, TILES, manifest)).read_text(encoding="utf-8"))
         tiles = [Tile.from_dict(row) for row in rows]
         spec = IndexSpec(**manifest["index"])
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{folder} has an unreadable manifest or tile list ({exc}); rebuild the index") from None
-    data = _read_verified(folder, INDEX_FILE, manifest)
+    path = _verify(folder, INDEX_FILE, manifest)
     faiss = _faiss()
     try:
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        index = faiss.read_index(path)  # straight from the file: memory holds the index once
     except RuntimeError:
         raise UserError(f"{os.path.join(folder, INDEX_FILE)} is not a readable FAISS index; rebuild it") from None
     if index.ntotal != len(tiles) or index.ntotal != manifest.get("count") or index.d != manifest.get("dim"):
         raise UserError(f"{folder}: the index holds {index.ntotal} {index.d}-d vectors but the manifest lists "
                         f"{manifest.get('count')} {manifest.get('dim')}-d tiles; rebuild the index")
     if nprobe:
-        spec = IndexSpec(spec.kind, spec.nlist, min(nprobe, spec.nlist) if spec.nlist else 0, spec.pq_m, spec.refine)
+        spec = spec.with_nprobe(nprobe)
     set_search_params(index, spec)
     return LoadedIndex(folder, manifest, tiles, index, spec)
