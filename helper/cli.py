@@ -109,8 +109,6 @@ def train_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     env = distributed.setup(run.train.device)
     if run.train.amp != "none" and env.device.type != "cuda":
         raise UserError(f"--amp {run.train.amp} needs a CUDA device; none is available here")
-    if run.train.chunk_size and env.distributed:
-        raise UserError("--chunk_size (gradient caching) runs in one process for now; drop it under torchrun")
     try:
         fit(run, get_task(dataset), env, resume, fresh, stamp)
     except Interrupted as stop:

@@ -93,7 +93,7 @@ class TrainConfig:
                                          "to 0", choices=lambda: SCHEDULERS)
     warmup_epochs: float = setting(0.0, "linear learning-rate warm-up from 0 over this many epochs", minimum=0.0)
     chunk_size: int = setting(0, "gradient caching: the loss sees the whole batch while only this many samples "
-                                 "are embedded with gradients at once (same gradients, less memory; one process); "
+                                 "are embedded with gradients at once (same gradients, less memory; also under torchrun); "
                                  "0 = off", minimum=0)
 
     def __post_init__(self) -> None:

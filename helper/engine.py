@@ -9,6 +9,7 @@ interruption. :func:`fit` only wires them: restore, then per epoch train
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -197,12 +198,15 @@ def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env:
 def backward_in_chunks(objective: Objective, model, batch: dict, env, hard_ratio: Optional[float], chunk: int,
                        scale=lambda loss: loss):
     """Gradient caching (Gao et al. 2021): the gradients of :func:`compute_loss` on the whole batch
-    with only ``chunk`` samples' activations in memory at once. One process only.
+    with only ``chunk`` samples' activations in memory at once, in one process or under DDP.
 
-    Pass 1 embeds the batch in chunks without gradients; the loss of the whole batch gives the
-    gradient of every descriptor; pass 2 re-embeds each chunk with gradients and back-propagates
-    those descriptor gradients (plus the chunk's share of the L1 guidance). Equal to the
-    unchunked gradients for models without batch statistics (resnet34's BatchNorm sees chunks).
+    Pass 1 embeds the batch in chunks without gradients; the loss of the whole (global) batch
+    gives the gradient of every descriptor; pass 2 re-embeds each chunk with gradients and
+    back-propagates those descriptor gradients (plus the chunk's share of the L1 guidance).
+    Under DDP the descriptors are gathered as in :func:`compute_loss` and the gradients are
+    averaged once, with the last chunk's backward (the others run under ``no_sync``). Equal
+    to the unchunked gradients for models without batch statistics (resnet34's BatchNorm sees
+    chunks).
     ``scale`` is the AMP loss scaler's ``scale``. Returns ``(total, retrieval, l1, finite)``;
     when not ``finite`` the accumulated gradients must be discarded.
     """
@@ -211,26 +215,29 @@ def backward_in_chunks(objective: Objective, model, batch: dict, env, hard_ratio
     starts = range(0, street.shape[0], chunk)
     with torch.no_grad(), distributed.autocast(env.device, objective.amp):
         parts = [model(street[i:i + chunk], satellite[i:i + chunk]) for i in starts]
-    street_all = torch.cat([p[0] for p in parts]).float().requires_grad_()
-    sat_all = torch.cat([p[1] for p in parts]).float().requires_grad_()
-    retrieval = retrieval_loss(objective, street_all, sat_all, hard_ratio)
+    street_local = torch.cat([p[0] for p in parts]).float().requires_grad_()
+    sat_local = torch.cat([p[1] for p in parts]).float().requires_grad_()
+    retrieval = retrieval_loss(objective, distributed.gather_with_grad(street_local),
+                               distributed.gather_with_grad(sat_local), hard_ratio)
     if not all_finite(retrieval.detach()):
         return retrieval.detach(), retrieval.detach(), None, False
     scale(retrieval).backward()
     l1_total = None
     for i in starts:
-        with distributed.autocast(env.device, objective.amp):
-            street_desc, sat_desc, aux = model(street[i:i + chunk], satellite[i:i + chunk], return_aux=True)
-        surrogate = ((street_desc.float() * street_all.grad[i:i + chunk]).sum()
-                     + (sat_desc.float() * sat_all.grad[i:i + chunk]).sum())
-        l1 = _l1(objective, aux)
-        if l1 is not None:
-            share = l1 * (street_desc.shape[0] / street.shape[0])
-            if not all_finite(share.detach()):
-                return retrieval.detach() + share.detach(), retrieval.detach(), share.detach(), False
-            surrogate = surrogate + scale(objective.lambda_l1 * share)
-            l1_total = share.detach() if l1_total is None else l1_total + share.detach()
-        surrogate.backward()
+        last = i == starts[-1]
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            with distributed.autocast(env.device, objective.amp):
+                street_desc, sat_desc, aux = model(street[i:i + chunk], satellite[i:i + chunk], return_aux=True)
+            surrogate = ((street_desc.float() * street_local.grad[i:i + chunk]).sum()
+                         + (sat_desc.float() * sat_local.grad[i:i + chunk]).sum())
+            l1 = _l1(objective, aux)
+            if l1 is not None:
+                share = l1 * (street_desc.shape[0] / street.shape[0])
+                if not all_finite(share.detach()):
+                    return retrieval.detach() + share.detach(), retrieval.detach(), share.detach(), False
+                surrogate = surrogate + scale(objective.lambda_l1 * share)
+                l1_total = share.detach() if l1_total is None else l1_total + share.detach()
+            surrogate.backward()
     total = retrieval.detach() if l1_total is None else retrieval.detach() + objective.lambda_l1 * l1_total
     return total, retrieval.detach(), l1_total, True
 

@@ -19,8 +19,9 @@ def _batches(world_batch: int):
              "satellite": torch.randn(world_batch, 3, 48, 48, generator=generator)} for _ in range(STEPS)]
 
 
-def _train(env, rank: int, world_size: int, loss_name: str = "triplet"):
-    from helper.engine import Objective, compute_loss
+def _train(env, rank: int, world_size: int, loss_name: str = "triplet", chunk: int = 0):
+    """Trained weights after STEPS SGD steps; ``chunk`` > 0: by gradient caching."""
+    from helper.engine import Objective, backward_in_chunks, compute_loss
     from helper.losses import LogitScale
     from models import build_model
 
@@ -32,9 +33,11 @@ def _train(env, rank: int, world_size: int, loss_name: str = "triplet"):
     for batch in _batches(PER_RANK * 2):
         local = {k: v[rank * PER_RANK * 2 // world_size:(rank + 1) * PER_RANK * 2 // world_size]
                  for k, v in batch.items()}
-        loss, _, _ = compute_loss(objective, model, local, env, hard_ratio=0.5)
         optimizer.zero_grad()
-        loss.backward()
+        if chunk:
+            assert backward_in_chunks(objective, model, local, env, 0.5, chunk)[3]
+        else:
+            compute_loss(objective, model, local, env, hard_ratio=0.5)[0].backward()
         optimizer.step()
     state = {k: v.detach().clone() for k, v in distributed.unwrap(model).state_dict().items()}
     if objective.logit_scale is not None:
@@ -42,12 +45,12 @@ def _train(env, rank: int, world_size: int, loss_name: str = "triplet"):
     return state
 
 
-def _worker(rank: int, world_size: int, port: int, out: str, loss_name: str):
+def _worker(rank: int, world_size: int, port: int, out: str, loss_name: str, chunk: int):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     env = distributed.setup("cpu")
-    state = _train(env, rank, world_size, loss_name)
+    state = _train(env, rank, world_size, loss_name, chunk)
     # a padded distributed sampler: 5 samples over 2 ranks, sample 0 seen twice
     index = torch.tensor([[0, 2, 4], [1, 3, 0]][rank])
     state["gathered"] = distributed.gather_by_index(index.float()[:, None] * 10, index, 5)
@@ -62,10 +65,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("loss_name", ["triplet", "infonce"])
-def test_two_processes_equal_one_process_on_the_joined_batch(tmp_path, loss_name):
+# chunk 2 of each rank's 4 samples: gradient caching under DDP equals one unchunked process
+@pytest.mark.parametrize("loss_name, chunk", [("triplet", 0), ("infonce", 0), ("triplet", 2), ("infonce", 2)])
+def test_two_processes_equal_one_process_on_the_joined_batch(tmp_path, loss_name, chunk):
     out = str(tmp_path / "ddp.pth")
-    mp.spawn(_worker, args=(2, _free_port(), out, loss_name), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), out, loss_name, chunk), nprocs=2, join=True)
     ddp_state = torch.load(out, weights_only=True)
     assert torch.equal(ddp_state.pop("gathered"), torch.arange(5.0)[:, None] * 10)
     single = _train(distributed.DistEnv(0, 1, 0, torch.device("cpu")), 0, 1, loss_name)
