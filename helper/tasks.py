@@ -153,7 +153,8 @@ class VigorTask:
         model = run.model
         return VigorPairs(self._index(run, split), sate_size=model.sate_size, pano_size=model.pano_size,
                           augment=train and run.train.augment, rotate=train and run.train.rotate,
-                          polar_files=model.polar_files, seed=run.train.seed, normalise=False)
+                          polar_files=model.polar_files, seed=run.train.seed, normalise=False,
+                          semi_positive=train and run.semi_positive)
 
     def _satellites(self, run: RunConfig, split: str):
         from data.vigor import VigorSatellites
