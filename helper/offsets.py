@@ -11,8 +11,8 @@ VIGOR evaluation (:data:`helper.metrics.EARTH_RADIUS_M`): ``lat = lat_c + north 
 Metres per label pixel are a property of each city's imagery, read off its labels
 (:func:`label_metres_per_pixel`): the median ratio of the panorama-to-tile-centre distance
 (from the GPS in the file names) to the label's pixel distance, over every tile of every
-panorama. It is 0.114 on the synthetic world; real VIGOR's zoom-20 tiles are 0.1008-0.1181
-(SliceMatch's per-city figures) when the labels follow the imagery.
+panorama. It is 0.114 on the synthetic world; on real VIGOR it is the scale the labels were
+made with (not checked here; SliceMatch's per-city figures for the imagery: 0.1008-0.1181).
 """
 from __future__ import annotations
 
