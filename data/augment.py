@@ -110,11 +110,19 @@ def paired_augment(street: np.ndarray, satellite: np.ndarray, rng: np.random.Gen
     k = rotation_draw if rotate else 0
     if do_flip:
         street = flip_panorama(street)
-        satellite = flip_panorama(satellite) if satellite_is_polar else flip_aerial(satellite)
     if k:
         street = roll_panorama(street, k)
-        satellite = roll_panorama(satellite, k) if satellite_is_polar else rotate_aerial(satellite, k)
-    return street, satellite, {"flip": int(do_flip), "rotation": k}
+    return street, augment_satellite(satellite, do_flip, k, satellite_is_polar), {"flip": int(do_flip), "rotation": k}
+
+
+def augment_satellite(satellite: np.ndarray, flip: bool, rotation: int, is_polar: bool = False) -> np.ndarray:
+    """The satellite side of :func:`paired_augment` with known decisions: the flip, then
+    ``rotation`` counter-clockwise quarter turns (a polar image is flipped and rolled like a panorama)."""
+    if flip:
+        satellite = flip_panorama(satellite) if is_polar else flip_aerial(satellite)
+    if rotation:
+        satellite = roll_panorama(satellite, rotation) if is_polar else rotate_aerial(satellite, rotation)
+    return satellite
 
 
 def check_rotation_sizes(pano_size: Sequence[int], satellite_size: Sequence[int], satellite_is_polar: bool) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.augment import check_rotation_sizes, paired_augment, sample_rng
+from data.augment import augment_satellite, check_rotation_sizes, paired_augment, sample_rng
 from data.io import MIN_IMAGE_SIDE, read_image, size_hw
 from data.tensors import converter
 from data.vigor_layout import PANO_SIZE, SATE_SIZE, TILE_SIDE, VigorIndex
@@ -96,7 +96,9 @@ class VigorPairs(Dataset):
     semi-positives, ``"delta"``: (2,) float64 ``(d0, d1)`` of the positive relative to the
     *augmented* tile (640-tile pixels, :func:`augment_deltas`; the panorama sits at index
     :func:`panorama_pixel` ``(delta, sate_H)`` of the augmented aerial), ``"flip"``: bool,
-    ``"rotation"``: k quarter turns}.
+    ``"rotation"``: k quarter turns}. With ``semi_positive`` also ``"semi_satellite"`` (one of the
+    three semi-positives, drawn uniformly from the sample's Generator after the augmentation
+    draws, augmented like the positive) and ``"semi_delta"``: its (2,) deltas, augmented.
 
     ``augment`` enables a random east-west flip (p = 0.5); ``rotate`` a random rotation
     by ``90 deg * k``, k uniform in {0, 1, 2, 3}; both by :func:`data.augment.paired_augment`
@@ -108,7 +110,8 @@ class VigorPairs(Dataset):
     """
 
     def __init__(self, index: VigorIndex, sate_size=SATE_SIZE, pano_size=PANO_SIZE, augment: bool = False,
-                 rotate: bool = False, polar_files: bool = False, seed: int = 0, normalise: bool = True):
+                 rotate: bool = False, polar_files: bool = False, seed: int = 0, normalise: bool = True,
+                 semi_positive: bool = False):
         self.index = index
         self.pano_size = size_hw(pano_size, "pano_size")
         self.polar_files = bool(polar_files)
@@ -118,11 +121,13 @@ class VigorPairs(Dataset):
         self.seed = int(seed)
         self.normalise = bool(normalise)
         self.convert = converter(self.normalise)
+        self.semi_positive = bool(semi_positive)
         self.epoch = 0
         if self.rotate:
             check_rotation_sizes(self.pano_size, self.satellite_size, self.polar_files)
         if self.polar_files:
-            index.check_polar_files(np.unique(index.positive), self.satellite_size)
+            used = np.concatenate([index.positive, index.semi.reshape(-1)]) if self.semi_positive else index.positive
+            index.check_polar_files(np.unique(used), self.satellite_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -140,15 +145,21 @@ class VigorPairs(Dataset):
         satellite = _read_satellite(index, positive, self.satellite_size, self.polar_files)
         flip, k = False, 0
         delta = np.array(index.deltas[i, 0], dtype=np.float64)
+        rng = sample_rng(self.seed, self.epoch, i)
         if self.augment or self.rotate:
-            pano, satellite, params = paired_augment(pano, satellite, sample_rng(self.seed, self.epoch, i),
-                                                     flip=self.augment, rotate=self.rotate,
+            pano, satellite, params = paired_augment(pano, satellite, rng, flip=self.augment, rotate=self.rotate,
                                                      satellite_is_polar=self.polar_files)
             flip, k = bool(params["flip"]), int(params["rotation"])
             delta = augment_deltas(delta, flip, k)
-        return {"street": self.convert(pano), "satellite": self.convert(satellite), "index": i,
-                "positive": positive, "semi": torch.from_numpy(index.semi[i].copy()),
-                "delta": torch.from_numpy(delta), "flip": flip, "rotation": k}
+        sample = {"street": self.convert(pano), "satellite": self.convert(satellite), "index": i,
+                  "positive": positive, "semi": torch.from_numpy(index.semi[i].copy()),
+                  "delta": torch.from_numpy(delta), "flip": flip, "rotation": k}
+        if self.semi_positive:
+            slot = 1 + int(rng.integers(3))
+            semi = _read_satellite(index, int(index.semi[i, slot - 1]), self.satellite_size, self.polar_files)
+            sample["semi_satellite"] = self.convert(augment_satellite(semi, flip, k, self.polar_files))
+            sample["semi_delta"] = torch.from_numpy(augment_deltas(index.deltas[i, slot], flip, k))
+        return sample
 
 
 class VigorPanoramas(Dataset):

@@ -41,6 +41,8 @@ TILE_SIDE = 640
 
 SPLITS = ("train", "test")
 MODES = ("same", "cross")
+#: ``--semi_positive``: none, or VIGOR's IOU loss on one semi-positive satellite per panorama.
+SEMI_POSITIVE_LOSSES = ("none", "iou")
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -345,6 +347,12 @@ class VigorConfig:
     mining_k: int = setting(16, "mining: neighbours kept per satellite", minimum=1)
     mining_fraction: float = setting(0.5, "mining: fraction of each batch drawn from neighbours",
                                      minimum=0.0, maximum=1.0)
+    semi_positive: str = setting("none", "iou: each panorama also brings one of its semi-positive satellites, "
+                                         "whose similarity is pulled towards the IOU ratio of the two tiles "
+                                         "(VIGOR's loss)", choices=lambda: SEMI_POSITIVE_LOSSES)
+    lambda_offset: float = setting(0.01, "weight of the offset regression loss (with --regress_offset): mean over "
+                                         "panoramas of the squared error of delta / 320 summed over both axes "
+                                         "(official VIGOR: 1/100)", minimum=0.0)
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -8,7 +8,8 @@ A checkpoint is a plain dict saved with ``torch.save`` and loadable with
 ``progress`` (the running sums of a mid-epoch stop), ``best_metric``, ``rng``
 (torch/CUDA/numpy/python states), ``git`` (commit).
 
-Versions: 1 (stored the ``--resume`` path in its config), 2 (current). :func:`load_checkpoint`
+Versions: 1 (stored the ``--resume`` path in its config), 2 (no offset head, no semi-positive loss), 3
+(current). :func:`load_checkpoint`
 migrates an older checkpoint's config (:func:`helper.config.migrate_config`).
 """
 from __future__ import annotations

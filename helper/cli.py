@@ -186,8 +186,14 @@ def format_table(results: dict) -> str:
         if "hit_rate" in row:
             line += f"{row['hit_rate']:>8.2f}"
         lines.append(line)
-    if "localization" in results:
-        loc = results["localization"]
-        within = ", ".join(f"<{k} m {v:.1f}%" for k, v in loc["within_m"].items())
-        lines.append(f"localization: median {loc['median_m']:.1f} m; {within}")
+    for key, title in (("localization", "localization"), ("localization_refined", "refined by the offset")):
+        if key in results:
+            loc = results[key]
+            within = ", ".join(f"<{k} m {v:.1f}%" for k, v in loc["within_m"].items())
+            lines.append(f"{title}: median {loc['median_m']:.1f} m; {within}")
+    if "localization_top1_positive" in results:
+        hits = results["localization_top1_positive"]
+        if hits["queries"]:
+            lines.append(f"top-1 = positive ({hits['queries']} queries): median {hits['median_m']:.1f} m at the "
+                         f"centre, {hits['median_m_refined']:.1f} m refined")
     return "\n".join(lines)

@@ -142,11 +142,19 @@ def _from_version_1(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return {**defaults, **cfg}
 
 
+def _from_version_2(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Version 2 had no offset head, and VIGOR runs no semi-positive loss (nor its offset weight)."""
+    defaults = {"regress_offset": False}
+    if cfg.get("dataset") == "vigor":
+        defaults.update(semi_positive="none", lambda_offset=vigor_layout.VigorConfig.lambda_offset)
+    return {**defaults, **cfg}
+
+
 #: Version of the stored config (``config.json``'s ``version`` key, a checkpoint's ``version``).
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 #: ``{version: migration}``: a stored config of ``version`` becomes one of ``version + 1``
 #: (a config.json without ``version`` is version 1).
-MIGRATIONS = {1: _from_version_1}
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2}
 
 
 def migrate_config(cfg: Mapping[str, Any], version: int) -> Dict[str, Any]:
@@ -175,6 +183,17 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.model.polar_files and self.model.transform != "polar":
             raise UserError("--polar_files needs --transform polar (an STN learns from the raw satellite image)")
+        if self.model.regress_offset and self.dataset != "vigor":
+            raise UserError("--regress_offset learns from VIGOR's in-tile offset labels; "
+                            f"{self.dataset} has none (drop --regress_offset)")
+        if self.train.chunk_size and (self.model.regress_offset or self.semi_positive):
+            raise UserError("--chunk_size (gradient caching) does not support --regress_offset or "
+                            "--semi_positive iou yet; drop --chunk_size")
+
+    @property
+    def semi_positive(self) -> bool:
+        """Whether training adds VIGOR's semi-positive IOU loss (``--semi_positive iou``)."""
+        return getattr(self.data, "semi_positive", "none") != "none"
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], dataset: Optional[str] = None, source: Optional[str] = None,

@@ -25,12 +25,14 @@ from tqdm import tqdm
 from common.errors import UserError
 from common.fileio import lock_folder, read_jsonl, unlock, write_json_atomic, write_jsonl_atomic
 from data.tensors import normalise
+from data.vigor_layout import TILE_SIDE
 from helper import distributed
 from helper.checkpoint import (CHECKPOINT_VERSION, git_commit, load_model_state, rng_state, save_checkpoint,
                                set_rng_state)
 from helper.config import RunConfig
 from helper.log import get_logger, setup_logging
-from helper.losses import LogitScale, hard_ratio_schedule, infonce_loss, l1_guidance_loss, soft_margin_triplet_loss
+from helper.losses import (LogitScale, hard_ratio_schedule, infonce_loss, l1_guidance_loss, offset_regression_loss,
+                           semi_positive_iou_loss, soft_margin_triplet_loss)
 from helper.metrics import format_recalls
 
 
@@ -145,6 +147,10 @@ class Objective:
 
     ``logit_scale``: InfoNCE's learned temperature (a :class:`helper.losses.LogitScale`,
     optimised with the model and saved as the checkpoint's ``objective``); None for triplets.
+    ``semi_positive``: add VIGOR's semi-positive IOU loss (the batch carries ``semi_satellite``
+    images and ``delta`` / ``semi_delta`` labels); ``lambda_offset``: weight of the offset
+    regression of a model with an offset head (0 = none); ``tile_side``: the side of the tiles
+    the deltas are measured in.
     """
 
     lambda_sm: float
@@ -153,12 +159,17 @@ class Objective:
     loss: str = "triplet"
     label_smoothing: float = 0.0
     logit_scale: Optional[LogitScale] = None
+    semi_positive: bool = False
+    lambda_offset: float = 0.0
+    tile_side: float = TILE_SIDE
 
     @classmethod
     def of(cls, run: RunConfig) -> "Objective":
         infonce = run.train.loss == "infonce"
+        lambda_offset = run.data.lambda_offset if run.model.regress_offset else 0.0
         return cls(run.train.lambda_sm, run.model.lambda_l1, run.train.amp, run.train.loss,
-                   run.train.label_smoothing or 0.0, LogitScale() if infonce else None)
+                   run.train.label_smoothing or 0.0, LogitScale() if infonce else None, run.semi_positive,
+                   lambda_offset)
 
     def parameters(self) -> list:
         return [] if self.logit_scale is None else list(self.logit_scale.parameters())
@@ -184,15 +195,36 @@ def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env:
     """The training objective of one batch: (total, retrieval loss, l1 or None) on the global batch."""
     street = move_images(batch, "street", env.device)
     satellite = move_images(batch, "satellite", env.device)
+    if objective.semi_positive:  # one forward pass: the positives, then the semi-positives
+        satellite = torch.cat([satellite, move_images(batch, "semi_satellite", env.device)])
     with distributed.autocast(env.device, objective.amp):
         street_desc, sat_desc, aux = model(street, satellite, return_aux=True)
+    b = street_desc.shape[0]
     street_all = distributed.gather_with_grad(street_desc.float())
-    sat_all = distributed.gather_with_grad(sat_desc.float())
+    sat_all = distributed.gather_with_grad(sat_desc[:b].float() if objective.semi_positive else sat_desc.float())
     retrieval = retrieval_loss(objective, street_all, sat_all, hard_ratio)
+    total = retrieval
+    if objective.semi_positive or objective.lambda_offset:
+        total = total + _offset_terms(objective, street_desc, sat_desc, aux, batch)
     l1 = _l1(objective, aux)
     if l1 is not None:
-        return retrieval + objective.lambda_l1 * l1, retrieval, l1
-    return retrieval, retrieval, l1
+        return total + objective.lambda_l1 * l1, retrieval, l1
+    return total, retrieval, l1
+
+
+def _offset_terms(objective: Objective, street_desc, sat_desc, aux: dict, batch: dict) -> torch.Tensor:
+    """VIGOR's semi-positive IOU loss and the weighted offset regression of this process's pairs
+    (per-pair means: DDP's gradient averaging makes them the global batch's means)."""
+    b, device = street_desc.shape[0], street_desc.device
+    delta = batch["delta"].to(device, torch.float32)
+    total = street_desc.new_zeros((), dtype=torch.float32)
+    if objective.semi_positive:
+        total = total + semi_positive_iou_loss(street_desc.float(), sat_desc[:b].float(), sat_desc[b:].float(),
+                                               delta, batch["semi_delta"].to(device, torch.float32), objective.tile_side)
+    if objective.lambda_offset:
+        target = delta / (objective.tile_side / 2)
+        total = total + objective.lambda_offset * offset_regression_loss(aux["offset"].float(), target)
+    return total
 
 
 def backward_in_chunks(objective: Objective, model, batch: dict, env, hard_ratio: Optional[float], chunk: int,

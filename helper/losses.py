@@ -1,6 +1,7 @@
 """Training losses: SAFA's soft-margin weighted triplet loss (with in-batch hard-negative mining),
-its hard-ratio schedule, symmetric InfoNCE (Sample4Geo) with a learnable logit scale, and the
-L1 guidance of an STN output towards the polar image.
+its hard-ratio schedule, symmetric InfoNCE (Sample4Geo) with a learnable logit scale, the
+L1 guidance of an STN output towards the polar image, and VIGOR's semi-positive IOU loss and
+in-tile offset regression.
 
 All losses are pure functions of the tensors they get (no state, no process-group calls): under
 DDP the engine all-gathers the descriptors (with gradients) and calls the same function on the
@@ -16,8 +17,8 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 
-__all__ = ["LogitScale", "hard_ratio_schedule", "infonce_loss", "l1_guidance_loss", "num_hard_triplets",
-           "soft_margin_triplet_loss"]
+__all__ = ["LogitScale", "hard_ratio_schedule", "infonce_loss", "iou_score", "l1_guidance_loss",
+           "num_hard_triplets", "offset_regression_loss", "semi_positive_iou_loss", "soft_margin_triplet_loss"]
 
 #: Toker et al.'s hard-negative ratio schedule (the default for ImageNet-pretrained runs).
 DEFAULT_HARD_RATIOS = (1.0, 0.1, 0.05, 0.01)
@@ -176,3 +177,46 @@ def infonce_loss(street: torch.Tensor, satellite: torch.Tensor, logit_scale: tor
         target = torch.arange(street.shape[0], device=street.device)
         return 0.5 * (F.cross_entropy(logits, target, label_smoothing=label_smoothing)
                       + F.cross_entropy(logits.t(), target, label_smoothing=label_smoothing))
+
+
+def iou_score(delta: torch.Tensor, tile_side: float) -> torch.Tensor:
+    """VIGOR's IOU score of a tile for a panorama (``distance_score(mode='IOU')`` of the official code).
+
+    ``delta`` ``... x 2`` label deltas ``(d0, d1)`` in pixels of a tile of side ``tile_side``
+    (VIGOR: 640); ``IOU(d) = 1 / (1 - (1 - |d0|/L) (1 - |d1|/L) / 2) - 1``: the overlap of the
+    tile with the tile centred on the panorama over their union (1 at the centre). It depends on
+    ``|d|`` only, so flips and quarter turns leave it unchanged.
+    """
+    overlap = (1.0 - delta[..., 0].abs() / tile_side) * (1.0 - delta[..., 1].abs() / tile_side)
+    return 1.0 / (1.0 - overlap / 2.0) - 1.0
+
+
+#: VIGOR's scale of the semi-positive loss (``mean(error ** 2) / 10``).
+SEMI_POSITIVE_SCALE = 0.1
+
+
+def semi_positive_iou_loss(street: torch.Tensor, positive: torch.Tensor, semi: torch.Tensor,
+                           positive_delta: torch.Tensor, semi_delta: torch.Tensor,
+                           tile_side: float) -> torch.Tensor:
+    """VIGOR's semi-positive loss: ``mean((sim_semi / sim_pos - r) ** 2) / 10``.
+
+    ``street``, ``positive``, ``semi``: B x D L2-normalised descriptors of each panorama, its
+    positive and one of its semi-positive satellites; ``sim`` is the dot product of a row pair;
+    ``r = IOU(semi_delta) / IOU(positive_delta)`` (:func:`iou_score`, deltas B x 2 in pixels of
+    a tile of side ``tile_side``), a constant target. Float32 (float64 stays float64), autocast off.
+    """
+    dtype = _compute_dtype(street, positive, semi)
+    with torch.autocast(device_type=street.device.type, enabled=False):
+        s = street.to(dtype)
+        ratio = (iou_score(semi_delta.to(dtype), tile_side) / iou_score(positive_delta.to(dtype), tile_side)).detach()
+        error = (s * semi.to(dtype)).sum(1) / (s * positive.to(dtype)).sum(1) - ratio
+        return SEMI_POSITIVE_SCALE * (error * error).mean()
+
+
+def offset_regression_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the squared error summed over both axes (B x 2 inputs; VIGOR's
+    delta loss before its 1/100 weight). Float32 (float64 stays float64), autocast off."""
+    dtype = _compute_dtype(predicted, target)
+    with torch.autocast(device_type=predicted.device.type, enabled=False):
+        error = predicted.to(dtype) - target.to(dtype)
+        return (error * error).sum(1).mean()

@@ -18,6 +18,7 @@ from helper.config import RunConfig
 from helper.engine import extract_features
 from helper.log import get_logger
 from helper.metrics import evaluate_retrieval
+from data.vigor_layout import TILE_SIDE
 
 VISUAL_SAMPLES = 4
 #: A training plan that leaves out more than this share of the panoramas is logged.
@@ -55,6 +56,8 @@ class Task(Protocol):
 
 
 RETRIEVAL_KEYS = ("street_to_satellite", "satellite_to_street", "top1p_k")
+#: Results of a model with an offset head (:func:`helper.offsets.refined_localization`).
+REFINED_KEYS = ("localization_refined", "localization_top1_positive")
 
 
 def _stack(samples: list) -> dict:
@@ -153,7 +156,8 @@ class VigorTask:
         model = run.model
         return VigorPairs(self._index(run, split), sate_size=model.sate_size, pano_size=model.pano_size,
                           augment=train and run.train.augment, rotate=train and run.train.rotate,
-                          polar_files=model.polar_files, seed=run.train.seed, normalise=False)
+                          polar_files=model.polar_files, seed=run.train.seed, normalise=False,
+                          semi_positive=train and run.semi_positive)
 
     def _satellites(self, run: RunConfig, split: str):
         from data.vigor import VigorSatellites
@@ -207,15 +211,23 @@ class VigorTask:
                                      workers, desc="satellites")["satellite"]
         positive = torch.as_tensor(index.positive, dtype=torch.long)
         semi = torch.as_tensor(index.semi, dtype=torch.long)
-        results = evaluate_retrieval(street.to(env.device), satellite.to(env.device), positive.to(env.device),
+        street, satellite = street.to(env.device), satellite.to(env.device)
+        offsets = run.model.regress_offset
+        results = evaluate_retrieval(street, satellite, positive.to(env.device),
                                      top1p=run.train.top1p, semi_positive=semi.to(env.device),
                                      street_latlon=index.street_gps, satellite_latlon=index.satellite_gps,
-                                     progress=env.is_main)
+                                     return_top1=offsets, progress=env.is_main)
+        if offsets:
+            from helper.offsets import predict_offsets, refined_localization
+
+            top1 = results.pop("top1")
+            offset = predict_offsets(distributed.unwrap(model), street, satellite, top1) * (TILE_SIDE / 2)
+            results.update(refined_localization(index, top1, offset.cpu().numpy()))
         split = "same_area_balanced_test" if run.data.mode == "same" else "pano_label_balanced"
         return {"split": split, "mode": run.data.mode, "cities": list(run.data.split_cities("test")), **results}
 
     def metrics_row(self, results: dict) -> dict:
-        return {key: results[key] for key in RETRIEVAL_KEYS + ("localization",)}
+        return {key: results[key] for key in RETRIEVAL_KEYS + ("localization",) + REFINED_KEYS if key in results}
 
     def visual_batch(self, run: RunConfig) -> dict:
         dataset = self._pairs(run, "test", train=False)

@@ -50,6 +50,9 @@ class ModelConfig:
                             choices=lambda: STN_INITS)
     lambda_l1: float = setting(0.0, "weight of the L1 loss pulling the STN output towards the polar image "
                                     "(STN transforms only; 0 = off)", minimum=0.0)
+    regress_offset: bool = setting(False, "VIGOR: an MLP on the street and satellite descriptors (hidden 512) "
+                                          "regresses where inside the tile the panorama was taken (VIGOR's "
+                                          "SAFA_delta); refines the metre-level localisation")
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -15,6 +15,7 @@ from torch import nn
 from common.errors import UserError
 from models.backbones import build_backbone, feature_shape
 from models.heads import HEADS
+from models.offset import OffsetHead
 from models.polar import PolarTransform
 from models.transforms import build_transform
 
@@ -27,7 +28,8 @@ class SAFAModel(nn.Module):
     ``satellite_backbone`` (the same module with ``shared_backbone``), ``street_attention`` and
     ``satellite_attention`` (the descriptor heads of :data:`HEADS`: SAFA's or a global pool) and, for L1
     guidance (STN transform with ``lambda_l1 > 0``), ``polar_target`` (a fixed
-    :class:`PolarTransform`, no parameters). ``descriptor_dim`` is the descriptor length.
+    :class:`PolarTransform`, no parameters), with ``regress_offset`` ``offset_head`` (a
+    :class:`models.offset.OffsetHead`; else None). ``descriptor_dim`` is the descriptor length.
     Both branches' backbones see ``pano_size`` images (every block outputs that size), so
     both heads are sized from the backbone's feature map at ``pano_size`` (found by a
     meta-device dummy forward at build time).
@@ -37,7 +39,9 @@ class SAFAModel(nn.Module):
     None. Returns ``(street_desc, sat_desc)`` (``B x D`` float32, L2-normalised, None
     for a None input), plus with ``return_aux`` a dict ``{"transformed": B x 3 x Hp x Wp
     block output or None, "polar_target": polar image of the same satellite batch
-    (computed without grad) or None}``.
+    (computed without grad) or None}``, with an offset head also ``"offset"``: the ``B x 2``
+    normalised delta of each pair (street i, satellite i), or None. The satellite batch may be
+    longer than the street batch (training appends semi-positives); its first B are the pairs.
     """
 
     def __init__(self, cfg: "ModelConfig") -> None:
@@ -57,6 +61,7 @@ class SAFAModel(nn.Module):
         self.polar_target = (
             PolarTransform(cfg.sate_size, cfg.pano_size, polar_files=cfg.polar_files) if cfg.l1_guidance else None
         )
+        self.offset_head = OffsetHead(self.descriptor_dim) if cfg.regress_offset else None
 
     def _check(self, images: torch.Tensor, expected: Tuple[int, int], name: str) -> None:
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != expected:
@@ -88,4 +93,13 @@ class SAFAModel(nn.Module):
         if not return_aux:
             return street_desc, sat_desc
         aux: Dict[str, Optional[torch.Tensor]] = {"transformed": transformed, "polar_target": polar_target}
+        if self.offset_head is not None:
+            both = street_desc is not None and sat_desc is not None
+            aux["offset"] = self.predict_offset(street_desc, sat_desc[:street_desc.shape[0]]) if both else None
         return street_desc, sat_desc, aux
+
+    def predict_offset(self, street_desc: torch.Tensor, sat_desc: torch.Tensor) -> torch.Tensor:
+        """The offset head on descriptor pairs (B x D each): ``B x 2`` normalised deltas."""
+        if self.offset_head is None:
+            raise ValueError("this model has no offset head (built without regress_offset)")
+        return self.offset_head(street_desc, sat_desc)

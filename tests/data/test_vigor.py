@@ -566,3 +566,27 @@ def test_uint8_output_normalises_to_the_float_output(tmp_path):
     a, b = loader(VigorPairs(index, **pairs_kw)), loader(VigorPairs(index, normalise=False, **pairs_kw))
     assert b["satellite"].dtype == torch.uint8 and b["satellite"].shape == (3, 3, 32, 32)
     assert torch.equal(normalise(b["satellite"]), a["satellite"]) and torch.equal(normalise(b["street"]), a["street"])
+
+
+def test_pairs_with_a_semi_positive_augment_it_like_the_positive(tmp_path):
+    """The semi-positive is one of the three, read and augmented with the positive's decisions (which do
+    not change), its deltas transformed alike."""
+    from data.augment import augment_satellite
+
+    make_vigor(tmp_path)
+    index = VigorIndex(str(tmp_path), ("NewYork", "Seattle"), "train", "same")
+    options = dict(sate_size=(32, 32), pano_size=(8, 32), augment=True, rotate=True, seed=3)
+    plain, semi = VigorPairs(index, **options), VigorPairs(index, **options, semi_positive=True)
+    slots = set()
+    for i in range(len(plain)):
+        a, b = plain[i], semi[i]
+        assert set(b) - set(a) == {"semi_satellite", "semi_delta"}
+        assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+        matches = [slot for slot in (1, 2, 3) if torch.equal(b["semi_satellite"], to_tensor(augment_satellite(
+            read_image(index.satellite_file(index.semi[i, slot - 1]), (32, 32)), b["flip"], b["rotation"])))]
+        assert matches
+        slot = matches[0]
+        np.testing.assert_array_equal(b["semi_delta"].numpy(),
+                                      augment_deltas(index.deltas[i, slot], b["flip"], b["rotation"]))
+        slots.add(slot)
+    assert len(slots) > 1

@@ -13,10 +13,16 @@ CFG = {"transform": "polar", "backbone": "tiny", "pretrained": False, "sate_size
 STEPS, PER_RANK = 3, 4
 
 
-def _batches(world_batch: int):
+def _batches(world_batch: int, vigor: bool = False):
+    """Random batches; ``vigor`` adds semi-positive images and label deltas."""
     generator = torch.Generator().manual_seed(1)
-    return [{"street": torch.randn(world_batch, 3, 32, 96, generator=generator),
-             "satellite": torch.randn(world_batch, 3, 48, 48, generator=generator)} for _ in range(STEPS)]
+    batches = [{"street": torch.randn(world_batch, 3, 32, 96, generator=generator),
+                "satellite": torch.randn(world_batch, 3, 48, 48, generator=generator)} for _ in range(STEPS)]
+    for batch in batches if vigor else ():
+        batch.update(semi_satellite=torch.randn(world_batch, 3, 48, 48, generator=generator),
+                     delta=torch.rand(world_batch, 2, generator=generator) * 320 - 160,
+                     semi_delta=torch.rand(world_batch, 2, generator=generator) * 640 - 320)
+    return batches
 
 
 def _train(env, rank: int, world_size: int, loss_name: str = "triplet", chunk: int = 0):
@@ -25,12 +31,14 @@ def _train(env, rank: int, world_size: int, loss_name: str = "triplet", chunk: i
     from helper.losses import LogitScale
     from models import build_model
 
+    vigor = loss_name == "vigor"  # the triplet loss with VIGOR's semi-positive and offset terms
     torch.manual_seed(0)
-    model = distributed.wrap_model(build_model(CFG), env)
-    objective = Objective(lambda_sm=10.0, lambda_l1=0.0, amp="none", loss=loss_name, label_smoothing=0.1,
-                          logit_scale=LogitScale() if loss_name == "infonce" else None)
+    model = distributed.wrap_model(build_model({**CFG, "regress_offset": vigor}), env)
+    objective = Objective(lambda_sm=10.0, lambda_l1=0.0, amp="none", loss="triplet" if vigor else loss_name,
+                          label_smoothing=0.1, logit_scale=LogitScale() if loss_name == "infonce" else None,
+                          semi_positive=vigor, lambda_offset=1.0 if vigor else 0.0)
     optimizer = torch.optim.SGD(list(model.parameters()) + objective.parameters(), lr=0.5)
-    for batch in _batches(PER_RANK * 2):
+    for batch in _batches(PER_RANK * 2, vigor):
         local = {k: v[rank * PER_RANK * 2 // world_size:(rank + 1) * PER_RANK * 2 // world_size]
                  for k, v in batch.items()}
         optimizer.zero_grad()
@@ -66,14 +74,15 @@ def _free_port() -> int:
 
 
 # chunk 2 of each rank's 4 samples: gradient caching under DDP equals one unchunked process
-@pytest.mark.parametrize("loss_name, chunk", [("triplet", 0), ("infonce", 0), ("triplet", 2), ("infonce", 2)])
+@pytest.mark.parametrize("loss_name, chunk", [("triplet", 0), ("infonce", 0), ("vigor", 0), ("triplet", 2),
+                                              ("infonce", 2)])
 def test_two_processes_equal_one_process_on_the_joined_batch(tmp_path, loss_name, chunk):
     out = str(tmp_path / "ddp.pth")
     mp.spawn(_worker, args=(2, _free_port(), out, loss_name, chunk), nprocs=2, join=True)
     ddp_state = torch.load(out, weights_only=True)
     assert torch.equal(ddp_state.pop("gathered"), torch.arange(5.0)[:, None] * 10)
     single = _train(distributed.DistEnv(0, 1, 0, torch.device("cpu")), 0, 1, loss_name)
-    initial = {**_initial_state(), "logit_scale": torch.tensor(math.log(1 / 0.07))}
+    initial = {**_initial_state(loss_name == "vigor"), "logit_scale": torch.tensor(math.log(1 / 0.07))}
     for key, value in single.items():
         assert torch.allclose(ddp_state[key], value, atol=1e-6, rtol=1e-5), key
         # the comparison is about trained weights: SGD (unlike Adam) also catches a wrong gradient scale
@@ -81,11 +90,11 @@ def test_two_processes_equal_one_process_on_the_joined_batch(tmp_path, loss_name
         assert (value - initial[key]).abs().max() > (1e-4 if loss_name == "triplet" else 2e-5), key
 
 
-def _initial_state():
+def _initial_state(regress_offset: bool = False):
     from models import build_model
 
     torch.manual_seed(0)
-    return build_model(CFG).state_dict()
+    return build_model({**CFG, "regress_offset": regress_offset}).state_dict()
 
 
 def test_gather_by_index_single_process_orders_rows():
