@@ -94,15 +94,33 @@ class CVUSA(Dataset):
     def polar_file(self, i: int) -> str:
         return os.path.join(self.data_root, self.polar_paths[i])
 
+    def read_satellite(self, index: int):
+        """The satellite input of pair ``index`` (the aerial or its polar image), H x W x 3 uint8."""
+        source = self.polar_file(index) if self.polar_files else self.satellite_file(index)
+        return read_image(source, self.satellite_size, square=not self.polar_files, min_side=MIN_IMAGE_SIDE)
+
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         if index < 0:
             index += len(self.pairs)
         street = read_image(self.street_file(index), self.pano_size, min_side=MIN_IMAGE_SIDE)
-        source = self.polar_file(index) if self.polar_files else self.satellite_file(index)
-        satellite = read_image(source, self.satellite_size, square=not self.polar_files, min_side=MIN_IMAGE_SIDE)
+        satellite = self.read_satellite(index)
         if self.augment or self.rotate:
             street, satellite, _ = paired_augment(street, satellite, sample_rng(self.seed, self.epoch, index),
                                                   flip=self.augment, rotate=self.rotate,
                                                   satellite_is_polar=self.polar_files)
         return {"street": self.convert(street), "satellite": self.convert(satellite), "index": index}
+
+
+class CVUSASatellites(Dataset):
+    """The satellites of a :class:`CVUSA` split alone, never augmented: ``{"satellite", "index"}``
+    (for embedding the training satellites without reading their panoramas)."""
+
+    def __init__(self, pairs: CVUSA) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"satellite": self.pairs.convert(self.pairs.read_satellite(int(index))), "index": int(index)}

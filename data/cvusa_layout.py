@@ -6,12 +6,19 @@ Layout under ``data_root`` (docs/datasets.md)::
     bingmap/19/<id>.jpg                             aerial, 750 x 750, north up
     streetview/panos/<id>.jpg                       panorama, 1232 x 224, north at column W/2
     polarmap/19/<id>.png                            polar aerials (python -m data.convert_polar)
+
+Optional, for ``--sampling gps``: a GPS CSV (``--gps_csv``, e.g. ``gps.csv`` of the synthetic
+world) with the header ``id,lat,lon`` and one row per pair: ``id`` is the aerial's file stem
+(``0000001`` for ``bingmap/19/0000001.jpg``; numeric ids compare as numbers), ``lat`` /
+``lon`` in degrees.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from common.errors import UserError
 from common.settings import check_settings, setting
@@ -149,6 +156,68 @@ def resolve_csv(data_root: str, csv: str) -> str:
     return path
 
 
+GPS_HEADER = "id,lat,lon"
+
+
+def _gps_key(ident: str) -> str:
+    """An id as compared: numeric ids as numbers (``0000001`` == ``1``)."""
+    return str(int(ident)) if ident.isdigit() else ident
+
+
+def read_gps_csv(path: str) -> Dict[str, Tuple[float, float]]:
+    """``{id: (lat, lon)}`` of a GPS CSV (see the module doc); ids as :func:`_gps_key` compares them.
+
+    The header ``id,lat,lon`` is optional; blank lines are skipped. A :class:`UserError` naming
+    ``path:line`` refuses a row that is not three fields, a latitude outside [-90, 90] or a
+    longitude outside [-180, 180] or not a number, and an id listed twice; so does a missing file.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"--gps_csv file not found: {path}; pass a CSV of 'id,lat,lon' rows (relative to "
+                        f"--data_root or absolute)") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"cannot read --gps_csv file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    positions: Dict[str, Tuple[float, float]] = {}
+    first: Dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
+        fields = [field.strip() for field in line.strip().split(",")]
+        if fields == [""] or (not positions and not first and ",".join(fields).lower() == GPS_HEADER):
+            continue
+        try:
+            if len(fields) != 3 or not fields[0]:
+                raise ValueError
+            lat, lon = float(fields[1]), float(fields[2])
+            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+                raise ValueError
+        except ValueError:
+            raise UserError(f"{path}:{number}: expected '{GPS_HEADER}' with latitude in [-90, 90] and longitude "
+                            f"in [-180, 180] degrees, got {line.strip()!r}") from None
+        key = _gps_key(fields[0])
+        if key in first:
+            raise UserError(f"{path}:{number}: id {fields[0]} is listed again (first at line {first[key]}); "
+                            f"each pair has one position: delete the repeated row")
+        first[key] = number
+        positions[key] = (lat, lon)
+    return positions
+
+
+def pair_positions(path: str, aerial_rels: Sequence[str], split_csv: str) -> np.ndarray:
+    """(N, 2) latitude, longitude of the pairs whose aerials are ``aerial_rels`` (the rows of
+    ``split_csv``), from the GPS CSV ``path``; a pair without a row is a :class:`UserError`."""
+    positions = read_gps_csv(path)
+    out = np.empty((len(aerial_rels), 2), dtype=np.float64)
+    for row, aerial in enumerate(aerial_rels):
+        ident = os.path.splitext(os.path.basename(aerial))[0]
+        position = positions.get(_gps_key(ident))
+        if position is None:
+            raise UserError(f"--gps_csv {path} has no row for id {ident} (aerial {aerial}, {split_csv} line "
+                            f"{row + 1}); every training pair needs one: add it, or train without --sampling gps")
+        out[row] = position
+    return out
+
+
 #: Model input sizes (H, W) on CVUSA: SAFA's and Toker et al.'s (raw aerial, panorama = polar image).
 SATE_SIZE = (256, 256)
 PANO_SIZE = (112, 616)
@@ -164,6 +233,17 @@ class CVUSAConfig:
     train_csv: str = setting(DEFAULT_TRAIN_CSV, "training split, relative to data_root")
     val_csv: str = setting(DEFAULT_VAL_CSV, "evaluation split, relative to data_root (the literature's test split)",
                            evaluation=True)
+    gps_csv: Optional[str] = setting(None, "positions of the training pairs for --sampling gps: a CSV of "
+                                           "'id,lat,lon' rows (id = the aerial's file stem), relative to data_root; "
+                                           "the synthetic world writes gps.csv", default_text="none")
 
     def __post_init__(self) -> None:
         check_settings(self)
+
+    def check_sampling(self, sampling: str) -> None:
+        """The batch sampling's data needs: ``gps`` reads ``--gps_csv``, nothing else does."""
+        if sampling == "gps" and self.gps_csv is None:
+            raise UserError("--sampling gps on CVUSA needs the pairs' positions: pass --gps_csv FILE (a CSV of "
+                            "'id,lat,lon' rows, relative to --data_root; the synthetic world writes gps.csv)")
+        if sampling != "gps" and self.gps_csv is not None:
+            raise UserError("--gps_csv is read by --sampling gps only; drop it or pass --sampling gps")

@@ -1,4 +1,4 @@
-"""Samplers: distributed shuffling, VIGOR conflict-free batches, hard-negative neighbours.
+"""Samplers: distributed shuffling, conflict-free batches of neighbours, nearest-neighbour tables.
 
 Every order is a function of ``(seed, epoch)`` only (``numpy.random.default_rng([seed,
 epoch])``), so all ranks of a distributed run build the same global order and each
@@ -81,17 +81,24 @@ class EpochPlan(NamedTuple):
 
 
 class VigorBatchSampler(Sampler[List[int]]):
-    """Batches of VIGOR training panoramas with no shared satellite in any global batch.
+    """Batches of training pairs with no shared satellite in any global batch (VIGOR's rule),
+    optionally grouped around neighbours (hard-negative mining, GPS or similarity sampling).
+
+    CVUSA uses it too for ``--sampling gps|similarity``: pair ``i`` is panorama ``i`` with
+    satellite ``i`` and no semi-positives, so nothing conflicts.
 
     Args:
         positive: (N,) global satellite index of each panorama's positive.
-        semi: (N, 3) semi-positive satellite indices (negative values are ignored).
+        semi: (N, 3) semi-positive satellite indices (negative values are ignored); None or
+            an empty array for none.
         batch_size: panoramas per rank; a global batch holds ``world_size * batch_size``.
         seed, rank, world_size: every rank must pass the same seed and data.
         drop_last: drop the final global batch the greedy procedure cannot complete
             (required when ``world_size > 1`` so every rank gets full, equal batches).
         mining_fraction: with :meth:`set_hard_neighbours`, the share of each global batch
             filled with panoramas whose positives are hard neighbours (see below).
+        neighbour_select: with :meth:`set_batch_neighbours`, how many neighbours each anchor
+            draws (see below).
 
     Guarantees for every epoch (see :meth:`plan`):
 
@@ -101,9 +108,10 @@ class VigorBatchSampler(Sampler[List[int]]):
       once (the last batches may then be smaller); with ``drop_last=True`` every emitted
       global batch is full and the panoramas left out (``plan().dropped``) are exactly those
       remaining when the random order is exhausted and one greedy pass over all remaining
-      panoramas cannot complete a batch (with VIGOR's sparse overlaps, fewer than a batch);
+      panoramas cannot complete a batch (with VIGOR's sparse overlaps, fewer than a batch;
+      without conflicts, the last ``N mod global batch``);
     * rank ``r`` receives ``global_batch[r * batch_size:(r + 1) * batch_size]``;
-    * the batches depend only on ``(seed, epoch)`` and the hard neighbours.
+    * the batches depend only on ``(seed, epoch)`` and the neighbour tables.
 
     Greedy construction, O(N) per epoch when conflicts are rare: walk a random permutation;
     a panorama that conflicts with the batch being built goes to a deferred queue, which is
@@ -114,13 +122,21 @@ class VigorBatchSampler(Sampler[List[int]]):
     satellites already in the batch (most similar first), the unused panorama whose positive
     is that neighbour is added when conflict-free, up to ``round(mining_fraction * global
     batch)`` panoramas; the rest is filled as without mining.
+
+    Neighbour batches (after :meth:`set_batch_neighbours`, Sample4Geo's GPS and similarity
+    sampling): every panorama taken from the random order is an *anchor*; right after it, of
+    the neighbours of its positive satellite (a pool, nearest first), the nearest
+    ``neighbour_select // 2`` and then a random draw of the remaining ``neighbour_select -
+    neighbour_select // 2`` from the rest of the pool are visited in that order, and for each
+    the unused panorama whose positive it is joins when conflict-free, until the batch is
+    full; then the next anchor. The draws come from a generator of ``(seed, epoch)``.
     """
 
     def __init__(self, positive, semi, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = True, mining_fraction: float = 0.5):
+                 drop_last: bool = True, mining_fraction: float = 0.5, neighbour_select: int = 0):
         positive = np.asarray(positive, dtype=np.int64).reshape(-1)
-        semi = np.asarray(semi, dtype=np.int64)
-        semi = semi.reshape(len(positive), -1) if len(positive) else semi.reshape(0, 3)
+        semi = np.asarray([] if semi is None else semi, dtype=np.int64)
+        semi = semi.reshape(len(positive), -1) if semi.size else semi.reshape(len(positive), 0)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         _check_rank(rank, world_size)
@@ -129,6 +145,8 @@ class VigorBatchSampler(Sampler[List[int]]):
                              "(every rank must receive full batches)")
         if not 0.0 <= mining_fraction <= 1.0:
             raise ValueError(f"mining_fraction must be in [0, 1], got {mining_fraction}")
+        if neighbour_select < 0:
+            raise ValueError(f"neighbour_select must be >= 0, got {neighbour_select}")
         if drop_last and len(positive) < batch_size * world_size:
             raise UserError(f"--batch_size {batch_size} x {world_size} process(es) = {batch_size * world_size} "
                             f"panoramas per global batch, but the training split has only {len(positive)}; "
@@ -138,6 +156,7 @@ class VigorBatchSampler(Sampler[List[int]]):
         self.rank, self.world_size, self.drop_last = int(rank), int(world_size), bool(drop_last)
         self.global_batch_size = self.batch_size * self.world_size
         self.mining_fraction = float(mining_fraction)
+        self.neighbour_select = int(neighbour_select)
         self.epoch = 0
         all_sats = np.concatenate([positive[:, None], semi], axis=1)
         self._sats = [tuple(int(s) for s in row if s >= 0) for row in all_sats.tolist()]
@@ -146,34 +165,58 @@ class VigorBatchSampler(Sampler[List[int]]):
         self._by_pos = np.argsort(positive, kind="stable")
         self._starts = np.searchsorted(positive[self._by_pos], np.arange(num_sats + 1))
         self._num_sats = num_sats
-        self._neighbours: Optional[np.ndarray] = None
+        self._neighbours: Optional[np.ndarray] = None  # mining
+        self._batch_neighbours: Optional[np.ndarray] = None  # neighbour batches
+        self._persistent = True  # whether state_dict holds _batch_neighbours
         self._cache: Optional[tuple] = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _table(self, neighbours) -> Optional[np.ndarray]:
+        """A satellite -> neighbours table as an M x K int64 array (M >= the satellites), or None."""
+        self._cache = None
+        if neighbours is None:
+            return None
+        if isinstance(neighbours, torch.Tensor):
+            neighbours = neighbours.detach().cpu().numpy()
+        neighbours = np.asarray(neighbours, dtype=np.int64)
+        if neighbours.ndim != 2 or neighbours.shape[0] < self._num_sats:
+            raise ValueError(f"neighbours must be M x K with M >= {self._num_sats} satellites, "
+                             f"got shape {neighbours.shape}")
+        return neighbours
+
     def set_hard_neighbours(self, neighbours) -> None:
         """Enable mining with ``neighbours`` M x K (satellite -> its K most similar others,
         -1 padding), e.g. :func:`topk_neighbours` of the satellite descriptors; ``None``
         disables it. All ranks must set the same array."""
-        if neighbours is None:
-            self._neighbours = None
-        else:
-            if isinstance(neighbours, torch.Tensor):
-                neighbours = neighbours.detach().cpu().numpy()
-            neighbours = np.asarray(neighbours, dtype=np.int64)
-            if neighbours.ndim != 2 or neighbours.shape[0] < self._num_sats:
-                raise ValueError(f"neighbours must be M x K with M >= {self._num_sats} satellites, "
-                                 f"got shape {neighbours.shape}")
-            self._neighbours = neighbours
-        self._cache = None
+        self._neighbours = self._table(neighbours)
+
+    def set_batch_neighbours(self, neighbours, persistent: bool = True) -> None:
+        """Enable neighbour batches with the pool table ``neighbours`` M x P (satellite -> its
+        P nearest others, nearest first, -1 padding), e.g. :func:`topk_neighbours` of satellite
+        descriptors or :func:`gps_vectors`; ``None`` disables them. ``persistent``: whether
+        :meth:`state_dict` stores the table (False for one rebuilt identically from the data,
+        such as GPS). All ranks must set the same array."""
+        if neighbours is not None and not self.neighbour_select:
+            raise ValueError("neighbour batches need neighbour_select >= 1")
+        self._batch_neighbours = self._table(neighbours)
+        self._persistent = bool(persistent)
 
     def state_dict(self) -> dict:
-        """What a checkpoint must hold to replay the current epoch's batches (the mined neighbours)."""
-        return {} if self._neighbours is None else {"hard_neighbours": torch.from_numpy(self._neighbours)}
+        """What a checkpoint must hold to replay the current epoch's batches (the neighbour tables
+        computed during training, as int32)."""
+        state = {}
+        if self._neighbours is not None:
+            state["hard_neighbours"] = torch.from_numpy(self._neighbours)
+        if self._batch_neighbours is not None and self._persistent:
+            state["batch_neighbours"] = torch.from_numpy(self._batch_neighbours.astype(np.int32))
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.set_hard_neighbours(state.get("hard_neighbours"))
+        if "batch_neighbours" in state:
+            self.set_batch_neighbours(state["batch_neighbours"])
 
     # -- construction
     def plan(self, epoch: Optional[int] = None) -> EpochPlan:
@@ -193,6 +236,7 @@ class VigorBatchSampler(Sampler[List[int]]):
         deferred: deque = deque()
         neighbours = self._neighbours
         quota = int(round(self.mining_fraction * size)) if neighbours is not None else 0
+        draws = np.random.default_rng([self.seed, epoch, 1]) if self._batch_neighbours is not None else None
         batches: List[List[int]] = []
         pos = 0
         while True:
@@ -205,6 +249,8 @@ class VigorBatchSampler(Sampler[List[int]]):
                 used[i] = 1
                 if quota and len(batch) == 1:
                     self._mine(i, batch, taken, used, quota)
+                if draws is not None:
+                    self._group(i, batch, taken, used, draws)
 
             def offer(i: int) -> None:
                 """Add panorama ``i`` if unused and conflict-free; defer it on a conflict."""
@@ -232,11 +278,24 @@ class VigorBatchSampler(Sampler[List[int]]):
             else:
                 batches.append(batch)
 
+    def _take_with_positive(self, sat: int, batch: List[int], taken: set, used: bytearray) -> bool:
+        """Add the first unused, conflict-free panorama whose positive is ``sat``; whether one was
+        (panoramas with the same positive conflict anyway, so at most one joins)."""
+        if not 0 <= sat < self._num_sats:
+            return False
+        for p in self._by_pos[self._starts[sat]:self._starts[sat + 1]].tolist():
+            if not used[p] and taken.isdisjoint(self._sats[p]):
+                batch.append(p)
+                taken.update(self._sats[p])
+                used[p] = 1
+                return True
+        return False
+
     def _mine(self, seed_pano: int, batch: List[int], taken: set, used: bytearray, quota: int) -> None:
         """Breadth-first over hard neighbours of the batch's positives (see the class doc)."""
         size = self.global_batch_size
-        neighbours, positive, by_pos, starts = self._neighbours, self.positive, self._by_pos, self._starts
-        frontier = deque([int(positive[seed_pano])])
+        neighbours = self._neighbours
+        frontier = deque([int(self.positive[seed_pano])])
         seen = {frontier[0]}
         mined = 0
         while frontier and mined < quota and len(batch) < size:
@@ -247,16 +306,26 @@ class VigorBatchSampler(Sampler[List[int]]):
                 if other < 0 or other in seen or other >= self._num_sats:
                     continue
                 seen.add(other)
-                for p in by_pos[starts[other]:starts[other + 1]].tolist():
-                    if not used[p] and taken.isdisjoint(self._sats[p]):
-                        batch.append(p)
-                        taken.update(self._sats[p])
-                        used[p] = 1
-                        mined += 1
-                        frontier.append(other)
-                        break  # panoramas with the same positive conflict anyway
+                if self._take_with_positive(other, batch, taken, used):
+                    mined += 1
+                    frontier.append(other)
                 if mined >= quota or len(batch) >= size:
                     return
+
+    def _group(self, anchor: int, batch: List[int], taken: set, used: bytearray, draws: np.random.Generator) -> None:
+        """The anchor's drawn neighbours join the batch (see the class doc)."""
+        sat = int(self.positive[anchor])
+        if len(batch) >= self.global_batch_size or sat >= len(self._batch_neighbours):
+            return
+        pool = self._batch_neighbours[sat]
+        pool = pool[pool >= 0]
+        near = self.neighbour_select // 2
+        rest = pool[near:]
+        chosen = np.concatenate([pool[:near], rest[draws.permutation(len(rest))[:self.neighbour_select - near]]])
+        for other in chosen.tolist():
+            if len(batch) >= self.global_batch_size:
+                return
+            self._take_with_positive(other, batch, taken, used)
 
     # -- Sampler API
     def __iter__(self) -> Iterator[List[int]]:
@@ -297,3 +366,14 @@ def topk_neighbours(desc: torch.Tensor, k: int, chunk_size: int = 1024, exclude_
             sim[rows, rows + start] = float("-inf")
         out[start:stop, :kk] = sim.topk(kk, dim=1).indices
     return out
+
+
+def gps_vectors(latlon) -> torch.Tensor:
+    """(N, 2) latitude, longitude in degrees -> (N, 3) float64 unit vectors on the sphere.
+
+    Their dot product is the cosine of the great-circle angle, so :func:`topk_neighbours` of
+    them lists the geographically nearest points first (float64: at float32 precision points
+    closer than about 2 km would tie).
+    """
+    lat, lon = np.radians(np.asarray(latlon, dtype=np.float64).reshape(-1, 2)).T
+    return torch.from_numpy(np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1))

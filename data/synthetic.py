@@ -22,12 +22,14 @@ Sizes (``--size``): ``full`` = the real pixel sizes (CVUSA aerial 750 x 750, pan
 The files, names and label formats are those of the real datasets (see
 ``data/synth/layouts.py`` and docs/datasets.md); CVUSA also gets ``offsets.csv``
 (``id,dx_px,dy_px``: the camera sits at aerial pixel (row S/2 + dy_px, column S/2 + dx_px);
-x east, y south, pixels of the written aerial) and panorama annotations with 0 sky,
+x east, y south, pixels of the written aerial), ``gps.csv`` (``id,lat,lon`` of every location on
+one map where nearby places are of the same district kind; for ``--sampling gps --gps_csv
+gps.csv``) and panorama annotations with 0 sky,
 1 ground, 2 building, 3 vegetation. Output is byte-identical for a given seed, whatever
 the number of workers.
 
 Python API: :func:`generate_cvusa`, :func:`generate_vigor`, the in-memory renderers
-:func:`cvusa_pair`, :func:`plan_city`, :func:`vigor_tile`, :func:`vigor_panorama`, and the
+:func:`cvusa_pair`, :func:`cvusa_positions`, :func:`plan_city`, :func:`vigor_tile`, :func:`vigor_panorama`, and the
 scene / rendering functions re-exported below.
 """
 from __future__ import annotations
@@ -37,8 +39,8 @@ import os
 
 from common.errors import UserError, run_main
 from common.fileio import check_output_dir
-from data.synth.layouts import (CVUSA_AERIAL_M, SIZES, VIGOR_M_PER_PX, VIGOR_STRIDE_M,
-                                VIGOR_TILE_M, CityPlan, cvusa_pair, generate_cvusa, generate_vigor, gps_to_metres,
+from data.synth.layouts import (CVUSA_AERIAL_M, SIZES, VIGOR_M_PER_PX, VIGOR_STRIDE_M, VIGOR_TILE_M, CityPlan,
+                                cvusa_pair, cvusa_positions, generate_cvusa, generate_vigor, gps_to_metres,
                                 metres_to_gps, parse_cities, plan_city, tile_centre, tile_grid_origin, vigor_panorama,
                                 vigor_tile)
 from data.synth.render import (LABEL_BUILDING, LABEL_GROUND, LABEL_NAMES, LABEL_SKY, LABEL_VEGETATION,
@@ -49,7 +51,7 @@ from data.synth.scene import (Scene, add_building, add_tree, blank_scene, make_c
 from data.vigor_layout import SAME_AREA_CITIES
 
 __all__ = [
-    "generate_cvusa", "generate_vigor", "cvusa_pair", "plan_city", "vigor_tile", "vigor_panorama", "CityPlan",
+    "generate_cvusa", "generate_vigor", "cvusa_pair", "cvusa_positions", "plan_city", "vigor_tile", "vigor_panorama", "CityPlan",
     "tile_centre", "tile_grid_origin", "metres_to_gps", "gps_to_metres", "parse_cities", "SIZES", "CVUSA_AERIAL_M",
     "VIGOR_M_PER_PX", "VIGOR_TILE_M", "VIGOR_STRIDE_M", "render_aerial", "render_panorama", "panorama_angles",
     "Look", "NEUTRAL", "aerial_look", "street_look", "LABEL_SKY", "LABEL_GROUND", "LABEL_BUILDING",

@@ -361,6 +361,12 @@ class VigorConfig:
             raise UserError(f"cross-area VIGOR trains and tests on different cities, but "
                             f"{', '.join(sorted(common))} is in both --train_cities and --test_cities")
 
+    def check_sampling(self, sampling: str) -> None:
+        """``--mining`` and ``--sampling gps|similarity`` both group each batch around neighbours: one at a time."""
+        if self.mining and sampling != "random":
+            raise UserError(f"--mining and --sampling {sampling} both fill batches with neighbours; pass one: "
+                            f"--mining (part of each batch from mined similar satellites) or --sampling {sampling}")
+
     def split_cities(self, split: str) -> Tuple[str, ...]:
         """The cities of ``split`` ("train" or "test") in indexing order."""
         if self.mode == "same":

@@ -11,6 +11,7 @@ checkpoint ``config`` (every field once, under its flag name, plus ``dataset``),
 Derived defaults are resolved once, by :meth:`RunConfig.resolved`, and recorded in
 ``config.json``: ``lr`` and ``hard_ratios`` (triplet loss) follow ``pretrained`` (:data:`SCHEDULES`),
 ``label_smoothing`` is :data:`INFONCE_LABEL_SMOOTHING` for InfoNCE,
+``sampling_select`` / ``sampling_pool`` are :data:`SAMPLING_NEIGHBOURS` for GPS and similarity sampling,
 ``eval_batch_size`` is twice ``batch_size``, ``name`` is ``<dataset>_<transform>_<backbone>``.
 """
 from __future__ import annotations
@@ -31,6 +32,18 @@ AMP_MODES = ("none", "bf16", "fp16")
 LOSSES = ("triplet", "infonce")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("constant", "cosine")
+SAMPLINGS = ("random", "gps", "similarity")
+
+
+class Neighbours(NamedTuple):
+    """Neighbours drawn per anchor, out of a pool of the nearest (Sample4Geo's 64 of 128)."""
+
+    select: int
+    pool: int
+
+
+#: ``--sampling_select`` / ``--sampling_pool`` when none are given.
+SAMPLING_NEIGHBOURS = Neighbours(64, 128)
 #: InfoNCE's label smoothing when none is given (Sample4Geo's).
 INFONCE_LABEL_SMOOTHING = 0.1
 DEVICES = ("auto", "cpu", "cuda")
@@ -93,11 +106,29 @@ class TrainConfig:
                                          "to 0", choices=lambda: SCHEDULERS)
     warmup_epochs: float = setting(0.0, "linear learning-rate warm-up from 0 over this many epochs", minimum=0.0)
     chunk_size: int = setting(0, "gradient caching: the loss sees the whole batch while only this many samples "
-                                 "are embedded with gradients at once (same gradients, less memory; also under torchrun); "
-                                 "0 = off", minimum=0)
+                                 "are embedded with gradients at once (same gradients, less memory; also under "
+                                 "torchrun); 0 = off", minimum=0)
+    sampling: str = setting("random", "batch composition: random; gps = anchors from the random order, each "
+                                      "followed by geographic neighbours (CVUSA: --gps_csv, VIGOR: the file "
+                                      "names); similarity = the same with the training satellites nearest in "
+                                      "descriptor space, recomputed after every epoch (the first epoch is random) "
+                                      "(Sample4Geo)", choices=lambda: SAMPLINGS)
+    sampling_select: Optional[int] = setting(
+        None, "gps/similarity: neighbours drawn per anchor: the nearest half, then a random draw from the rest "
+              "of the pool", minimum=1, default_text=f"{SAMPLING_NEIGHBOURS.select} with --sampling gps or similarity")
+    sampling_pool: Optional[int] = setting(
+        None, "gps/similarity: the anchor's nearest neighbours drawn from (at most the training satellites)",
+        minimum=1, default_text=f"{SAMPLING_NEIGHBOURS.pool} with --sampling gps or similarity")
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.sampling == "random" and (self.sampling_select, self.sampling_pool) != (None, None):
+            raise UserError("--sampling_select and --sampling_pool apply to --sampling gps or similarity only; "
+                            "drop them or pass --sampling gps|similarity")
+        select, pool = self.sampling_neighbours()
+        if select > pool and self.sampling != "random":
+            raise UserError(f"--sampling_select {select} is more than --sampling_pool {pool}: the neighbours "
+                            f"drawn per anchor come out of the pool; lower it or raise --sampling_pool")
         if self.loss != "infonce" and self.label_smoothing is not None:
             raise UserError("--label_smoothing applies to --loss infonce only; drop it or pass --loss infonce")
         if self.loss != "triplet" and self.hard_ratios is not None:
@@ -113,6 +144,12 @@ class TrainConfig:
                             "per batch to have negatives")
         if self.amp != "none" and self.device == "cpu":
             raise UserError(f"--amp {self.amp} needs a CUDA device; drop --amp or use --device cuda")
+
+    def sampling_neighbours(self) -> Neighbours:
+        """``(select, pool)`` of GPS / similarity sampling, defaults filled in."""
+        select, pool = self.sampling_select, self.sampling_pool
+        return Neighbours(SAMPLING_NEIGHBOURS.select if select is None else select,
+                          SAMPLING_NEIGHBOURS.pool if pool is None else pool)
 
 
 #: The dataset settings class and input sizes of each dataset.
@@ -143,10 +180,13 @@ def _from_version_1(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _from_version_2(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Version 2 had no offset head, and VIGOR runs no semi-positive loss (nor its offset weight)."""
-    defaults = {"regress_offset": False}
+    """Version 2 had no offset head, only random batches, no CVUSA ``gps_csv``, and VIGOR runs
+    no semi-positive loss (nor its offset weight)."""
+    defaults = {"regress_offset": False, "sampling": "random", "sampling_select": None, "sampling_pool": None}
     if cfg.get("dataset") == "vigor":
         defaults.update(semi_positive="none", lambda_offset=vigor_layout.VigorConfig.lambda_offset)
+    if cfg.get("dataset") == "cvusa":
+        defaults["gps_csv"] = None
     return {**defaults, **cfg}
 
 
@@ -189,6 +229,7 @@ class RunConfig:
         if self.train.chunk_size and (self.model.regress_offset or self.semi_positive):
             raise UserError("--chunk_size (gradient caching) does not support --regress_offset or "
                             "--semi_positive iou yet; drop --chunk_size")
+        self.data.check_sampling(self.train.sampling)
 
     @property
     def semi_positive(self) -> bool:
@@ -243,6 +284,8 @@ class RunConfig:
             hard_ratios=schedule.hard_ratios if triplet and train.hard_ratios is None else train.hard_ratios,
             label_smoothing=(INFONCE_LABEL_SMOOTHING if not triplet and train.label_smoothing is None
                              else train.label_smoothing),
+            **({} if train.sampling == "random" else
+               dict(zip(("sampling_select", "sampling_pool"), train.sampling_neighbours()))),
             eval_batch_size=2 * train.batch_size if train.eval_batch_size is None else train.eval_batch_size,
             name=f"{self.dataset}_{self.model.transform}_{self.model.backbone}" if train.name is None else train.name)
         return dataclasses.replace(self, train=train)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Protocol
 
+import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset
 
@@ -52,7 +53,7 @@ class Task(Protocol):
         """A few evaluation pairs (``street``/``satellite`` batches) for the transform pictures."""
 
     def after_epoch(self, run: RunConfig, model, env, batch_sampler) -> None:
-        """Work between epochs (VIGOR: mine hard neighbours)."""
+        """Work between epochs (VIGOR --mining, --sampling similarity: the next epoch's neighbours)."""
 
 
 RETRIEVAL_KEYS = ("street_to_satellite", "satellite_to_street", "top1p_k")
@@ -62,6 +63,37 @@ REFINED_KEYS = ("localization_refined", "localization_top1_positive")
 
 def _stack(samples: list) -> dict:
     return {key: torch.stack([s[key] for s in samples]) for key in ("street", "satellite")}
+
+
+def _neighbour_table(vectors: torch.Tensor, k: int, env) -> torch.Tensor:
+    """Each row's ``k`` nearest other rows (:func:`data.samplers.topk_neighbours`), computed on the
+    main rank: every rank gets the same table, hence the same batches."""
+    from data.samplers import topk_neighbours
+
+    table = topk_neighbours(vectors.to(env.device), k).cpu() if env.is_main else None
+    return distributed.broadcast_object(table)
+
+
+def _satellite_neighbours(run: RunConfig, model, env, satellites, k: int) -> torch.Tensor:
+    """The ``k`` nearest training satellites of each in descriptor space (mining, similarity sampling)."""
+    desc = extract_features(model, satellites, env, ("satellite",), run.train.eval_batch_size, run.train.workers,
+                            desc="neighbours")["satellite"]
+    return _neighbour_table(desc, k, env)
+
+
+def _gps_batches(run: RunConfig, batch_sampler, latlon, env) -> None:
+    """``--sampling gps``: the sampler's neighbour pools are the nearest positions of the satellites
+    (``latlon``, one row per satellite); rebuilt from the data on resume, so not stored."""
+    from data.samplers import gps_vectors
+
+    table = _neighbour_table(gps_vectors(latlon), run.train.sampling_pool, env)
+    batch_sampler.set_batch_neighbours(table, persistent=False)
+
+
+def _similarity_batches(run: RunConfig, model, env, batch_sampler, satellites) -> None:
+    """``--sampling similarity``, after an epoch: the next epoch's pools from the training satellites
+    (stored in checkpoints: they depend on the weights of that moment)."""
+    batch_sampler.set_batch_neighbours(_satellite_neighbours(run, model, env, satellites, run.train.sampling_pool))
 
 
 class CVUSATask:
@@ -92,11 +124,22 @@ class CVUSATask:
         self._dataset(run, run.data.val_csv, train=False)
 
     def train_batch_sampler(self, run: RunConfig, dataset, env):
-        from data.samplers import DistributedShuffleSampler
+        from data.samplers import DistributedShuffleSampler, VigorBatchSampler
 
-        sampler = DistributedShuffleSampler(len(dataset), seed=run.train.seed, shuffle=True,
-                                            rank=env.rank, world_size=env.world_size)
-        return _EpochBatchSampler(sampler, run.train.batch_size)
+        if run.train.sampling == "random":
+            sampler = DistributedShuffleSampler(len(dataset), seed=run.train.seed, shuffle=True,
+                                                rank=env.rank, world_size=env.world_size)
+            return _EpochBatchSampler(sampler, run.train.batch_size)
+        # neighbour batches: pair i is satellite i, nothing conflicts
+        batch_sampler = VigorBatchSampler(np.arange(len(dataset)), None, run.train.batch_size, seed=run.train.seed,
+                                          rank=env.rank, world_size=env.world_size,
+                                          neighbour_select=run.train.sampling_select)
+        if run.train.sampling == "gps":
+            from data.cvusa_layout import pair_positions
+
+            path = os.path.join(run.data.data_root, run.data.gps_csv)
+            _gps_batches(run, batch_sampler, pair_positions(path, dataset.satellite_paths, dataset.csv), env)
+        return batch_sampler
 
     def split_tag(self, run: RunConfig) -> str:
         return os.path.splitext(os.path.basename(run.data.val_csv))[0]
@@ -118,7 +161,12 @@ class CVUSATask:
         return _stack([dataset[i] for i in range(min(VISUAL_SAMPLES, len(dataset)))])
 
     def after_epoch(self, run: RunConfig, model, env, batch_sampler) -> None:
-        return None
+        """With ``--sampling similarity``: the next epoch's neighbours from the training satellites."""
+        from data.cvusa import CVUSASatellites
+
+        if run.train.sampling == "similarity":
+            satellites = CVUSASatellites(self._dataset(run, run.data.train_csv, train=False))
+            _similarity_batches(run, model, env, batch_sampler, satellites)
 
 
 class _EpochBatchSampler(BatchSampler):
@@ -180,7 +228,8 @@ class VigorTask:
 
         def sampler(batch_size: int) -> VigorBatchSampler:
             return VigorBatchSampler(index.positive, index.semi, batch_size, seed=run.train.seed, rank=env.rank,
-                                     world_size=env.world_size, mining_fraction=fraction)
+                                     world_size=env.world_size, mining_fraction=fraction,
+                                     neighbour_select=run.train.sampling_select or 0)
 
         batch_sampler = sampler(run.train.batch_size)
         plan = batch_sampler.plan(0)
@@ -194,6 +243,8 @@ class VigorTask:
             get_logger().warning("each epoch leaves out about %d of %d training panoramas (batches cannot share "
                                  "a satellite); a smaller --batch_size keeps more", len(plan.dropped),
                                  index.num_panoramas)
+        if run.train.sampling == "gps":
+            _gps_batches(run, batch_sampler, index.satellite_gps, env)
         return batch_sampler
 
     def split_tag(self, run: RunConfig) -> str:
@@ -234,15 +285,13 @@ class VigorTask:
         return _stack([dataset[i] for i in range(min(VISUAL_SAMPLES, len(dataset)))])
 
     def after_epoch(self, run: RunConfig, model, env, batch_sampler) -> None:
-        """With ``--mining``: embed the training satellites and hand their neighbours to the sampler."""
-        if not run.data.mining:
-            return
-        from data.samplers import topk_neighbours
-
-        desc = extract_features(model, self._satellites(run, "train"), env, ("satellite",),
-                                run.train.eval_batch_size, run.train.workers, desc="mining")["satellite"]
-        neighbours = topk_neighbours(desc.to(env.device), run.data.mining_k).cpu() if env.is_main else None
-        batch_sampler.set_hard_neighbours(distributed.broadcast_object(neighbours))  # every rank: the same plan
+        """With ``--mining`` or ``--sampling similarity``: embed the training satellites and hand their
+        neighbours to the sampler."""
+        if run.data.mining:
+            batch_sampler.set_hard_neighbours(_satellite_neighbours(run, model, env, self._satellites(run, "train"),
+                                                                    run.data.mining_k))
+        if run.train.sampling == "similarity":
+            _similarity_batches(run, model, env, batch_sampler, self._satellites(run, "train"))
 
 
 TASKS = {"cvusa": CVUSATask, "vigor": VigorTask}

@@ -10,6 +10,8 @@ CVUSA layout (``generate_cvusa``)::
     offsets.csv                      header ``id,dx_px,dy_px``: the camera sits at aerial pixel
                                      (row S/2 + dy_px, column S/2 + dx_px); dx east, dy south,
                                      in pixels of the written aerial; all 0 without --max_offset
+    gps.csv                          header ``id,lat,lon``: where each location (train and test)
+                                     lies on one map (see :func:`cvusa_positions`), for --sampling gps
 
 CVUSA pixel convention: pixel (i, j) of the aerial has its centre at index coordinates
 (i, j), and the camera of a centred pair is at index coordinates (S/2, S/2): exactly the
@@ -196,6 +198,46 @@ def cvusa_pair(index: int, seed: int, size="demo", max_offset: float = 0.0):
 
     Returns ``(aerial S x S x 3, panorama H x W x 3, labels H x W, (dx_px, dy_px), looks)``
     where the camera sits at aerial pixel (row S/2 + dy_px, col S/2 + dx_px)."""
+    return _render_cvusa(index, seed, size, max_offset)[:5]
+
+
+#: Map of the CVUSA-layout world (:func:`cvusa_positions`): its north-west corner, the spacing
+#: of the location cells (an aerial of 165 m plus up to 40 m of jitter each side fits one), and
+#: the gap between two districts' regions.
+CVUSA_ORIGIN = (39.0, -98.0)
+CVUSA_CELL_M = 250.0
+CVUSA_JITTER_M = 40.0
+CVUSA_DISTRICT_GAP_M = 2000.0
+
+
+def cvusa_positions(districts: Dict[int, str], seed: int) -> Dict[int, Tuple[float, float]]:
+    """``{index: (lat, lon)}`` of the CVUSA-layout locations on one consistent map.
+
+    Nearby places look alike, as in the real world: each district kind (rural, suburban, ...)
+    has its own square region, west to east in name order, ``CVUSA_DISTRICT_GAP_M`` apart;
+    inside it the locations of that kind occupy randomly chosen cells of a
+    ``CVUSA_CELL_M`` grid (about half the cells), jittered by up to ``CVUSA_JITTER_M``, so no
+    two centred aerials overlap. A function of ``seed`` and the districts only (not of the images).
+    """
+    rng = _item_rng(seed, _CVUSA_TAG, 0xFFFE)
+    positions: Dict[int, Tuple[float, float]] = {}
+    west = 0.0
+    for district in sorted(set(districts.values())):
+        members = sorted(i for i, d in districts.items() if d == district)
+        side = math.ceil(math.sqrt(2 * len(members)))
+        cells = rng.permutation(side * side)[:len(members)]
+        jitter = rng.uniform(-CVUSA_JITTER_M, CVUSA_JITTER_M, size=(len(members), 2))
+        for index, cell, (jx, jy) in zip(members, cells.tolist(), jitter):
+            row, col = divmod(cell, side)
+            x = west + (col + 0.5) * CVUSA_CELL_M + jx
+            y = (row + 0.5) * CVUSA_CELL_M + jy
+            positions[index] = metres_to_gps(x, y, CVUSA_ORIGIN)
+        west += side * CVUSA_CELL_M + CVUSA_DISTRICT_GAP_M
+    return positions
+
+
+def _render_cvusa(index: int, seed: int, size, max_offset: float):
+    """:func:`cvusa_pair` plus the location's district kind."""
     spec = size_spec(size)
     scene_ss, look_ss, offset_ss = np.random.SeedSequence([seed & 0xFFFFFFFF, _CVUSA_TAG, index]).spawn(3)
     scene = make_location_scene(np.random.default_rng(scene_ss), CVUSA_AERIAL_M)
@@ -213,19 +255,19 @@ def cvusa_pair(index: int, seed: int, size="demo", max_offset: float = 0.0):
     height, width = spec.cvusa_pano
     pano, labels = render_panorama(scene, (0.0, 0.0), width, height, "cvusa", s_look, cam_height,
                                    res=spec.pano_res, view_radius=VIEW_RADIUS_M)
-    return aerial, pano, labels, (dx_m / res, dy_m / res), (a_look, s_look)
+    return aerial, pano, labels, (dx_m / res, dy_m / res), (a_look, s_look), scene.style["district"]
 
 
-def _cvusa_task(task) -> Tuple[int, float, float]:
+def _cvusa_task(task) -> Tuple[int, float, float, str]:
     out, index, seed, size, max_offset = task
-    aerial, pano, labels, (dx, dy), (a_look, s_look) = cvusa_pair(index, seed, size, max_offset)
+    aerial, pano, labels, (dx, dy), (a_look, s_look), district = _render_cvusa(index, seed, size, max_offset)
     ident = cvusa_id(index)
     write_image_atomic(os.path.join(out, "bingmap", "19", f"{ident}.jpg"), aerial,
                        [cv2.IMWRITE_JPEG_QUALITY, a_look.jpeg])
     write_image_atomic(os.path.join(out, "streetview", "panos", f"{ident}.jpg"), pano,
                        [cv2.IMWRITE_JPEG_QUALITY, s_look.jpeg])
     _write_labels(os.path.join(out, "streetview", "annotations", f"{ident}.png"), labels)
-    return index, dx, dy
+    return index, dx, dy, district
 
 
 def generate_cvusa(out: str, train: int, test: int, seed: int = 0, size="demo", max_offset: float = 0.0,
@@ -235,6 +277,7 @@ def generate_cvusa(out: str, train: int, test: int, seed: int = 0, size="demo", 
     Ids 1..train+test; a seeded permutation picks the ``test`` ids of ``val-19zl.csv``.
     ``max_offset`` F in [0, 1]: the panorama is taken at a random vector of length
     uniform in [0, F] x (aerial half side) from the aerial centre (recorded in offsets.csv).
+    ``gps.csv`` places every location on one map (:func:`cvusa_positions`).
     Returns a summary dict (counts, paths, sizes)."""
     _check_counts(train, test)
     spec = size_spec(size)
@@ -249,7 +292,8 @@ def generate_cvusa(out: str, train: int, test: int, seed: int = 0, size="demo", 
     test_ids = set(int(i) for i in perm[:test])
     tasks = [(out, index, int(seed), size, float(max_offset)) for index in range(1, total + 1)]
     results = _run(_cvusa_task, tasks, workers, progress, "cvusa")
-    offsets = {index: (dx, dy) for index, dx, dy in results}
+    offsets = {index: (dx, dy) for index, dx, dy, _ in results}
+    positions = cvusa_positions({index: district for index, _, _, district in results}, seed)
 
     def line(index: int) -> str:
         ident = cvusa_id(index)
@@ -261,6 +305,9 @@ def generate_cvusa(out: str, train: int, test: int, seed: int = 0, size="demo", 
     _write_lines(os.path.join(out, "offsets.csv"),
                  ["id,dx_px,dy_px"] + [f"{cvusa_id(i)},{offsets[i][0]:.3f},{offsets[i][1]:.3f}"
                                        for i in range(1, total + 1)])
+    _write_lines(os.path.join(out, "gps.csv"),
+                 ["id,lat,lon"] + [f"{cvusa_id(i)},{positions[i][0]:.7f},{positions[i][1]:.7f}"
+                                   for i in range(1, total + 1)])
     return {"layout": "cvusa", "out": out, "train": train, "test": test, "aerial_px": spec.cvusa_aerial,
             "pano_hw": spec.cvusa_pano, "m_per_px": CVUSA_AERIAL_M / spec.cvusa_aerial}
 

@@ -11,7 +11,7 @@ import torch
 from data import convert_polar
 from data.augment import flip_aerial, flip_panorama
 from data.cvusa import CVUSA
-from data.cvusa_layout import polar_path, read_split_csv
+from data.cvusa_layout import pair_positions, polar_path, read_gps_csv, read_split_csv
 from data.io import MISSING_EXAMPLES
 from data.io import read_image
 from data.tensors import IMAGENET_MEAN, IMAGENET_STD, normalise, to_tensor
@@ -57,6 +57,37 @@ def test_missing_csv_names_the_path(tmp_path):
     with pytest.raises(UserError, match="split CSV not found") as info:
         read_split_csv(str(tmp_path / "nope.csv"))
     assert str(tmp_path / "nope.csv") in str(info.value)
+
+
+def test_read_gps_csv_header_ids_and_blank_lines(tmp_path):
+    path = _csv(tmp_path, "\ufeffid,lat,lon\r\n0000001, 40.5,-73.25\r\n\r\n12,-33.9,151.2\nsite-a,0,180\n")
+    assert read_gps_csv(path) == {"1": (40.5, -73.25), "12": (-33.9, 151.2), "site-a": (0.0, 180.0)}
+    assert read_gps_csv(_csv(tmp_path, "7,1,2\n", "no_header.csv")) == {"7": (1.0, 2.0)}
+    positions = pair_positions(path, ["bingmap/19/0000012.jpg", "bingmap/19/0000001.jpg"], "splits/train.csv")
+    assert positions.tolist() == [[-33.9, 151.2], [40.5, -73.25]]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,lat,lon\n1,40.5\n", ":2: expected 'id,lat,lon'"),
+    ("1,40.5,-73\n2,north,-73\n", ":2: expected 'id,lat,lon'"),
+    ("1,95,-73\n", ":1: expected 'id,lat,lon' with latitude in [-90, 90]"),
+    ("1,40,-73\nid,lat,lon\n", ":2: expected"),  # a header only on the first line
+    ("1,40,-73\n\n0001,41,-73\n", ":3: id 0001 is listed again (first at line 1)"),
+])
+def test_bad_gps_rows_name_file_and_line(tmp_path, text, message):
+    path = _csv(tmp_path, text)
+    with pytest.raises(UserError) as info:
+        read_gps_csv(path)
+    assert str(info.value).startswith(path) and message in str(info.value)
+
+
+def test_gps_csv_missing_file_or_pair(tmp_path):
+    with pytest.raises(UserError, match="--gps_csv file not found: .*nope.csv"):
+        read_gps_csv(str(tmp_path / "nope.csv"))
+    path = _csv(tmp_path, "1,40,-73\n")
+    with pytest.raises(UserError, match=r"has no row for id 0000002 \(aerial bingmap/19/0000002.jpg, "
+                                        r"splits/train.csv line 2\); every training pair needs one"):
+        pair_positions(path, ["bingmap/19/0000001.jpg", "bingmap/19/0000002.jpg"], "splits/train.csv")
 
 
 def test_polar_rel_path():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from data.samplers import DistributedShuffleSampler, VigorBatchSampler, topk_neighbours
+from data.samplers import DistributedShuffleSampler, VigorBatchSampler, gps_vectors, topk_neighbours
 from common.errors import UserError
 
 
@@ -36,7 +36,8 @@ def assert_conflict_free(batch, sets):
         seen |= sets[i]
 
 
-def global_batches(positive, semi, batch_size, world_size, epoch=0, neighbours=None, **kwargs):
+def global_batches(positive, semi, batch_size, world_size, epoch=0, neighbours=None, batch_neighbours=None,
+                   persistent=True, **kwargs):
     """Run one sampler per rank and join their batches step by step (rank order)."""
     ranks = [VigorBatchSampler(positive, semi, batch_size, rank=r, world_size=world_size, **kwargs)
              for r in range(world_size)]
@@ -44,6 +45,8 @@ def global_batches(positive, semi, batch_size, world_size, epoch=0, neighbours=N
         sampler.set_epoch(epoch)
         if neighbours is not None:
             sampler.set_hard_neighbours(neighbours)
+        if batch_neighbours is not None:
+            sampler.set_batch_neighbours(batch_neighbours, persistent=persistent)
     assert len({len(s) for s in ranks}) == 1
     per_rank = [list(s) for s in ranks]
     assert all(len(batches) == len(ranks[0]) for batches in per_rank)
@@ -223,14 +226,7 @@ def test_mining_keeps_invariants_on_conflicting_neighbours():
                if (dy or dx) and 0 <= y + dy < gy and 0 <= x + dx < gx]
         neighbours[s, : min(8, len(adj))] = adj[:8]
     joined, sampler = global_batches(positive, semi, 4, 4, epoch=1, neighbours=neighbours, mining_fraction=0.75)
-    plan = sampler.plan()
-    assert joined == plan.batches
-    flat = [i for b in joined for i in b]
-    assert len(flat) == len(set(flat)) and sorted(flat + plan.dropped) == list(range(900))
-    assert len(plan.dropped) < 16
-    for b in joined:
-        assert len(b) == 16
-        assert_conflict_free(b, sets)
+    assert_valid_epoch(joined, sampler.plan(), 900, 16, 16, sets)
     unmined, _ = global_batches(positive, semi, 4, 4, epoch=1, mining_fraction=0.75)
 
     def near_pairs(batches):
@@ -242,6 +238,136 @@ def test_mining_keeps_invariants_on_conflicting_neighbours():
         return total / len(batches)
 
     assert near_pairs(joined) > 2 * near_pairs(unmined)
+
+
+# ------------------------------------------------------- neighbour batches (gps / similarity)
+def pair_batches(table, n, batch_size, select, epoch=0, seed=0, world_size=1, persistent=True):
+    """CVUSA-style neighbour batches (pair i = satellite i) joined over the ranks, and rank 0's sampler."""
+    joined, sampler = global_batches(np.arange(n), None, batch_size, world_size, epoch, batch_neighbours=table,
+                                     persistent=persistent, seed=seed, neighbour_select=select)
+    assert joined == sampler.plan().batches
+    return joined, sampler
+
+
+def assert_valid_epoch(joined, plan, n, global_batch, max_dropped, sets):
+    """The joined rank batches are the plan: full, conflict-free, each panorama once, few dropped."""
+    assert joined == plan.batches
+    flat = [i for b in joined for i in b]
+    assert len(flat) == len(set(flat)) and sorted(flat + plan.dropped) == list(range(n))
+    assert len(plan.dropped) < max_dropped
+    for b in joined:
+        assert len(b) == global_batch
+        assert_conflict_free(b, sets)
+
+
+def _mean_batch_distance(batches, points):
+    return np.mean([np.linalg.norm(points[b][:, None] - points[b][None], axis=-1).sum() / (len(b) * (len(b) - 1))
+                    for b in batches])
+
+
+def test_gps_batches_are_geographic_neighbours_and_cover_the_epoch():
+    rng = np.random.default_rng(0)
+    n = 403
+    latlon = np.stack([rng.uniform(40.0, 40.2, n), rng.uniform(-74.2, -74.0, n)], axis=1)
+    table = topk_neighbours(gps_vectors(latlon), 128)
+    batches, sampler = pair_batches(table, n, 8, select=64, world_size=2)
+    plain = VigorBatchSampler(np.arange(n), None, 8, world_size=2).plan().batches
+    flat = [i for b in batches for i in b]
+    # every pair once per epoch, except the last n mod 16 (drop_last), which plan().dropped names
+    assert len(batches) == n // 16 and all(len(b) == 16 for b in batches)
+    assert len(set(flat)) == len(flat) and sorted(flat + sampler.plan().dropped) == list(range(n))
+    assert len(sampler.plan().dropped) == n % 16
+    points = latlon * [1.0, np.cos(np.radians(40.1))]
+    assert _mean_batch_distance(batches, points) < 0.35 * _mean_batch_distance(plain, points)
+    # a batch starts with an anchor followed by its nearest neighbours (the nearest half of 64 > 15)
+    first = batches[0]
+    assert first[1:] == table[first[0], :15].tolist()
+
+
+def test_neighbour_batches_deterministic_per_seed_and_epoch():
+    rng = np.random.default_rng(1)
+    desc = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(200, 16))), dim=1)
+    table = topk_neighbours(desc, 32)
+    a, _ = pair_batches(table, 200, 10, select=12, epoch=3, seed=5)
+    assert a == pair_batches(table, 200, 10, select=12, epoch=3, seed=5)[0]
+    assert a != pair_batches(table, 200, 10, select=12, epoch=4, seed=5)[0]
+    assert a != pair_batches(table, 200, 10, select=12, epoch=3, seed=6)[0]
+
+
+def test_similarity_batches_draw_near_half_then_the_rest_of_the_pool():
+    rng = np.random.default_rng(2)
+    desc = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(300, 8))), dim=1)
+    table = topk_neighbours(desc, 16)
+    batches, _ = pair_batches(table, 300, 5, select=4, seed=1)  # anchor + 2 nearest + 2 of the next 14
+
+    def mean_similarity(b):
+        return float((desc[b] @ desc[b].T).sum() - len(b)) / (len(b) * (len(b) - 1))
+
+    first = batches[0]  # nothing is used yet: exactly the anchor's draws
+    pool = table[first[0]].tolist()
+    assert first[1:3] == pool[:2] and set(first[3:]) <= set(pool[2:])
+    # later, a drawn neighbour already used is skipped and the next anchor fills the batch
+    whole = [b for b in batches[:20] if b[1:3] == table[b[0], :2].tolist() and set(b[3:]) <= set(table[b[0], 2:].tolist())]
+    assert len(whole) >= 10
+    assert len({tuple(sorted(set(b[3:]) & set(table[b[0], 2:4].tolist()))) for b in whole}) > 1  # not always the next
+    sims = [mean_similarity(b) for b in batches[:20]]
+    random = VigorBatchSampler(np.arange(300), None, 5).plan().batches[:20]
+    assert np.mean(sims) > np.mean([mean_similarity(b) for b in random]) + 0.3
+
+
+def test_neighbour_batches_state_restores_the_plan():
+    table = topk_neighbours(torch.nn.functional.normalize(torch.randn(64, 8, generator=torch.Generator().manual_seed(0)),
+                                                          dim=1), 16)
+    batches, sampler = pair_batches(table, 64, 8, select=8, epoch=2)
+    state = sampler.state_dict()
+    assert state["batch_neighbours"].dtype == torch.int32 and state["batch_neighbours"].shape == (64, 16)
+    fresh = VigorBatchSampler(np.arange(64), None, 8, neighbour_select=8)
+    fresh.load_state_dict(state)
+    fresh.set_epoch(2)
+    assert fresh.plan().batches == batches
+    _, gps = pair_batches(table, 64, 8, select=8, epoch=2, persistent=False)
+    assert gps.state_dict() == {}  # rebuilt from the positions on resume
+    gps.load_state_dict({})
+    assert gps.plan().batches == batches
+
+
+@pytest.mark.parametrize("similarity", [False, True])
+def test_vigor_neighbour_batches_stay_conflict_free(similarity):
+    """GPS neighbours are adjacent tiles, which mostly share satellites: the rule still holds."""
+    gx = gy = 25
+    positive, semi = grid_labels(900, gx, gy, seed=5)
+    sets = sat_sets(positive, semi)
+    cells = np.array([divmod(s, gx) for s in range(gx * gy)], dtype=np.float64)
+    if similarity:
+        desc = torch.nn.functional.normalize(torch.from_numpy(np.concatenate(
+            [cells / gx, np.random.default_rng(0).normal(0, 0.05, (len(cells), 4))], axis=1)), dim=1)
+        table = topk_neighbours(desc, 64)
+    else:
+        table = topk_neighbours(gps_vectors(40.0 + cells * 3e-4), 64)
+    joined, sampler = global_batches(positive, semi, 4, 4, epoch=1, batch_neighbours=table, seed=2,
+                                     neighbour_select=32)
+    assert_valid_epoch(joined, sampler.plan(), 900, 16, 32, sets)
+    plain = VigorBatchSampler(positive, semi, 4, seed=2, world_size=4).plan(1).batches
+
+    def near_pairs(batches):
+        """Mean number of pairs per batch whose positives are within 3 tiles."""
+        return np.mean([sum(np.abs(cells[positive[i]] - cells[positive[j]]).max() <= 3
+                            for i, j in itertools.combinations(b, 2)) for b in batches])
+
+    assert near_pairs(joined) > 2 * near_pairs(plain)
+
+
+def test_gps_vectors_rank_by_great_circle_distance_to_the_metre():
+    base = np.array([47.6, -122.3])
+    metres = np.array([0.0, 3.0, 1.0, 2.0, 500.0])  # east of base
+    latlon = np.stack([np.full(5, base[0]), base[1] + np.degrees(metres / (6371004.0 * np.cos(np.radians(base[0]))))], 1)
+    assert topk_neighbours(gps_vectors(latlon), 4)[0].tolist() == [2, 3, 1, 4]
+
+
+def test_neighbour_batches_need_a_selection():
+    sampler = VigorBatchSampler(np.arange(8), None, 2)
+    with pytest.raises(ValueError, match="neighbour_select"):
+        sampler.set_batch_neighbours(np.zeros((8, 2), dtype=np.int64))
 
 
 # --------------------------------------------------------------------------- topk_neighbours

@@ -264,7 +264,7 @@ def test_cvusa_deterministic_and_worker_independent(cvusa_dir, tmp_path):
     again = str(tmp_path / "again")
     syn.generate_cvusa(again, 3, 2, seed=7, size="demo", max_offset=0.5, workers=2)
     files = sorted(os.path.relpath(os.path.join(d, f), cvusa_dir) for d, _, fs in os.walk(cvusa_dir) for f in fs)
-    assert len(files) == 5 * 3 + 3
+    assert len(files) == 5 * 3 + 4  # + splits (2), offsets.csv, gps.csv
     for rel in files:
         assert _read_bytes(os.path.join(cvusa_dir, rel)) == _read_bytes(os.path.join(again, rel)), rel
     other = str(tmp_path / "other")
@@ -448,3 +448,32 @@ def test_generated_folders_load_with_the_project_loaders(tmp_path):
     assert sample["street"].shape == (3, 32, 64) and sample["positive"] == index.positive[5]
     cross = VigorIndex(vigor, ["Seattle"], "test", "cross")
     assert len(cross) == 5
+
+
+def _pairwise_metres(points):
+    """N x N distances (equirectangular) of (lat, lon) degrees, inf on the diagonal."""
+    lat, lon = np.radians(np.asarray(points, dtype=np.float64)).T
+    dist = 6371004.0 * np.hypot(lat[:, None] - lat[None], (lon[:, None] - lon[None]) * np.cos(lat[:, None]))
+    np.fill_diagonal(dist, np.inf)
+    return dist
+
+
+def test_cvusa_gps_file_lists_every_location_apart(cvusa_dir):
+    from data.cvusa_layout import read_gps_csv
+
+    with open(os.path.join(cvusa_dir, "gps.csv")) as handle:
+        assert handle.readline() == "id,lat,lon\n"
+    positions = read_gps_csv(os.path.join(cvusa_dir, "gps.csv"))
+    assert sorted(positions) == [str(i) for i in range(1, 6)]
+    assert _pairwise_metres(list(positions.values())).min() > syn.CVUSA_AERIAL_M
+
+
+def test_cvusa_positions_group_districts_and_never_overlap():
+    kinds = ["rural", "suburban", "urban", "park", "industrial"]
+    districts = {i: kinds[(i * 7) % 5] for i in range(1, 201)}
+    positions = syn.cvusa_positions(districts, seed=3)
+    assert positions == syn.cvusa_positions(districts, seed=3) != syn.cvusa_positions(districts, seed=4)
+    dist = _pairwise_metres([positions[i] for i in range(1, 201)])
+    assert dist.min() > syn.CVUSA_AERIAL_M  # no two centred aerials overlap
+    nearest = dist.argmin(axis=1)
+    assert all(districts[i + 1] == districts[int(j) + 1] for i, j in enumerate(nearest))  # nearby places look alike

@@ -137,7 +137,8 @@ def _env():
 
 
 @pytest.mark.parametrize("case", ["missing_root", "missing_csv", "missing_images", "malformed_csv",
-                                  "truncated_jpeg", "existing_run", "bad_checkpoint", "bad_flags"])
+                                  "truncated_jpeg", "existing_run", "bad_checkpoint", "bad_flags", "gps_without_csv",
+                                  "bad_gps_row"])
 def test_user_errors_exit_2_with_one_message(cvusa_root, tmp_path, case):
     import shutil
 
@@ -176,13 +177,22 @@ def test_user_errors_exit_2_with_one_message(cvusa_root, tmp_path, case):
     elif case == "bad_flags":
         flags += ["--transform", "tps", "--polar_files"]
         expected = "--polar_files needs --transform polar"
+    elif case == "gps_without_csv":
+        flags += ["--sampling", "gps"]
+        expected = "--sampling gps on CVUSA needs the pairs' positions: pass --gps_csv FILE"
+    elif case == "bad_gps_row":
+        with open(os.path.join(root, "gps.csv"), "w") as handle:
+            handle.write("id,lat,lon\n0000001,40.1,-74.0\n0000002,40.1\n")
+        flags += ["--sampling", "gps", "--gps_csv", "gps.csv"]
+        expected = f"{os.path.join(root, 'gps.csv')}:3: expected 'id,lat,lon'"
     proc = _script(script, *flags)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, (out, err)
     assert "\nerror: " in "\n" + err, err  # progress bars may precede the message on stderr
     assert expected in err[err.index("error: "):], err
     assert err.count("error: ") == 1 and "Traceback" not in err and "Original" not in err
-    if case in ("missing_root", "missing_csv", "missing_images", "malformed_csv", "bad_flags"):
+    if case in ("missing_root", "missing_csv", "missing_images", "malformed_csv", "bad_flags", "gps_without_csv",
+                "bad_gps_row"):
         assert not os.path.exists(results_dir)  # the data is checked before anything is written
 
 

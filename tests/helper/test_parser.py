@@ -118,3 +118,41 @@ def test_cross_area_cities_must_differ_and_no_abbreviations(capsys):
                                      "--test_cities", "Seattle,Chicago"])
     with pytest.raises(SystemExit):
         parse_train_config("cvusa", ["--n_ep", "3"])
+
+
+def test_sampling_defaults_resolve_for_gps_and_similarity():
+    random = parse_train_config("cvusa", [])
+    assert (random["sampling"], random["sampling_select"], random["sampling_pool"], random["gps_csv"]) == \
+        ("random", None, None, None)
+    similarity = parse_train_config("vigor", ["--sampling", "similarity", "--sampling_select", "8"])
+    assert (similarity["sampling_select"], similarity["sampling_pool"]) == (8, 128)
+    gps = parse_train_config("cvusa", ["--sampling", "gps", "--gps_csv", "gps.csv"])
+    assert (gps["sampling_select"], gps["sampling_pool"], gps["gps_csv"]) == (64, 128, "gps.csv")
+
+
+@pytest.mark.parametrize("dataset, argv, message", [
+    ("cvusa", ["--sampling", "gps"], "--sampling gps on CVUSA needs the pairs' positions: pass --gps_csv FILE"),
+    ("cvusa", ["--gps_csv", "gps.csv"], "--gps_csv is read by --sampling gps only"),
+    ("cvusa", ["--sampling_pool", "16"], "apply to --sampling gps or similarity only"),
+    ("vigor", ["--sampling", "similarity", "--sampling_pool", "32"], "--sampling_select 64 is more than "
+                                                                     "--sampling_pool 32"),
+    ("vigor", ["--sampling", "gps", "--mining"], "--mining and --sampling gps both fill batches"),
+])
+def test_sampling_rules(dataset, argv, message):
+    with pytest.raises(UserError, match=message):
+        parse_train_config(dataset, argv)
+
+
+def test_version_2_configs_migrate_to_random_batches():
+    from helper.config import CONFIG_VERSION, RunConfig, migrate_config
+
+    stored = RunConfig.from_dict({"dataset": "cvusa"}).resolved().to_dict()
+    for key in ("sampling", "sampling_select", "sampling_pool", "gps_csv"):
+        del stored[key]
+    migrated = migrate_config(stored, 2)
+    assert CONFIG_VERSION == 3
+    run = RunConfig.from_dict(migrated, complete=True)
+    assert run.train.sampling == "random" and run.data.gps_csv is None
+    vigor = RunConfig.from_dict({"dataset": "vigor"}).to_dict()
+    del vigor["sampling"]
+    assert "gps_csv" not in migrate_config(vigor, 2)
