@@ -38,6 +38,8 @@ CROSS_TEST = ("SanFrancisco", "Chicago")
 
 TILE_SIDE = 640
 """Side in pixels of the original satellite tiles; the label deltas are in these pixels."""
+NOMINAL_METRES_PER_PIXEL = 0.114
+"""VIGOR's nominal ground resolution of those tiles (per city: 0.1008-0.1181, SliceMatch)."""
 
 SPLITS = ("train", "test")
 MODES = ("same", "cross")

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 from common.errors import UserError
 from common.system import usable_cpus
+from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, TILE_SIDE
 from helper.config import DEVICES
 from localization.index import REFINE_BITS, IndexSpec
 
@@ -29,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--mosaic", metavar="IMAGE", help="north-up orthophoto cut into tiles (needs --bounds, "
                                                           "--tile_m, --stride_m)")
     index.add_argument("--bounds", metavar="N,W,S,E", help="--mosaic: latitude/longitude of its edges, degrees")
-    index.add_argument("--tile_m", type=float, help="--mosaic: tile side in metres (VIGOR tiles: about 73 m)")
+    index.add_argument("--tile_m", type=float,
+                       help="tile side in metres: --mosaic cuts tiles of this size; with --satellites / --tiles it "
+                            "scales the in-tile offsets of a model with an offset head (default for --satellites: "
+                            f"VIGOR's {TILE_SIDE} px x {NOMINAL_METRES_PER_PIXEL} m = "
+                            f"{TILE_SIDE * NOMINAL_METRES_PER_PIXEL:.2f} m; --tiles: unknown, no refined positions)")
     index.add_argument("--stride_m", type=float, help="--mosaic: distance between tile centres in metres "
                                                       "(half the tile side gives VIGOR's half overlap)")
     index.add_argument("--projection", default="equirectangular", choices=("equirectangular", "webmercator"),
@@ -98,18 +103,19 @@ def _index(args) -> None:
     from localization.embed import load_model
     from localization.index import build_index
 
-    mosaic_flags = [f for f in ("bounds", "tile_m", "stride_m") if getattr(args, f) is not None]
+    mosaic_flags = [f for f in ("bounds", "stride_m") if getattr(args, f) is not None]
     if args.mosaic is None and mosaic_flags:
         raise UserError(f"--{mosaic_flags[0]} only applies to --mosaic")
+    _positive(args.tile_m, "--tile_m")
     spec = IndexSpec(args.index, args.nlist, args.nprobe, args.pq_m, args.refine, args.refine_bits)
     if args.satellites:
-        tiles, source = sources.tiles_from_folders(args.satellites), {"satellites": args.satellites}
+        tiles = sources.tiles_from_folders(args.satellites)
+        source = {"satellites": args.satellites, "tile_m": args.tile_m or TILE_SIDE * NOMINAL_METRES_PER_PIXEL}
     elif args.tiles:
-        tiles, source = sources.tiles_from_csv(args.tiles), {"tiles": args.tiles}
+        tiles, source = sources.tiles_from_csv(args.tiles), {"tiles": args.tiles, "tile_m": args.tile_m}
     else:
         if args.bounds is None or args.tile_m is None or args.stride_m is None:
             raise UserError("--mosaic needs --bounds N,W,S,E, --tile_m M and --stride_m M")
-        _positive(args.tile_m, "--tile_m")
         _positive(args.stride_m, "--stride_m")
         bounds = sources.parse_bounds(args.bounds)
         tiles = sources.tiles_from_mosaic(args.mosaic, bounds, args.tile_m, args.stride_m, args.projection)

@@ -3,9 +3,13 @@
 Per query ``results.json`` holds ``{"query": path, "candidates": [{"rank", "tile", "lat", "lon",
 "similarity"}, ...]}``, best first, ``rank`` counting from 1; when the panorama's file name
 carries its GPS (VIGOR's ``<id>,<lat>,<lon>,.jpg``) also ``true_lat``/``true_lon`` and, per
-candidate, ``distance_m`` (great circle, :func:`helper.metrics.haversine_m`). The refined
-position (``lat_refined``/``lon_refined``) and ``heading_deg`` are written only by a model that
-estimates them; no model of this code base does yet, so they are never present today.
+candidate, ``distance_m`` (great circle, :func:`helper.metrics.haversine_m`). A model with an
+offset head (``--regress_offset``) adds per candidate the refined position ``lat_refined`` /
+``lon_refined``: the tile centre moved by the in-tile offset predicted for that (panorama, tile)
+pair (:mod:`helper.offsets` conventions), the normalised offset scaled by half the tile side in
+metres (the index's ``tile_m``; unknown for ``--tiles`` built without ``--tile_m``: no refined
+positions then). The candidates' tiles are re-embedded from their images for it, exactly as the
+index was built, so it works with every index kind.
 
 Panoramas: any size; each is resized to the model's panorama size exactly as the evaluation
 datasets do. A 360-degree panorama is at least about twice as wide as high (equirectangular
@@ -26,7 +30,7 @@ import numpy as np
 from common.errors import UserError
 from common.fileio import write_bytes_atomic, write_json_atomic
 from data.io import read_image
-from data.vigor_layout import parse_panorama_name
+from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, TILE_SIDE, parse_panorama_name
 from helper.metrics import haversine_m
 from localization.tiles import IMAGE_EXTENSIONS, TileReader
 
@@ -104,7 +108,40 @@ def _model_of(index, index_dir: str, checkpoint: Optional[str], device: str):
     return loaded
 
 
-def _result(index, panorama: str, sims, rows, figure: Optional[str]) -> dict:
+def tile_side_m(manifest: dict) -> Optional[float]:
+    """The index's tile side in metres (indexes of VIGOR tiles built before it was recorded: nominal)."""
+    source = manifest.get("source", {})
+    if source.get("tile_m") is None and "satellites" in source:
+        return TILE_SIDE * NOMINAL_METRES_PER_PIXEL
+    return source.get("tile_m")
+
+
+def refined_positions(loaded, index, street: np.ndarray, ids: np.ndarray, batch_size: int) -> np.ndarray:
+    """``(queries, k, 2)`` lat/lon of every candidate's centre moved by the offset predicted for
+    its pair (NaN where a query has fewer than k candidates)."""
+    import torch
+
+    from helper.distributed import unwrap
+    from helper.offsets import panorama_gps, predict_offsets
+    from localization.embed import TileImages, embed
+
+    rows = np.unique(ids[ids >= 0])
+    tiles = [index.tiles[int(r)] for r in rows]
+    satellite = embed(loaded, TileImages(tiles, loaded.satellite_size, loaded.run.model.polar_files), "satellite",
+                      batch_size, 0, desc="candidate tiles")
+    device = loaded.env.device
+    pairs = np.searchsorted(rows, np.where(ids >= 0, ids, rows[0]))
+    normalised = predict_offsets(unwrap(loaded.model), torch.from_numpy(np.repeat(street, ids.shape[1], 0)).to(device),
+                                 torch.from_numpy(satellite).to(device),
+                                 torch.from_numpy(pairs.reshape(-1)).to(device)).cpu().numpy()
+    centres = np.array([(t.lat, t.lon) for t in tiles], dtype=np.float64)[pairs.reshape(-1)]
+    side_m = tile_side_m(index.manifest)
+    refined = panorama_gps(centres, normalised * (TILE_SIDE / 2), side_m / TILE_SIDE).reshape(*ids.shape, 2)
+    refined[ids < 0] = np.nan
+    return refined
+
+
+def _result(index, panorama: str, sims, rows, refined, figure: Optional[str]) -> dict:
     """One query's entry of results.json: its candidates and, when its name has GPS, the truth."""
     truth = true_position(panorama)
     candidates = []
@@ -114,6 +151,8 @@ def _result(index, panorama: str, sims, rows, figure: Optional[str]) -> dict:
         tile = index.tiles[int(row)]
         candidate = {"rank": rank, "tile": tile.name, "lat": tile.lat, "lon": tile.lon,
                      "similarity": float(similarity)}
+        if refined is not None:
+            candidate["lat_refined"], candidate["lon_refined"] = (float(v) for v in refined[rank - 1])
         if truth is not None:
             candidate["distance_m"] = float(haversine_m(truth[0], truth[1], tile.lat, tile.lon))
         candidates.append(candidate)
@@ -161,13 +200,22 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
         inputs.append(model_input)
     descriptors = embed(loaded, PanoramaInputs(inputs), "street", batch_size, 0, desc="panoramas")
     similarities, ids = index.search(descriptors, k)
+    refined = [None] * len(panoramas)
+    if loaded.run.model.regress_offset:
+        if tile_side_m(index.manifest) is None:
+            log("the model has an offset head but the index does not know its tiles' side in metres (build it "
+                "with --tile_m): no refined positions")
+        else:
+            refined = refined_positions(loaded, index, descriptors, ids, batch_size)
     figures = _figure_names(panoramas) if pictures else [None] * len(panoramas)
-    results = [_result(index, *entry) for entry in zip(panoramas, similarities, ids, figures)]
+    results = [_result(index, *entry) for entry in zip(panoramas, similarities, ids, refined, figures)]
     _write_outputs(index, results, fulls, ids, out, pictures)
     for result in results:
         best = result["candidates"][0]
         line = (f"{os.path.basename(result['query'])}: {best['tile']} ({best['lat']:.6f}, {best['lon']:.6f}) "
                 f"similarity {best['similarity']:.3f}")
+        if "lat_refined" in best:
+            line += f", refined ({best['lat_refined']:.6f}, {best['lon_refined']:.6f})"
         if "distance_m" in best:
             line += f", {best['distance_m']:.1f} m from the true position"
         log(line)

@@ -62,11 +62,11 @@ from data.io import write_image_atomic
 from data.synth.render import aerial_look, render_aerial, render_panorama, street_look
 from data.synth.scene import Scene, city_preset, make_city_scene, make_location_scene
 from common.errors import UserError
-from data.vigor_layout import SAME_AREA_CITIES
+from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, SAME_AREA_CITIES, TILE_SIDE
 
 EARTH_RADIUS_M = 6371004.0
-VIGOR_M_PER_PX = 0.114            # at the 640 px tile
-VIGOR_TILE_M = 640 * VIGOR_M_PER_PX
+VIGOR_M_PER_PX = NOMINAL_METRES_PER_PIXEL  # at the 640 px tile
+VIGOR_TILE_M = TILE_SIDE * VIGOR_M_PER_PX
 VIGOR_STRIDE_M = VIGOR_TILE_M / 2
 CVUSA_AERIAL_M = 165.0            # 750 px at 0.22 m/px
 VIEW_RADIUS_M = 80.0

@@ -4,8 +4,16 @@ import json
 import os
 
 import cv2
+import numpy as np
+import torch
 
+from helper.checkpoint import CHECKPOINT_VERSION, save_checkpoint
+from helper.config import RunConfig
+from helper.metrics import haversine_m
 from localization.cli import main
+from models import build_model
+
+from .conftest import CITIES, SIZES
 
 
 def test_query_writes_json_csv_geojson_and_pictures(world, flat_index, tmp_path, capsys):
@@ -35,7 +43,7 @@ def test_query_writes_json_csv_geojson_and_pictures(world, flat_index, tmp_path,
     assert kinds.count("candidate") == 4 * len(names) and kinds.count("true position") == len(names)
     first = geo["features"][0]
     assert first["geometry"]["coordinates"] == [results[0]["candidates"][0]["lon"], results[0]["candidates"][0]["lat"]]
-    # no model of this code base estimates a refined position or a heading (yet): never written
+    # a model without an offset head or heading estimate writes neither
     assert not any(key in c for r in results for c in r["candidates"]
                    for key in ("lat_refined", "lon_refined", "heading_deg"))
 
@@ -51,3 +59,56 @@ def test_panorama_of_any_size_without_gps(world, flat_index, tmp_path, capsys):
     results = json.load(open(os.path.join(out, "results.json")))
     assert "true_lat" not in results[0] and "distance_m" not in results[0]["candidates"][0]
     assert os.path.exists(os.path.join(out, "my_photo.png"))
+
+
+def _offset_checkpoint(path, data_root, normalised):
+    """A random-weights VIGOR model whose offset head always predicts ``normalised`` (delta / 320)."""
+    run = RunConfig.from_dict({"dataset": "vigor", **SIZES, "regress_offset": True, "data_root": data_root,
+                               "cities": list(CITIES), "device": "cpu", "workers": 0})
+    torch.manual_seed(3)
+    model = build_model(run.model)
+    with torch.no_grad():
+        model.offset_head.layers[2].weight.zero_()
+        model.offset_head.layers[2].bias.copy_(torch.tensor(normalised))
+    save_checkpoint(path, {"version": CHECKPOINT_VERSION, "config": run.to_dict(), "model": model.state_dict(),
+                           "epoch": 0, "best_metric": 0.0})
+    return path
+
+
+def test_an_offset_head_refines_every_candidate_by_its_predicted_offset(world, tmp_path, capsys):
+    """Offset (0.5, -0.25) x 320 px = (d0, d1) = (160, -80) label pixels: the panorama is 160 px
+    south and 80 px east of the tile centre; at VIGOR's 0.114 m/px 18.24 m south, 9.12 m east."""
+    checkpoint = _offset_checkpoint(str(tmp_path / "offset.pth"), world["root"], [0.5, -0.25])
+    index = str(tmp_path / "index")
+    main(["index", "--checkpoint", checkpoint, "--out", index, "--satellites", *world["satellites"],
+          "--device", "cpu", "--workers", "0"])
+    folder = os.path.join(world["root"], "NewYork", "panorama")
+    out = str(tmp_path / "out")
+    main(["query", "--index", index, "--queries", folder, "-k", "3", "--out", out, "--device", "cpu"])
+    assert ", refined (" in capsys.readouterr().out
+    candidates = [c for r in json.load(open(os.path.join(out, "results.json"))) for c in r["candidates"]]
+    assert len(candidates) == 3 * len(os.listdir(folder))
+    for c in candidates:
+        south = haversine_m(c["lat"], c["lon"], c["lat_refined"], c["lon"])
+        east = haversine_m(c["lat_refined"], c["lon"], c["lat_refined"], c["lon_refined"])
+        assert c["lat_refined"] < c["lat"] and c["lon_refined"] > c["lon"]
+        np.testing.assert_allclose([south, east], [18.24, 9.12], atol=1e-3)
+    with open(os.path.join(out, "results.csv"), newline="") as handle:
+        assert float(next(csv.DictReader(handle))["lat_refined"]) == candidates[0]["lat_refined"]
+
+    # tiles listed in a CSV have no known size: no refined positions unless --tile_m is given
+    listing = tmp_path / "tiles.csv"
+    satellites = world["satellites"][0]
+    rows = [f"{os.path.join(satellites, n)},{n[10:-4].split('_')[0]},{n[10:-4].split('_')[1]}"
+            for n in sorted(os.listdir(satellites))]
+    listing.write_text("path,lat,lon\n" + "\n".join(rows) + "\n")
+    for extra, refined in (([], False), (["--tile_m", "100"], True)):
+        index = str(tmp_path / f"csv{len(extra)}")
+        main(["index", "--checkpoint", checkpoint, "--out", index, "--tiles", str(listing), "--device", "cpu",
+              "--workers", "0", *extra])
+        main(["query", "--index", index, "--queries", folder, "-k", "1", "--out", out, "--device", "cpu"])
+        printed = capsys.readouterr().out
+        best = json.load(open(os.path.join(out, "results.json")))[0]["candidates"][0]
+        assert ("lat_refined" in best) == refined and ("no refined positions" in printed) != refined
+        if refined:  # 100 m tiles: 0.5 x 50 m = 25 m south
+            assert abs(haversine_m(best["lat"], best["lon"], best["lat_refined"], best["lon"]) - 25.0) < 1e-3
