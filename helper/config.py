@@ -35,6 +35,9 @@ SCHEDULERS = ("constant", "cosine")
 INFONCE_LABEL_SMOOTHING = 0.1
 DEVICES = ("auto", "cpu", "cuda")
 TOP1P_RULES = ("floor", "plus1")
+HEADINGS = ("none", "random")
+#: Seed of the random headings of ``--test_heading random``: the same turns in every evaluation.
+TEST_HEADING_SEED = 20200614
 
 
 class Schedule(NamedTuple):
@@ -95,6 +98,17 @@ class TrainConfig:
     chunk_size: int = setting(0, "gradient caching: the loss sees the whole batch while only this many samples "
                                  "are embedded with gradients at once (same gradients, less memory; one process); "
                                  "0 = off", minimum=0)
+    train_heading: str = setting("none", "training street images: random = turned to a random heading (a "
+                                         "circular roll of the panorama; the satellite stays north-up)",
+                                 choices=lambda: HEADINGS)
+    train_fov: float = setting(360.0, "training street images: field of view in degrees (the centred window "
+                                      "of the panorama; heads safa/pool see it zero-padded to full width)",
+                               above=0.0, maximum=360.0)
+    test_heading: str = setting("none", "evaluation street images: random = turned to a random heading (fixed "
+                                        "seed: the same in every evaluation)", choices=lambda: HEADINGS,
+                                evaluation=True)
+    test_fov: float = setting(360.0, "evaluation street images: field of view in degrees", above=0.0,
+                              maximum=360.0, evaluation=True)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -142,11 +156,16 @@ def _from_version_1(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return {**defaults, **cfg}
 
 
+def _from_version_2(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Version 2 knew only north-aligned full panoramas."""
+    return {"train_heading": "none", "train_fov": 360.0, "test_heading": "none", "test_fov": 360.0, **cfg}
+
+
 #: Version of the stored config (``config.json``'s ``version`` key, a checkpoint's ``version``).
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 #: ``{version: migration}``: a stored config of ``version`` becomes one of ``version + 1``
 #: (a config.json without ``version`` is version 1).
-MIGRATIONS = {1: _from_version_1}
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2}
 
 
 def migrate_config(cfg: Mapping[str, Any], version: int) -> Dict[str, Any]:
@@ -175,6 +194,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.model.polar_files and self.model.transform != "polar":
             raise UserError("--polar_files needs --transform polar (an STN learns from the raw satellite image)")
+        train = self.train
+        views = (train.train_heading, train.train_fov, train.test_heading, train.test_fov)
+        if self.dataset != "cvusa" and views != ("none", 360.0, "none", 360.0):
+            raise UserError(f"--train_heading, --train_fov, --test_heading and --test_fov apply to CVUSA only for "
+                            f"now, not {self.dataset}; drop them")
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], dataset: Optional[str] = None, source: Optional[str] = None,
