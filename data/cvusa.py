@@ -1,8 +1,11 @@
 """CVUSA: the paired street/satellite dataset of one split CSV (layout: :mod:`data.cvusa_layout`).
 
-Samples are dicts ``{"street": 3 x Hp x Wp, "satellite": 3 x H x W, "index": i}`` of
-ImageNet-normalised RGB float32 tensors, or uint8 ones with ``normalise=False``; ``index``
-is the position of the pair in the CSV (so street ``i`` matches satellite ``i``). The
+Samples are dicts ``{"street": 3 x Hp x Wp, "satellite": 3 x H x W, "index": i, "heading": h}``
+of ImageNet-normalised RGB float32 tensors, or uint8 ones with ``normalise=False``; ``index``
+is the position of the pair in the CSV (so street ``i`` matches satellite ``i``); ``heading``
+the street image's heading in degrees (:mod:`geometry.heading`: 0 for north-aligned), the
+one recorded in ``headings.csv`` plus the turn applied here. With a field of view below 360
+degrees the street image is ``Wp * fov / 360`` columns wide. The
 satellite is the raw aerial at ``sate_size``, or with ``polar_files`` its polar image at
 ``pano_size`` (:func:`geometry.polar.satellite_input_size`).
 """
@@ -15,10 +18,15 @@ from torch.utils.data import Dataset
 
 from common.errors import UserError
 from data.augment import check_rotation_sizes, paired_augment, sample_rng
-from data.cvusa_layout import check_column_order, missing_files_error, polar_path, read_split_csv, resolve_csv
+from data.cvusa_layout import (HEADINGS_FILE, check_column_order, missing_files_error, polar_path, read_headings,
+                               read_split_csv, resolve_csv)
 from data.io import MIN_IMAGE_SIDE, check_polar_size, file_image_size, find_missing, read_image, size_hw
-from data.tensors import converter
+from data.tensors import IMAGENET_MEAN, converter
+from geometry.heading import FULL_CIRCLE, columns_heading, crop_columns, fov_width, pad_columns, roll_to_heading
 from geometry.polar import satellite_input_size
+
+#: The uint8 RGB colour that pads a limited field of view (normalises to about 0).
+MEAN_COLOUR = tuple(int(round(255 * value)) for value in IMAGENET_MEAN)
 
 
 class CVUSA(Dataset):
@@ -37,6 +45,14 @@ class CVUSA(Dataset):
         seed: augmentation seed; decisions are a function of (seed, epoch, index)
             (:func:`data.augment.sample_rng`), the epoch set by :meth:`set_epoch`.
         normalise: float32 normalised (default) or uint8 tensors, see :func:`data.tensors.converter`.
+        heading: ``"random"`` turns each panorama to a random heading (a left roll by a whole
+            number of columns uniform in [0, Wp), after the paired augmentation; a draw of the
+            same per-sample generator), ``"none"`` keeps it.
+        fov: field of view in degrees: the centred window of ``fov_width(Wp, fov)`` columns
+            is kept (after the turn). Panoramas recorded as crops in ``headings.csv`` are read
+            at ``fov_width(Wp, recorded fov)`` columns and cannot be turned.
+        pad_fov: pad such a window back to ``Wp`` columns with the ImageNet mean colour, in
+            place (for heads that need full-width street images: safa, pool).
 
     Attributes ``street_paths``, ``satellite_paths`` (raw aerials) and ``polar_paths`` are
     relative to ``data_root``. Every file the dataset reads is checked up front (a
@@ -46,7 +62,8 @@ class CVUSA(Dataset):
 
     def __init__(self, data_root: str, csv: str, sate_size: Sequence[int], pano_size: Sequence[int],
                  augment: bool = False, rotate: bool = False, polar_files: bool = False, seed: int = 0,
-                 normalise: bool = True) -> None:
+                 normalise: bool = True, heading: str = "none", fov: float = FULL_CIRCLE,
+                 pad_fov: bool = False) -> None:
         if not os.path.isdir(data_root):
             raise UserError(f"CVUSA data root not found: {data_root}; pass --data_root pointing at the "
                             f"folder that holds splits/, bingmap/ and streetview/")
@@ -77,6 +94,30 @@ class CVUSA(Dataset):
         if self.polar_files:
             check_polar_size(self.polar_file(0), self.pano_size,
                              f"python -m data.convert_polar --data_root {data_root}")
+        self.recorded = self._recorded_headings(read_headings(data_root))
+        recorded_fov = self.recorded[0][1]
+        if heading == "random" and recorded_fov < FULL_CIRCLE:
+            raise UserError(f"the panoramas of {data_root} are {recorded_fov:g}-degree crops ({HEADINGS_FILE}): a "
+                            f"random heading needs full panoramas; drop the heading setting or use a 360-degree world")
+        self.turn = heading == "random"
+        self.read_width = fov_width(self.pano_size[1], recorded_fov)
+        self.street_width = fov_width(self.pano_size[1], min(float(fov), recorded_fov))
+        self.pad_fov = bool(pad_fov)
+
+    def _recorded_headings(self, recorded: dict) -> list:
+        """``(heading, fov)`` of every pair from ``headings.csv`` (``(0, 360)`` without one); one fov."""
+        if not recorded:
+            return [(0.0, FULL_CIRCLE)] * len(self.pairs)
+        ids = [os.path.splitext(os.path.basename(path))[0] for path in self.street_paths]
+        missing = [ident for ident in ids if ident not in recorded]
+        if missing:
+            raise UserError(f"{os.path.join(self.data_root, HEADINGS_FILE)} lacks panorama {missing[0]} "
+                            f"({len(missing)} of {len(ids)} missing); rewrite it or remove it")
+        values = [recorded[ident] for ident in ids]
+        if len({fov for _, fov in values}) > 1:
+            raise UserError(f"{os.path.join(self.data_root, HEADINGS_FILE)} records several fields of view; "
+                            f"a split needs one (images of one width per batch)")
+        return values
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose augmentation decisions :meth:`__getitem__` uses."""
@@ -103,13 +144,25 @@ class CVUSA(Dataset):
         index = int(index)
         if index < 0:
             index += len(self.pairs)
-        street = read_image(self.street_file(index), self.pano_size, min_side=MIN_IMAGE_SIDE)
+        street = read_image(self.street_file(index), (self.pano_size[0], self.read_width), min_side=MIN_IMAGE_SIDE)
         satellite = self.read_satellite(index)
-        if self.augment or self.rotate:
-            street, satellite, _ = paired_augment(street, satellite, sample_rng(self.seed, self.epoch, index),
-                                                  flip=self.augment, rotate=self.rotate,
-                                                  satellite_is_polar=self.polar_files)
-        return {"street": self.convert(street), "satellite": self.convert(satellite), "index": index}
+        heading = self.recorded[index][0]
+        if self.augment or self.rotate or self.turn:
+            rng = sample_rng(self.seed, self.epoch, index)
+            if self.augment or self.rotate:
+                street, satellite, params = paired_augment(street, satellite, rng, flip=self.augment,
+                                                           rotate=self.rotate, satellite_is_polar=self.polar_files)
+                heading = -heading if params["flip"] else heading
+            if self.turn:
+                columns = int(rng.integers(street.shape[1]))
+                street = roll_to_heading(street, columns)
+                heading += columns_heading(columns, street.shape[1])
+        if self.street_width < street.shape[1]:
+            street = crop_columns(street, self.street_width)
+        if self.pad_fov and street.shape[1] < self.pano_size[1]:
+            street = pad_columns(street, self.pano_size[1], MEAN_COLOUR)
+        return {"street": self.convert(street), "satellite": self.convert(satellite), "index": index,
+                "heading": heading % FULL_CIRCLE}
 
 
 class CVUSASatellites(Dataset):

@@ -86,6 +86,34 @@ def read_split_csv(path: str) -> List[Tuple[str, str, Optional[str]]]:
     return pairs
 
 
+#: Written by ``python -m data.synthetic --heading random`` / ``--fov DEG``: header
+#: ``id,heading_deg,fov_deg``; each panorama's heading and field of view (geometry.heading).
+HEADINGS_FILE = "headings.csv"
+
+
+def read_headings(data_root: str) -> Dict[str, Tuple[float, float]]:
+    """``{id: (heading_deg, fov_deg)}`` of ``<data_root>/headings.csv``; empty when there is none
+    (north-aligned full panoramas, as in the real CVUSA)."""
+    path = os.path.join(data_root, HEADINGS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    out: Dict[str, Tuple[float, float]] = {}
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    for number, line in enumerate(lines[1:], 2):
+        fields = [field.strip() for field in line.split(",")]
+        if not line.strip():
+            continue
+        try:
+            heading, fov = float(fields[1]), float(fields[2])
+        except (IndexError, ValueError):
+            raise UserError(f"{path}:{number}: expected 'id,heading_deg,fov_deg', got {line!r}") from None
+        if not 0.0 < fov <= 360.0:
+            raise UserError(f"{path}:{number}: the field of view must lie in (0, 360] degrees, got {fov:g}")
+        out[fields[0]] = (heading % 360.0, fov)
+    return out
+
+
 def check_column_order(csv: str, aerial: Tuple[int, int], panorama: Tuple[int, int]) -> None:
     """Refuse a split whose first row has the panorama first: aerials are square, panoramas wide.
     ``aerial`` / ``panorama`` are the (H, W) of the first row's two images."""

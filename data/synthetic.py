@@ -12,7 +12,7 @@ buildings and trees.
 Command line::
 
     python -m data.synthetic --layout cvusa --out DIR --train N --test N --seed S \\
-        [--size demo|full] [--max_offset F] [--workers N]
+        [--size demo|full] [--max_offset F] [--heading none|random] [--fov DEG] [--workers N]
     python -m data.synthetic --layout vigor --out DIR --cities A,B --train N --test N --seed S \\
         [--size demo|full] [--workers N]
 
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_offset", type=float, default=0.0,
                         help="CVUSA only: move the panorama off the aerial centre by a random vector of length "
                              "uniform in [0, F] x (aerial half side), F in [0, 1] (default 0: centred)")
+    parser.add_argument("--heading", default="none", choices=("none", "random"),
+                        help="CVUSA only: random = turn each panorama to a random heading (a circular roll), "
+                             "recorded in headings.csv (default none: north-aligned)")
+    parser.add_argument("--fov", type=float, default=360.0,
+                        help="CVUSA only: keep the centred window of this many degrees of each panorama "
+                             "(e.g. 90; recorded in headings.csv; default 360: full panoramas)")
     parser.add_argument("--cities", default=",".join(SAME_AREA_CITIES),
                         help=f"VIGOR only: comma-separated city names, one world each "
                              f"(default {','.join(SAME_AREA_CITIES)})")
@@ -101,12 +107,14 @@ def main(argv=None) -> None:
                         f"--overwrite to write into it anyway")
     if args.layout == "cvusa":
         summary = generate_cvusa(args.out, args.train, args.test, args.seed, args.size, args.max_offset,
-                                 args.workers, progress=not args.quiet)
+                                 args.workers, progress=not args.quiet, heading=args.heading, fov=args.fov)
         print(f"wrote CVUSA layout: {args.train} train + {args.test} test pairs "
               f"({summary['aerial_px']} px aerials, {summary['m_per_px']:.3f} m/px) into {args.out}")
     else:
         if args.max_offset != 0.0:
             raise UserError("--max_offset applies to --layout cvusa only (VIGOR panoramas are never centred)")
+        if args.heading != "none" or args.fov != 360.0:
+            raise UserError("--heading and --fov apply to --layout cvusa only for now")
         summary = generate_vigor(args.out, parse_cities(args.cities), args.train, args.test, args.seed, args.size,
                                  args.workers, progress=not args.quiet)
         for city, info in summary["cities"].items():

@@ -196,4 +196,15 @@ def format_table(results: dict) -> str:
         if hits["queries"]:
             lines.append(f"top-1 = positive ({hits['queries']} queries): median {hits['median_m']:.1f} m at the "
                          f"centre, {hits['median_m_refined']:.1f} m refined")
+    if "orientation" in results:
+        lines.append(orientation_line(results["orientation"]))
     return "\n".join(lines)
+
+
+def orientation_line(orientation: dict) -> str:
+    """The heading-error line of :func:`format_table` (over the queries whose top-1 is correct)."""
+    if orientation["median_deg"] is None:
+        return "orientation: no query has a correct top-1"
+    within = ", ".join(f"<={k} deg {v:.1f}%" for k, v in orientation["within_deg"].items())
+    return (f"orientation ({orientation['queries']} correct top-1): median heading error "
+            f"{orientation['median_deg']:.1f} deg; {within}")

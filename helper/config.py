@@ -48,6 +48,9 @@ SAMPLING_NEIGHBOURS = Neighbours(64, 128)
 INFONCE_LABEL_SMOOTHING = 0.1
 DEVICES = ("auto", "cpu", "cuda")
 TOP1P_RULES = ("floor", "plus1")
+HEADINGS = ("none", "random")
+#: Seed of the random headings of ``--test_heading random``: the same turns in every evaluation.
+TEST_HEADING_SEED = 20200614
 
 
 class Schedule(NamedTuple):
@@ -119,6 +122,17 @@ class TrainConfig:
     sampling_pool: Optional[int] = setting(
         None, "gps/similarity: the anchor's nearest neighbours drawn from (at most the training satellites)",
         minimum=1, default_text=f"{SAMPLING_NEIGHBOURS.pool} with --sampling gps or similarity")
+    train_heading: str = setting("none", "training street images: random = turned to a random heading (a "
+                                         "circular roll of the panorama; the satellite stays north-up)",
+                                 choices=lambda: HEADINGS)
+    train_fov: float = setting(360.0, "training street images: field of view in degrees (the centred window "
+                                      "of the panorama; heads safa/pool see it zero-padded to full width)",
+                               above=0.0, maximum=360.0)
+    test_heading: str = setting("none", "evaluation street images: random = turned to a random heading (fixed "
+                                        "seed: the same in every evaluation)", choices=lambda: HEADINGS,
+                                evaluation=True)
+    test_fov: float = setting(360.0, "evaluation street images: field of view in degrees", above=0.0,
+                              maximum=360.0, evaluation=True)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -180,9 +194,10 @@ def _from_version_1(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _from_version_2(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Version 2 had no offset head, only random batches, no CVUSA ``gps_csv``, and VIGOR runs
-    no semi-positive loss (nor its offset weight)."""
-    defaults = {"regress_offset": False, "sampling": "random", "sampling_select": None, "sampling_pool": None}
+    """Version 2 had no offset head, only random batches, no CVUSA ``gps_csv``, only north-aligned
+    full panoramas, and VIGOR runs no semi-positive loss (nor its offset weight)."""
+    defaults = {"regress_offset": False, "sampling": "random", "sampling_select": None, "sampling_pool": None,
+                "train_heading": "none", "train_fov": 360.0, "test_heading": "none", "test_fov": 360.0}
     if cfg.get("dataset") == "vigor":
         defaults.update(semi_positive="none", lambda_offset=vigor_layout.VigorConfig.lambda_offset)
     if cfg.get("dataset") == "cvusa":
@@ -230,6 +245,11 @@ class RunConfig:
             raise UserError("--chunk_size (gradient caching) does not support --regress_offset or "
                             "--semi_positive iou yet; drop --chunk_size")
         self.data.check_sampling(self.train.sampling)
+        train = self.train
+        views = (train.train_heading, train.train_fov, train.test_heading, train.test_fov)
+        if self.dataset != "cvusa" and views != ("none", 360.0, "none", 360.0):
+            raise UserError(f"--train_heading, --train_fov, --test_heading and --test_fov apply to CVUSA only for "
+                            f"now, not {self.dataset}; drop them")
 
     @property
     def semi_positive(self) -> bool:

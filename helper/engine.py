@@ -31,8 +31,9 @@ from helper.checkpoint import (CHECKPOINT_VERSION, git_commit, load_model_state,
                                set_rng_state)
 from helper.config import RunConfig
 from helper.log import get_logger, setup_logging
-from helper.losses import (LogitScale, hard_ratio_schedule, infonce_loss, l1_guidance_loss, offset_regression_loss,
-                           semi_positive_iou_loss, soft_margin_triplet_loss)
+from helper.losses import (LogitScale, hard_ratio_schedule, infonce_loss, infonce_loss_of_similarity,
+                           l1_guidance_loss, offset_regression_loss, semi_positive_iou_loss, soft_margin_triplet_loss,
+                           triplet_loss_of_similarity)
 from helper.metrics import format_recalls
 
 
@@ -176,8 +177,14 @@ class Objective:
 
 
 def retrieval_loss(objective: Objective, street: torch.Tensor, satellite: torch.Tensor,
-                   hard_ratio: Optional[float]) -> torch.Tensor:
-    """The retrieval loss of (global) batch descriptors: InfoNCE or SAFA's triplet loss."""
+                   hard_ratio: Optional[float], similarity=None) -> torch.Tensor:
+    """The retrieval loss of (global) batch descriptors: InfoNCE or SAFA's triplet loss, on the dot
+    products, or on the B x B matrix of the model's pairwise ``similarity`` (the ``dsm`` head's)."""
+    if similarity is not None:
+        matrix = similarity(street, satellite)[0]
+        if objective.logit_scale is not None:
+            return infonce_loss_of_similarity(matrix, objective.logit_scale(), objective.label_smoothing)
+        return triplet_loss_of_similarity(matrix, lambda_sm=objective.lambda_sm, hard_ratio=hard_ratio)
     if objective.logit_scale is not None:
         return infonce_loss(street, satellite, objective.logit_scale(), objective.label_smoothing)
     return soft_margin_triplet_loss(street, satellite, lambda_sm=objective.lambda_sm, hard_ratio=hard_ratio)
@@ -202,7 +209,8 @@ def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env:
     b = street_desc.shape[0]
     street_all = distributed.gather_with_grad(street_desc.float())
     sat_all = distributed.gather_with_grad(sat_desc[:b].float() if objective.semi_positive else sat_desc.float())
-    retrieval = retrieval_loss(objective, street_all, sat_all, hard_ratio)
+    retrieval = retrieval_loss(objective, street_all, sat_all, hard_ratio,
+                               getattr(distributed.unwrap(model), "similarity", None))
     total = retrieval
     if objective.semi_positive or objective.lambda_offset:
         total = total + _offset_terms(objective, street_desc, sat_desc, aux, batch)
@@ -250,7 +258,8 @@ def backward_in_chunks(objective: Objective, model, batch: dict, env, hard_ratio
     street_local = torch.cat([p[0] for p in parts]).float().requires_grad_()
     sat_local = torch.cat([p[1] for p in parts]).float().requires_grad_()
     retrieval = retrieval_loss(objective, distributed.gather_with_grad(street_local),
-                               distributed.gather_with_grad(sat_local), hard_ratio)
+                               distributed.gather_with_grad(sat_local), hard_ratio,
+                               getattr(distributed.unwrap(model), "similarity", None))
     if not all_finite(retrieval.detach()):
         return retrieval.detach(), retrieval.detach(), None, False
     scale(retrieval).backward()
@@ -392,7 +401,8 @@ def _skip_nonfinite(training: "Training", loss: torch.Tensor, epoch: int, total_
 @torch.no_grad()
 def extract_features(model, dataset, env, keys: Sequence[str], batch_size: int, workers: int,
                      desc: str = "extract") -> Dict[str, torch.Tensor]:
-    """Descriptors of every sample of ``dataset`` for each of ``keys`` ("street", "satellite").
+    """Descriptors of every sample of ``dataset`` for each of ``keys`` ("street", "satellite"), and
+    with "heading" the samples' street headings (float64 degrees).
 
     Each rank embeds its share; rows are gathered by sample ``index`` so the padding of the
     distributed sampler cannot corrupt them. Returns float32 CPU tensors ordered by index.
@@ -413,6 +423,8 @@ def extract_features(model, dataset, env, keys: Sequence[str], batch_size: int, 
             parts["street"].append(street_desc.float())
         if "satellite" in keys:
             parts["satellite"].append(sat_desc.float())
+        if "heading" in keys:
+            parts["heading"].append(batch["heading"].to(env.device, torch.float64))
         indices.append(batch["index"].to(env.device))
     index = torch.cat(indices)
     return {key: distributed.gather_by_index(torch.cat(parts[key]), index, len(dataset)).cpu() for key in keys}

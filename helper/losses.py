@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 
-__all__ = ["LogitScale", "hard_ratio_schedule", "infonce_loss", "iou_score", "l1_guidance_loss",
-           "num_hard_triplets", "offset_regression_loss", "semi_positive_iou_loss", "soft_margin_triplet_loss"]
+__all__ = ["LogitScale", "hard_ratio_schedule", "infonce_loss", "infonce_loss_of_similarity", "iou_score",
+           "l1_guidance_loss", "num_hard_triplets", "offset_regression_loss", "semi_positive_iou_loss",
+           "soft_margin_triplet_loss", "triplet_loss_of_similarity"]
 
 #: Toker et al.'s hard-negative ratio schedule (the default for ImageNet-pretrained runs).
 DEFAULT_HARD_RATIOS = (1.0, 0.1, 0.05, 0.01)
@@ -78,7 +79,18 @@ def soft_margin_triplet_loss(
     """
     if street.dim() != 2 or satellite.shape != street.shape:
         raise ValueError(f"street and satellite must both be B x D, got {tuple(street.shape)} and {tuple(satellite.shape)}")
-    b = street.shape[0]
+    dtype = _compute_dtype(street, satellite)
+    with torch.autocast(device_type=street.device.type, enabled=False):
+        return triplet_loss_of_similarity(street.to(dtype) @ satellite.to(dtype).t(), lambda_sm, hard_ratio)
+
+
+def triplet_loss_of_similarity(similarity: torch.Tensor, lambda_sm: float = 10.0,
+                               hard_ratio: float = 1.0) -> torch.Tensor:
+    """:func:`soft_margin_triplet_loss` of a B x B similarity matrix (row i: street i, column j:
+    satellite j; pair i on the diagonal), e.g. the DSM head's max over circular shifts."""
+    if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"the similarity matrix must be B x B, got {tuple(similarity.shape)}")
+    b = similarity.shape[0]
     if b < 2:
         raise UserError(
             f"the triplet loss needs at least 2 pairs per (global) batch to have negatives, got {b}; "
@@ -86,11 +98,8 @@ def soft_margin_triplet_loss(
         )
     if not 0.0 < float(hard_ratio) <= 1.0:
         raise UserError(f"hard_ratio must be in (0, 1], got {hard_ratio}")
-    dtype = _compute_dtype(street, satellite)
-    with torch.autocast(device_type=street.device.type, enabled=False):
-        s = street.to(dtype)
-        a = satellite.to(dtype)
-        dist = 2.0 - 2.0 * (s @ a.t())
+    with torch.autocast(device_type=similarity.device.type, enabled=False):
+        dist = 2.0 - 2.0 * similarity.to(_compute_dtype(similarity))
         pos = dist.diagonal()
         street_to_sat = F.softplus(lambda_sm * (pos.unsqueeze(1) - dist))  # row i: anchor street i
         sat_to_street = F.softplus(lambda_sm * (pos.unsqueeze(0) - dist))  # column j: anchor satellite j
@@ -169,12 +178,23 @@ def infonce_loss(street: torch.Tensor, satellite: torch.Tensor, logit_scale: tor
     """
     if street.dim() != 2 or satellite.shape != street.shape:
         raise ValueError(f"street and satellite must both be B x D, got {tuple(street.shape)} and {tuple(satellite.shape)}")
-    if street.shape[0] < 2:
-        raise UserError(f"InfoNCE needs at least 2 pairs per (global) batch to have negatives, got {street.shape[0]}")
     dtype = _compute_dtype(street, satellite)
     with torch.autocast(device_type=street.device.type, enabled=False):
-        logits = logit_scale.to(dtype) * (street.to(dtype) @ satellite.to(dtype).t())
-        target = torch.arange(street.shape[0], device=street.device)
+        return infonce_loss_of_similarity(street.to(dtype) @ satellite.to(dtype).t(), logit_scale, label_smoothing)
+
+
+def infonce_loss_of_similarity(similarity: torch.Tensor, logit_scale: torch.Tensor,
+                               label_smoothing: float = 0.0) -> torch.Tensor:
+    """:func:`infonce_loss` of a B x B similarity matrix (pair i on the diagonal)."""
+    if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"the similarity matrix must be B x B, got {tuple(similarity.shape)}")
+    if similarity.shape[0] < 2:
+        raise UserError(f"InfoNCE needs at least 2 pairs per (global) batch to have negatives, "
+                        f"got {similarity.shape[0]}")
+    dtype = _compute_dtype(similarity)
+    with torch.autocast(device_type=similarity.device.type, enabled=False):
+        logits = logit_scale.to(dtype) * similarity.to(dtype)
+        target = torch.arange(similarity.shape[0], device=similarity.device)
         return 0.5 * (F.cross_entropy(logits, target, label_smoothing=label_smoothing)
                       + F.cross_entropy(logits.t(), target, label_smoothing=label_smoothing))
 

@@ -15,6 +15,11 @@ Conventions (see ``docs/datasets.md``, "Evaluation rules"):
 - ``exclude`` (N x E, -1 padding) lists references ignored when ranking (the VIGOR
   semi-positives): each excluded reference that is strictly more similar than the positive is
   subtracted once, however often it is listed; excluding the positive itself changes nothing.
+- A model with its own pairwise similarity (the ``dsm`` head: max over circular column shifts,
+  :class:`models.orientation.CircularCorrelation`) passes it as ``similarity``: a callable
+  ``(query rows n x Dq, references M x Dr) -> (n x M similarities, n x M best shifts)`` with a
+  ``heading(shifts, query_dim)`` method; it replaces the dot product block by block, and the
+  best shift of each query's top-1 reference is its heading estimate (``orientation``).
 - The similarity matrix is never built whole: queries are processed in blocks of
   ``chunk_size`` rows, so the extra memory is O(chunk_size x M) (one float32 block, the
   temporaries of one row tile and per-row vectors), never N x M. Near-ties closer than float32 round-off may in principle be
@@ -24,12 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from common.errors import UserError
+from geometry.heading import heading_error
 
 __all__ = [
     "EARTH_RADIUS_M",
@@ -41,6 +47,7 @@ __all__ = [
     "haversine_m",
     "localization_errors",
     "localization_summary",
+    "orientation_summary",
     "recall_at_k",
     "recall_from_ranks",
     "retrieval_ranks",
@@ -52,6 +59,8 @@ __all__ = [
 EARTH_RADIUS_M = 6_371_004.0
 #: Thresholds (metres) of the VIGOR meter-level table; "within" uses strict ``<``.
 LOCALIZATION_THRESHOLDS_M = (1, 5, 10, 25, 50)
+#: Thresholds (degrees) of the heading error table; "within" uses ``<=``.
+ORIENTATION_THRESHOLDS_DEG = (10, 30)
 #: R@1% rules: "floor" = M // 100 (SAFA, TransGeo, Sample4Geo); "plus1" = int(0.01 M) + 1
 #: (official VIGOR, CVM-Net).
 TOP1P_RULES = ("floor", "plus1")
@@ -73,11 +82,14 @@ class RankResult(NamedTuple):
     ranks_excluding: the same, not counting the ``exclude`` references (None without exclude).
     top1: index of the most similar reference overall (first index among exact ties;
         ``exclude`` is not applied); None unless requested.
+    top1_shift: the best shift of the top-1 reference (with a ``similarity`` that has shifts
+        and ``return_top1``), else None.
     """
 
     ranks: torch.Tensor
     ranks_excluding: Optional[torch.Tensor]
     top1: Optional[torch.Tensor]
+    top1_shift: Optional[torch.Tensor] = None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -207,6 +219,7 @@ def streaming_ranks(
     return_top1: bool = False,
     query_index: Optional[ArrayLike] = None,
     progress: bool = False,
+    similarity: Optional[Callable] = None,
 ) -> RankResult:
     """Ranks of the true references, streamed over query blocks (the one pass behind every metric).
 
@@ -221,27 +234,30 @@ def streaming_ranks(
         query_index: optional K long row indices: rank only ``query[query_index]`` (in that
             order; ``positive``/``exclude`` then have K rows) without copying those rows.
         progress: show a tqdm bar over blocks.
+        similarity: optional pairwise similarity replacing the dot product (module doc); then
+            ``query`` and ``reference`` may have different dimensions.
 
     Returns:
         :class:`RankResult` with int64 tensors on the descriptors' device.
 
     Memory: one chunk_size x M float32 block (reused), comparison temporaries of one row tile
     (CPU ~5 MB, CUDA ~170 MB), plus a float32 copy of ``reference`` when it is not float32
-    already. Runs under ``torch.no_grad`` with autocast disabled and, on CUDA, TF32 off.
+    already; a ``similarity`` adds its own temporaries (and a chunk_size x M block of shifts). Runs under ``torch.no_grad`` with autocast disabled and, on CUDA, TF32 off.
     """
     query, reference, query_index, positive, exclude = _rank_inputs(query, reference, positive, exclude,
-                                                                     chunk_size, query_index)
+                                                                     chunk_size, query_index, similarity is None)
     device, n, m = reference.device, positive.shape[0], reference.shape[0]
     ranks = torch.empty(n, dtype=torch.long, device=device)
     ranks_ex = torch.empty(n, dtype=torch.long, device=device) if exclude is not None else None
     top1 = torch.empty(n, dtype=torch.long, device=device) if return_top1 else None
+    top1_shift = torch.empty(n, dtype=torch.long, device=device) if return_top1 and similarity is not None else None
     finite = torch.empty(n, dtype=torch.bool, device=device)
 
     with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False), _ieee_fp32_matmul(device):
         _check_finite_rows(reference, "reference")
         ref = reference if reference.dtype == torch.float32 else reference.float()
         ref_t = ref.t()
-        block = torch.empty(min(chunk_size, n), m, dtype=torch.float32, device=device)
+        block = torch.empty(min(chunk_size, n), m, dtype=torch.float32, device=device) if similarity is None else None
         starts = range(0, n, chunk_size)
         if progress:
             from tqdm import tqdm
@@ -250,8 +266,11 @@ def streaming_ranks(
         for s in starts:
             e = min(s + chunk_size, n)
             rows = query[query_index[s:e]] if query_index is not None else query[s:e]
-            sims = block[: e - s]
-            torch.mm(rows.to(dtype=torch.float32), ref_t, out=sims)
+            if similarity is None:
+                sims = block[: e - s]
+                torch.mm(rows.to(dtype=torch.float32), ref_t, out=sims)
+            else:
+                sims, shifts = similarity(rows.to(dtype=torch.float32), ref)
             pos_sim = _positive_similarity(sims, positive[s:e])
             # the references are checked above, so a non-finite positive similarity means a
             # non-finite query row (NaN/Inf reaches every similarity of its row): a free check,
@@ -263,9 +282,11 @@ def streaming_ranks(
                 ranks_ex[s:e] = counts - _excluded_greater(sims, pos_sim, exclude[s:e])
             if top1 is not None:
                 top1[s:e] = top
+            if top1_shift is not None:
+                top1_shift[s:e] = shifts.gather(1, top.unsqueeze(1))[:, 0]
     if not bool(finite.all()):
         _raise_first_non_finite(query, query_index, finite)
-    return RankResult(ranks, ranks_ex, top1)
+    return RankResult(ranks, ranks_ex, top1, top1_shift)
 
 
 def _positive_similarity(sims: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -286,14 +307,15 @@ def _raise_first_non_finite(query: torch.Tensor, query_index, finite: torch.Tens
     _raise_non_finite("query", row)
 
 
-def _rank_inputs(query, reference, positive, exclude, chunk_size, query_index):
-    """Checked tensors for :func:`streaming_ranks`: (query, reference, query_index, positive, exclude)."""
+def _rank_inputs(query, reference, positive, exclude, chunk_size, query_index, dot_product: bool = True):
+    """Checked tensors for :func:`streaming_ranks`: (query, reference, query_index, positive, exclude);
+    ``dot_product``: the descriptors must have one dimension."""
     query = _as_descriptors(query, "query")
     reference = _as_descriptors(reference, "reference")
     device = reference.device
     if query.device != device:
         raise ValueError(f"query is on {query.device} but reference on {device}; move both to one device")
-    if query.shape[1] != reference.shape[1]:
+    if dot_product and query.shape[1] != reference.shape[1]:
         raise UserError(
             f"query descriptors have dimension {query.shape[1]} but reference descriptors {reference.shape[1]}"
         )
@@ -473,6 +495,18 @@ def localization_summary(distances_m: ArrayLike, thresholds_m: Iterable[float] =
     return {"median_m": float(np.median(d)), "within_m": within}
 
 
+def orientation_summary(errors_deg: ArrayLike, thresholds_deg: Iterable[float] = ORIENTATION_THRESHOLDS_DEG) -> dict:
+    """``{"median_deg", "within_deg": {"10": pct, "30": pct}, "queries"}`` of heading errors in degrees.
+
+    ``within_deg[t]`` = percentage of errors ``<= t``; with no errors (no correct top-1) the
+    median and the percentages are None.
+    """
+    e = np.asarray(torch.as_tensor(errors_deg).detach().cpu().double(), dtype=np.float64).reshape(-1)
+    within = {str(int(t)) if float(t).is_integer() else str(t):
+              (100.0 * int(np.count_nonzero(e <= t)) / e.size if e.size else None) for t in thresholds_deg}
+    return {"median_deg": float(np.median(e)) if e.size else None, "within_deg": within, "queries": int(e.size)}
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -520,8 +554,11 @@ def evaluate_retrieval(
     reverse: bool = True,
     return_top1: bool = False,
     progress: bool = False,
+    similarity: Optional[Callable] = None,
+    street_heading: Optional[ArrayLike] = None,
 ) -> dict:
-    """Recall (both directions), VIGOR hit rate and metre-level localisation, as results-JSON pieces.
+    """Recall (both directions), VIGOR hit rate, metre-level localisation and heading error, as
+    results-JSON pieces.
 
     Args:
         street: N x D street (query) descriptors; satellite: M x D satellite descriptors.
@@ -537,12 +574,17 @@ def evaluate_retrieval(
         return_top1: add ``"top1"``: N long tensor (descriptors' device), the most similar
             satellite of every street image (pop it before writing JSON).
         progress: tqdm bars over query blocks.
+        similarity: the model's pairwise similarity (module doc), None for the dot product.
+        street_heading: optional N true headings in degrees (:mod:`geometry.heading`); with a
+            ``similarity`` that estimates headings, adds ``"orientation"``
+            (:func:`orientation_summary` of the errors of the streets whose top-1 is correct).
 
     Returns:
         ``{"queries": N, "references": M, "top1p_k": k, "top1p_rule": rule,
         "street_to_satellite": {"R@1", "R@5", "R@10", "R@1%", ["hit_rate"], "queries",
         "references", "top1p_k"}, ["satellite_to_street": {... same keys ...}],
-        ["localization": {"median_m", "within_m"}], ["top1"]}``; recalls in percent. Each direction's
+        ["localization": {"median_m", "within_m"}], ["orientation": {"median_deg", "within_deg",
+        "queries"}], ["top1"]}``; recalls in percent. Each direction's
         R@1% uses that direction's number of references.
     """
     street = _as_descriptors(street, "street")
@@ -551,11 +593,12 @@ def evaluate_retrieval(
     positive, semi_positive = _retrieval_labels(positive, semi_positive, n, satellite.device)
     if (street_latlon is None) != (satellite_latlon is None):
         raise UserError("localisation needs both street_latlon and satellite_latlon (or neither)")
-    want_top1 = street_latlon is not None or return_top1
+    orientation = similarity is not None and street_heading is not None
+    want_top1 = street_latlon is not None or return_top1 or orientation
 
     k_fwd = top1p_k(m, top1p)
     fwd = streaming_ranks(street, satellite, positive, exclude=semi_positive, chunk_size=chunk_size,
-                          return_top1=want_top1, progress=progress)
+                          return_top1=want_top1, progress=progress, similarity=similarity)
     s2s = _direction_dict(fwd.ranks, k_fwd, n, m)
     if semi_positive is not None:
         s2s["hit_rate"] = 100.0 * int((fwd.ranks_excluding < 1).sum()) / n
@@ -564,16 +607,31 @@ def evaluate_retrieval(
     if reverse:
         satellites, street_positives = _reverse_positives(positive, m)
         k_rev = top1p_k(n, top1p)
+        reverse_similarity = None if similarity is None else _transposed(similarity)
         rev = streaming_ranks(satellite, street, street_positives, chunk_size=chunk_size,
-                              query_index=satellites, progress=progress)
+                              query_index=satellites, progress=progress, similarity=reverse_similarity)
         out["satellite_to_street"] = _direction_dict(rev.ranks, k_rev, int(satellites.numel()), n)
 
     if street_latlon is not None:
         dist = localization_errors(street_latlon, satellite_latlon, fwd.top1)
         out["localization"] = localization_summary(dist)
+    if orientation:
+        correct = (fwd.top1 == positive).cpu()
+        estimate = similarity.heading(fwd.top1_shift, street.shape[1]).cpu()
+        truth = torch.as_tensor(street_heading, dtype=torch.float64).cpu()
+        out["orientation"] = orientation_summary(heading_error(estimate[correct].numpy(), truth[correct].numpy()))
     if return_top1:
         out["top1"] = fwd.top1
     return out
+
+
+def _transposed(similarity: Callable) -> Callable:
+    """The reverse direction of a pairwise similarity: satellite rows against all streets."""
+    def reverse(rows: torch.Tensor, references: torch.Tensor):
+        sims, shifts = similarity(references, rows)
+        return sims.t(), shifts.t()
+
+    return reverse
 
 
 def format_recalls(results: dict) -> str:
@@ -582,4 +640,6 @@ def format_recalls(results: dict) -> str:
     text = " ".join(f"{k} {recalls[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%"))
     if "hit_rate" in recalls:
         text += f" hit {recalls['hit_rate']:.2f}"
+    if results.get("orientation", {}).get("median_deg") is not None:
+        text += f" heading {results['orientation']['median_deg']:.1f} deg"
     return text

@@ -15,7 +15,7 @@ from torch.utils.data import BatchSampler, Dataset
 
 from common.errors import UserError
 from helper import distributed
-from helper.config import RunConfig
+from helper.config import TEST_HEADING_SEED, RunConfig
 from helper.engine import extract_features
 from helper.log import get_logger
 from helper.metrics import evaluate_retrieval
@@ -105,16 +105,20 @@ class CVUSATask:
         self._datasets: dict = {}
 
     def _dataset(self, run: RunConfig, csv: str, train: bool):
-        """The split's dataset, built (and its files checked) once per task."""
+        """The split's dataset, built (and its files checked) once per task. Evaluation turns the
+        street images with :data:`helper.config.TEST_HEADING_SEED` (it has no other random draws)."""
         from data.cvusa import CVUSA
 
-        key = (run.data.data_root, csv, train)
+        options = run.train
+        heading, fov = (options.train_heading, options.train_fov) if train else (options.test_heading, options.test_fov)
+        key = (run.data.data_root, csv, train, heading, fov)
         if key not in self._datasets:
-            model, options = run.model, run.train
+            model = run.model
             self._datasets[key] = CVUSA(
                 run.data.data_root, csv, sate_size=model.sate_size, pano_size=model.pano_size,
                 augment=train and options.augment, rotate=train and options.rotate,
-                polar_files=model.polar_files, seed=options.seed, normalise=False)
+                polar_files=model.polar_files, seed=options.seed if train else TEST_HEADING_SEED, normalise=False,
+                heading=heading, fov=fov, pad_fov=not model.takes_windows)
         return self._datasets[key]
 
     def train_dataset(self, run: RunConfig):
@@ -146,15 +150,16 @@ class CVUSATask:
 
     def evaluate(self, run: RunConfig, model, env) -> dict:
         dataset = self._dataset(run, run.data.val_csv, train=False)
-        desc = extract_features(model, dataset, env, ("street", "satellite"), run.train.eval_batch_size,
+        desc = extract_features(model, dataset, env, ("street", "satellite", "heading"), run.train.eval_batch_size,
                                 run.train.workers, desc="evaluate")
         positive = torch.arange(len(dataset))
         results = evaluate_retrieval(desc["street"].to(env.device), desc["satellite"].to(env.device),
-                                     positive.to(env.device), top1p=run.train.top1p, progress=env.is_main)
+                                     positive.to(env.device), top1p=run.train.top1p, progress=env.is_main,
+                                     similarity=distributed.unwrap(model).similarity, street_heading=desc["heading"])
         return {"split": run.data.val_csv, **results}
 
     def metrics_row(self, results: dict) -> dict:
-        return {key: results[key] for key in RETRIEVAL_KEYS}
+        return {key: results[key] for key in RETRIEVAL_KEYS + ("orientation",) if key in results}
 
     def visual_batch(self, run: RunConfig) -> dict:
         dataset = self._dataset(run, run.data.val_csv, train=False)

@@ -74,6 +74,10 @@ class LoadedModel:
 def load_model(path: str, device: str = "auto") -> LoadedModel:
     """Load ``path`` (strictly) onto ``device`` (auto/cpu/cuda), in eval mode."""
     state, sha, run = checkpoint_identity(path)
+    if run.model.head == "dsm":
+        raise UserError(f"{path} has the dsm head, whose descriptors are compared over circular shifts, not by the "
+                        f"dot product a tile index ranks by; localize.py does not support it yet (evaluate it with "
+                        f"test_cvusa.py)")
     model = build_model(run.model.replace(pretrained=False))  # the weights come from the checkpoint
     load_model_state(model, state["model"], path)
     env = distributed.DistEnv(0, 1, 0, distributed.resolve_device(device))

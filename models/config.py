@@ -16,7 +16,7 @@ from common.settings import as_plain, check_settings, pick, setting
 from data import cvusa_layout
 from geometry.polar import satellite_input_size
 from models.backbones import BACKBONES
-from models.heads import HEADS
+from models.heads import HEADS, WINDOW_HEADS
 from models.transforms import STN_TRANSFORMS, TRANSFORMS
 
 STN_INITS = ("identity", "polar")
@@ -37,8 +37,9 @@ class ModelConfig:
                                          "transformation block's output size)", minimum=32)
     polar_files: bool = setting(False, "read precomputed polar images (python -m data.convert_polar) instead of "
                                        "computing the polar transform on the fly; needs --transform polar")
-    head: str = setting("safa", "descriptor head: SAFA's spatial-aware attention, or a global average pool "
-                                "(Sample4Geo)", choices=HEADS)
+    head: str = setting("safa", "descriptor head: SAFA's spatial-aware attention, a global average pool "
+                                "(Sample4Geo), or dsm: feature maps compared over circular column shifts, "
+                                "which also estimates the panorama's heading (Shi et al. 2020)", choices=HEADS)
     shared_backbone: bool = setting(False, "one backbone for both views (Sample4Geo); the heads stay separate")
     attention_maps: int = setting(8, "SAFA spatial-aware attention maps per branch (head safa)", minimum=1)
     stn_stages: int = setting(3, "composed_affine: number of affine stages", minimum=1)
@@ -73,6 +74,12 @@ class ModelConfig:
     def satellite_input_size(self) -> Tuple[int, int]:
         """(H, W) of the satellite tensor the model takes: ``pano_size`` with polar files, else ``sate_size``."""
         return satellite_input_size(self.sate_size, self.pano_size, self.polar_files)
+
+    @property
+    def takes_windows(self) -> bool:
+        """Whether the head takes street windows of a limited field of view (``dsm`` slides them over
+        the satellite strip); the others need full-width street images."""
+        return self.head in WINDOW_HEADS
 
     @property
     def l1_guidance(self) -> bool:

@@ -1,7 +1,9 @@
-"""Descriptor heads behind the ``HEADS`` registry: SAFA's spatial-aware attention and a global pool.
+"""Descriptor heads behind the ``HEADS`` registry: SAFA's spatial-aware attention, a global pool, DSM.
 
 A head maps backbone features ``B x C x h x w`` to ``B x D`` descriptors, L2-normalised in
-float32; it is built as ``head(feature_size (h, w), channels, maps)``.
+float32; it is built as ``head(feature_size (h, w), channels, maps)``. A head whose
+descriptors are compared by something else than the dot product has a ``correlation``
+(``dsm``: :class:`models.orientation.CircularCorrelation`); the others have none.
 """
 from __future__ import annotations
 
@@ -12,7 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import UserError
+from models.orientation import CircularCorrelation
 from models.registry import Registry
+
+#: Channels of the DSM head's feature maps (DSM reduces VGG16's 512 channels to 16).
+DSM_CHANNELS = 16
 
 
 class SpatialAwareAttention(nn.Module):
@@ -82,7 +88,34 @@ class GlobalPoolHead(nn.Module):
         return F.normalize(features.float().mean(dim=(2, 3)), p=2.0, dim=1)
 
 
+class DSMHead(nn.Module):
+    """``dsm`` head (Shi et al. 2020): a 1x1 convolution to :data:`DSM_CHANNELS` channels; the
+    descriptor is the whole ``DSM_CHANNELS x h x w'`` map flattened channel-major and
+    L2-normalised in float32 (``w' <= w``: a street window of limited field of view).
+    Descriptors are compared by :attr:`correlation` (max over circular column shifts), whose
+    best shift is the heading estimate; ``out_dim`` is the full-width length."""
+
+    def __init__(self, feature_size: Sequence[int], channels: int, maps: int = 1) -> None:
+        super().__init__()
+        self.channels = int(channels)
+        height, width = (int(v) for v in feature_size)
+        self.project = nn.Conv2d(self.channels, DSM_CHANNELS, kernel_size=1)
+        self.correlation = CircularCorrelation(DSM_CHANNELS, height, width)
+        self.out_dim = DSM_CHANNELS * height * width
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        c = self.correlation
+        if (features.dim() != 4 or features.shape[1] != self.channels or features.shape[2] != c.height
+                or not 1 <= features.shape[3] <= c.width):
+            raise ValueError(f"features must be B x {self.channels} x {c.height} x (at most {c.width}), "
+                             f"got {tuple(features.shape)}")
+        return F.normalize(self.project(features).float().flatten(1), p=2.0, dim=1)
+
+
 #: Descriptor heads ``head(feature_size (h, w), channels, maps) -> B x D`` (L2-normalised float32).
 HEADS = Registry("head")
 HEADS.register("safa")(SpatialAwareAttention)
 HEADS.register("pool")(GlobalPoolHead)
+HEADS.register("dsm")(DSMHead)
+#: Heads whose street descriptors may come from windows of a limited field of view.
+WINDOW_HEADS = ("dsm",)

@@ -26,10 +26,12 @@ class SAFAModel(nn.Module):
     Built by :func:`models.build_model` from a :class:`models.config.ModelConfig` (kept as
     ``self.cfg``). Submodules: ``transform`` (the block), ``street_backbone``,
     ``satellite_backbone`` (the same module with ``shared_backbone``), ``street_attention`` and
-    ``satellite_attention`` (the descriptor heads of :data:`HEADS`: SAFA's or a global pool) and, for L1
+    ``satellite_attention`` (the descriptor heads of :data:`HEADS`: SAFA's, a global pool or DSM's) and, for L1
     guidance (STN transform with ``lambda_l1 > 0``), ``polar_target`` (a fixed
     :class:`PolarTransform`, no parameters), with ``regress_offset`` ``offset_head`` (a
-    :class:`models.offset.OffsetHead`; else None). ``descriptor_dim`` is the descriptor length.
+    :class:`models.offset.OffsetHead`; else None). ``descriptor_dim`` is the descriptor length;
+    ``similarity`` the head's pairwise similarity (a
+    :class:`models.orientation.CircularCorrelation` for ``dsm``) or None (the dot product).
     Both branches' backbones see ``pano_size`` images (every block outputs that size), so
     both heads are sized from the backbone's feature map at ``pano_size`` (found by a
     meta-device dummy forward at build time).
@@ -58,6 +60,8 @@ class SAFAModel(nn.Module):
         self.street_attention = head((height, width), channels, cfg.attention_maps)
         self.satellite_attention = head((height, width), channels, cfg.attention_maps)
         self.descriptor_dim = self.street_attention.out_dim
+        #: The pairwise similarity of the head's descriptors, or None for the dot product.
+        self.similarity = getattr(self.satellite_attention, "correlation", None)
         self.polar_target = (
             PolarTransform(cfg.sate_size, cfg.pano_size, polar_files=cfg.polar_files) if cfg.l1_guidance else None
         )
@@ -72,8 +76,12 @@ class SAFAModel(nn.Module):
             )
 
     def encode_street(self, street: torch.Tensor) -> torch.Tensor:
-        """Street (query) descriptors ``B x D``."""
-        self._check(street, self.pano_size, "street")
+        """Street (query) descriptors ``B x D``; a head with a similarity (``dsm``) also takes windows of
+        a limited field of view, narrower than ``pano_size`` (``B x D'``; see :mod:`geometry.heading`)."""
+        height, width = self.pano_size
+        if self.similarity is not None and street.ndim == 4 and 1 <= street.shape[-1] < width:
+            width = street.shape[-1]
+        self._check(street, (height, width), "street")
         return self.street_attention(self.street_backbone(street))
 
     def encode_satellite(self, satellite: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -61,6 +61,7 @@ from common.fileio import write_bytes_atomic
 from data.io import write_image_atomic
 from data.synth.render import aerial_look, render_aerial, render_panorama, street_look
 from data.synth.scene import Scene, city_preset, make_city_scene, make_location_scene
+from geometry.heading import columns_heading, crop_fov, roll_to_heading
 from common.errors import UserError
 from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, SAME_AREA_CITIES, TILE_SIDE
 
@@ -73,7 +74,7 @@ VIEW_RADIUS_M = 80.0
 CITY_ORIGINS = {"NewYork": (40.7648, -73.9935), "Seattle": (47.6205, -122.3493),
                 "SanFrancisco": (37.7935, -122.4260), "Chicago": (41.8960, -87.6500)}
 _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
-_CVUSA_TAG, _VIGOR_TAG = 0xC05A, 0x51608
+_CVUSA_TAG, _VIGOR_TAG, _HEADING_TAG = 0xC05A, 0x51608, 0x4EAD
 
 
 @dataclass(frozen=True)
@@ -258,31 +259,41 @@ def _render_cvusa(index: int, seed: int, size, max_offset: float):
     return aerial, pano, labels, (dx_m / res, dy_m / res), (a_look, s_look), scene.style["district"]
 
 
-def _cvusa_task(task) -> Tuple[int, float, float, str]:
-    out, index, seed, size, max_offset = task
+def _cvusa_task(task) -> Tuple[int, float, float, str, float]:
+    out, index, seed, size, max_offset, heading, fov = task
     aerial, pano, labels, (dx, dy), (a_look, s_look), district = _render_cvusa(index, seed, size, max_offset)
+    columns = int(_item_rng(seed, _CVUSA_TAG, index, _HEADING_TAG).integers(pano.shape[1])) if heading == "random" else 0
+    turn = columns_heading(columns, pano.shape[1])
+    pano, labels = (crop_fov(roll_to_heading(image, columns), fov) for image in (pano, labels))
     ident = cvusa_id(index)
     write_image_atomic(os.path.join(out, "bingmap", "19", f"{ident}.jpg"), aerial,
                        [cv2.IMWRITE_JPEG_QUALITY, a_look.jpeg])
     write_image_atomic(os.path.join(out, "streetview", "panos", f"{ident}.jpg"), pano,
                        [cv2.IMWRITE_JPEG_QUALITY, s_look.jpeg])
     _write_labels(os.path.join(out, "streetview", "annotations", f"{ident}.png"), labels)
-    return index, dx, dy, district
+    return index, dx, dy, district, turn
 
 
 def generate_cvusa(out: str, train: int, test: int, seed: int = 0, size="demo", max_offset: float = 0.0,
-                   workers: int = 1, progress: bool = False) -> Dict:
+                   workers: int = 1, progress: bool = False, heading: str = "none", fov: float = 360.0) -> Dict:
     """Write a CVUSA-layout synthetic dataset of ``train`` + ``test`` pairs into ``out``.
 
     Ids 1..train+test; a seeded permutation picks the ``test`` ids of ``val-19zl.csv``.
     ``max_offset`` F in [0, 1]: the panorama is taken at a random vector of length
     uniform in [0, F] x (aerial half side) from the aerial centre (recorded in offsets.csv).
     ``gps.csv`` places every location on one map (:func:`cvusa_positions`).
+    ``heading="random"``: each panorama (and its labels) is turned to a random heading, a left
+    roll by a whole number of columns; ``fov`` < 360 keeps the centred window of that many
+    degrees (:mod:`geometry.heading`); either writes ``headings.csv`` (``id,heading_deg,fov_deg``).
     Returns a summary dict (counts, paths, sizes)."""
     _check_counts(train, test)
     spec = size_spec(size)
     if not (0.0 <= float(max_offset) <= 1.0):
         raise UserError(f"--max_offset must lie in [0, 1] (fraction of the aerial half side), got {max_offset}")
+    if heading not in ("none", "random"):
+        raise UserError(f"--heading must be none or random, got {heading!r}")
+    if not 0.0 < float(fov) <= 360.0:
+        raise UserError(f"--fov must lie in (0, 360] degrees, got {fov}")
     _prepare_out(out)
     for sub in ("splits", os.path.join("bingmap", "19"), os.path.join("streetview", "panos"),
                 os.path.join("streetview", "annotations")):
@@ -290,10 +301,14 @@ def generate_cvusa(out: str, train: int, test: int, seed: int = 0, size="demo", 
     total = train + test
     perm = _item_rng(seed, _CVUSA_TAG, 0xFFFF).permutation(np.arange(1, total + 1))
     test_ids = set(int(i) for i in perm[:test])
-    tasks = [(out, index, int(seed), size, float(max_offset)) for index in range(1, total + 1)]
+    tasks = [(out, index, int(seed), size, float(max_offset), heading, float(fov)) for index in range(1, total + 1)]
     results = _run(_cvusa_task, tasks, workers, progress, "cvusa")
-    offsets = {index: (dx, dy) for index, dx, dy, _ in results}
-    positions = cvusa_positions({index: district for index, _, _, district in results}, seed)
+    offsets = {index: (dx, dy) for index, dx, dy, _, _ in results}
+    positions = cvusa_positions({index: district for index, _, _, district, _ in results}, seed)
+    if heading == "random" or fov < 360.0:
+        _write_lines(os.path.join(out, "headings.csv"),
+                     ["id,heading_deg,fov_deg"] + [f"{cvusa_id(index)},{turn!r},{float(fov)!r}"
+                                                   for index, _, _, _, turn in sorted(results)])
 
     def line(index: int) -> str:
         ident = cvusa_id(index)

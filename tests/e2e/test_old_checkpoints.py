@@ -42,6 +42,9 @@ def test_version_1_is_migrated_on_load():
     # what version 1 did without saying: SAFA's head on two backbones, triplets, Adam, constant rate
     assert {k: state["config"][k] for k in ("head", "shared_backbone", "loss", "optimizer", "scheduler")} == \
         {"head": "safa", "shared_backbone": False, "loss": "triplet", "optimizer": "adam", "scheduler": "constant"}
+    # and north-aligned full panoramas (version 2 did too)
+    assert {k: state["config"][k] for k in ("train_heading", "train_fov", "test_heading", "test_fov")} == \
+        {"train_heading": "none", "train_fov": 360.0, "test_heading": "none", "test_fov": 360.0}
 
 
 def test_version_1_evaluates_to_the_numbers_of_its_own_code(world, tmp_path):
