@@ -13,9 +13,10 @@ The exact reference is a streamed scan of all chunks (exact inner products, top 
 
 Latency is per panorama: one query at a time (a user's query), FAISS on ``--threads`` threads,
 in a fresh process that loads the written ``index.faiss`` the way ``localize.py query`` does
-(``faiss.read_index``). Memory: the file's size, and that process's peak RSS (``query_rss_gb``;
-``index_rss_gb`` = peak minus the RSS before loading, i.e. what the index costs on top of the
-Python, torch and FAISS libraries). Agreement: the share of queries whose approximate top-1 is
+(``faiss.read_index``). Memory: the file's size, and that process's peak RSS (``query_rss_gb``,
+``VmHWM``; ``index_rss_gb`` = peak minus the RSS before loading, i.e. what the index costs on top
+of the Python, torch and FAISS libraries); ``peak_rss_gb`` is the building process's.
+Agreement: the share of queries whose approximate top-1 is
 the exact top-1, and the overlap of the top-10 sets.
 
     python benchmarks/bench_index.py                                   # 100k tiles, 1024 dims (3.5 min on 2 cores)
@@ -31,7 +32,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -88,13 +88,13 @@ def exact_top(references: Chunks, queries: np.ndarray, k: int = 10) -> np.ndarra
     return best_ids
 
 
-def rss_gb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+def memory_gb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process image, from /proc/self/status. Unlike
+    ``ru_maxrss``, the peak starts afresh in a spawned process (``ru_maxrss`` keeps the RSS of
+    the parent it was forked from)."""
+    with open("/proc/self/status") as handle:
+        kib = next(int(line.split()[1]) for line in handle if line.startswith(field + ":"))
+    return kib / 2 ** 20
 
 
 def query_process(path: str, spec: IndexSpec, queries: np.ndarray, threads: int, answer) -> None:
@@ -102,14 +102,14 @@ def query_process(path: str, spec: IndexSpec, queries: np.ndarray, threads: int,
     import faiss
 
     faiss.omp_set_num_threads(threads)
-    before = rss_gb()
+    before = memory_gb("VmRSS")
     index = faiss.read_index(path)
     set_search_params(index, spec)
     index.search(queries[:5], 10)  # warm-up
     started = time.perf_counter()
     ids = np.concatenate([index.search(queries[i:i + 1], 10)[1] for i in range(len(queries))])
     latency_ms = 1000 * (time.perf_counter() - started) / len(queries)
-    answer.put((ids, latency_ms, peak_rss_gb(), peak_rss_gb() - before))
+    answer.put((ids, latency_ms, memory_gb("VmHWM"), memory_gb("VmHWM") - before))
 
 
 def measure(spec: IndexSpec, references: Chunks, queries: np.ndarray, exact_ids: np.ndarray, threads: int,
@@ -168,7 +168,7 @@ def main() -> None:
                                                                      args.threads, args.work)})
                 print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(json.dumps({"benchmark": "bench_index", "threads": args.threads, "queries": args.queries,
-                      "faiss": faiss.__version__, "peak_rss_gb": round(peak_rss_gb(), 2), "results": results}))
+                      "faiss": faiss.__version__, "peak_rss_gb": round(memory_gb("VmHWM"), 2), "results": results}))
 
 
 if __name__ == "__main__":
