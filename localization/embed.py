@@ -66,6 +66,11 @@ class LoadedModel:
     def satellite_size(self) -> Tuple[int, int]:
         return tuple(self.run.model.satellite_input_size)
 
+    @property
+    def correlation(self):
+        """The dsm head's :class:`models.orientation.CircularCorrelation`, or None (dot product)."""
+        return distributed.unwrap(self.model).similarity
+
     def identity(self) -> dict:
         """What an index records about the checkpoint."""
         return {"path": os.path.abspath(self.path), "sha256": self.sha256, "config": self.run.to_dict()}
@@ -74,10 +79,6 @@ class LoadedModel:
 def load_model(path: str, device: str = "auto") -> LoadedModel:
     """Load ``path`` (strictly) onto ``device`` (auto/cpu/cuda), in eval mode."""
     state, sha, run = checkpoint_identity(path)
-    if run.model.head == "dsm":
-        raise UserError(f"{path} has the dsm head, whose descriptors are compared over circular shifts, not by the "
-                        f"dot product a tile index ranks by; localize.py does not support it yet (evaluate it with "
-                        f"test_cvusa.py)")
     model = build_model(run.model.replace(pretrained=False))  # the weights come from the checkpoint
     load_model_state(model, state["model"], path)
     env = distributed.DistEnv(0, 1, 0, distributed.resolve_device(device))
@@ -133,4 +134,6 @@ def embed(loaded: LoadedModel, dataset: Dataset, key: str, batch_size: int, work
     if not np.isfinite(out).all():
         raise UserError(f"the model in {loaded.path} produced non-finite descriptors (a diverged or broken "
                         "checkpoint)")
+    if loaded.correlation is not None:  # dsm feature maps: unit norm, so inner products are correlations
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out

@@ -3,8 +3,10 @@
 Per query ``results.json`` holds ``{"query": path, "candidates": [{"rank", "tile", "lat", "lon",
 "similarity"}, ...]}``, best first, ``rank`` counting from 1; when the panorama's file name
 carries its GPS (VIGOR's ``<id>,<lat>,<lon>,.jpg``) also ``true_lat``/``true_lon`` and, per
-candidate, ``distance_m`` (great circle, :func:`helper.metrics.haversine_m`). A model with an
-offset head (``--regress_offset``) adds per candidate the refined position ``lat_refined`` /
+candidate, ``distance_m`` (great circle, :func:`helper.metrics.haversine_m`). A model with the
+``dsm`` head is searched over circular shifts (:func:`search_over_shifts`) and adds per
+candidate ``heading_deg``, the heading of the best shift. A model with an offset head
+(``--regress_offset``) adds per candidate the refined position ``lat_refined`` /
 ``lon_refined``: the tile centre moved by the in-tile offset predicted for that (panorama, tile)
 pair (:mod:`helper.offsets` conventions), the normalised offset scaled by half the tile side in
 metres (the index's ``tile_m``; unknown for ``--tiles`` built without ``--tile_m``: no refined
@@ -26,6 +28,7 @@ import re
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from common.errors import UserError
 from common.fileio import write_bytes_atomic, write_json_atomic
@@ -63,7 +66,8 @@ def read_panorama(path: str, size: Sequence[int]) -> Tuple[np.ndarray, np.ndarra
         raise UserError(f"{path} is {width}x{height} (width/height {ratio:.2f}): not a 360-degree panorama. "
                         f"Expected width/height between {low:g} and {high:g} (an equirectangular panorama is 2:1, "
                         f"a CVUSA-style horizon strip about 5.5:1); a normal photo covers a limited field of "
-                        f"view, which this model does not handle")
+                        f"view, which localize.py does not handle yet (test_cvusa.py --test_fov evaluates the "
+                        f"dsm head on such crops)")
     return full, read_image(path, size)  # exactly the evaluation datasets' input
 
 
@@ -108,6 +112,36 @@ def _model_of(index, index_dir: str, checkpoint: Optional[str], device: str):
     return loaded
 
 
+def search_over_shifts(index, street: np.ndarray, k: int, correlation) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The dsm head's exact top ``k``: ``(similarities, tile indices, heading degrees)``, each
+    queries x k, best first.
+
+    With full-width maps of unit norm (:func:`localization.embed.embed`) the dsm similarity of
+    shift ``s`` is the inner product of the street map rolled right by ``s`` columns with the
+    tile's map (:mod:`models.orientation`), so each of the ``w`` rolls is one index search of
+    ``k``; a tile's similarity is its best over the rolls. The merged top ``k`` is exact: a tile
+    of the true top k is in the top k of the search at its own best shift.
+    """
+    from models.orientation import shift_heading
+
+    c, h, w = correlation.channels, correlation.height, correlation.width
+    maps = street.reshape(len(street), c, h, w)
+    found = [index.search(np.roll(maps, shift, axis=-1).reshape(len(street), -1), k) for shift in range(w)]
+    sims = np.full((len(street), k), -np.inf, dtype=np.float32)
+    ids, shifts = np.full((len(street), k), -1, dtype=np.int64), np.zeros((len(street), k), dtype=np.int64)
+    for q in range(len(street)):
+        best = {}
+        for shift, (values, rows) in enumerate(found):
+            for value, row in zip(values[q], rows[q]):
+                if row >= 0 and (row not in best or value > best[row][0]):  # first shift among ties
+                    best[row] = (value, shift)
+        ranked = sorted(best.items(), key=lambda item: -item[1][0])[:k]
+        for r, (row, (value, shift)) in enumerate(ranked):
+            sims[q, r], ids[q, r], shifts[q, r] = value, row, shift
+    headings = shift_heading(torch.from_numpy(shifts), w, w).numpy()
+    return sims, ids, headings
+
+
 def tile_side_m(manifest: dict) -> Optional[float]:
     """The index's tile side in metres (indexes of VIGOR tiles built before it was recorded: nominal)."""
     source = manifest.get("source", {})
@@ -119,8 +153,6 @@ def tile_side_m(manifest: dict) -> Optional[float]:
 def refined_positions(loaded, index, street: np.ndarray, ids: np.ndarray, batch_size: int) -> np.ndarray:
     """``(queries, k, 2)`` lat/lon of every candidate's centre moved by the offset predicted for
     its pair (NaN where a query has fewer than k candidates)."""
-    import torch
-
     from helper.distributed import unwrap
     from helper.offsets import panorama_gps, predict_offsets
     from localization.embed import TileImages, embed
@@ -141,7 +173,7 @@ def refined_positions(loaded, index, street: np.ndarray, ids: np.ndarray, batch_
     return refined
 
 
-def _result(index, panorama: str, sims, rows, refined, figure: Optional[str]) -> dict:
+def _result(index, panorama: str, sims, rows, refined, headings, figure: Optional[str]) -> dict:
     """One query's entry of results.json: its candidates and, when its name has GPS, the truth."""
     truth = true_position(panorama)
     candidates = []
@@ -153,6 +185,8 @@ def _result(index, panorama: str, sims, rows, refined, figure: Optional[str]) ->
                      "similarity": float(similarity)}
         if refined is not None:
             candidate["lat_refined"], candidate["lon_refined"] = (float(v) for v in refined[rank - 1])
+        if headings is not None:
+            candidate["heading_deg"] = float(headings[rank - 1])
         if truth is not None:
             candidate["distance_m"] = float(haversine_m(truth[0], truth[1], tile.lat, tile.lon))
         candidates.append(candidate)
@@ -199,7 +233,12 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
         fulls.append(full)
         inputs.append(model_input)
     descriptors = embed(loaded, PanoramaInputs(inputs), "street", batch_size, 0, desc="panoramas")
-    similarities, ids = index.search(descriptors, k)
+    headings = [None] * len(panoramas)
+    if loaded.correlation is None:
+        similarities, ids = index.search(descriptors, k)
+    else:
+        similarities, ids, headings = search_over_shifts(index, descriptors, min(k, len(index.tiles)),
+                                                         loaded.correlation)
     refined = [None] * len(panoramas)
     if loaded.run.model.regress_offset:
         if tile_side_m(index.manifest) is None:
@@ -208,12 +247,14 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
         else:
             refined = refined_positions(loaded, index, descriptors, ids, batch_size)
     figures = _figure_names(panoramas) if pictures else [None] * len(panoramas)
-    results = [_result(index, *entry) for entry in zip(panoramas, similarities, ids, refined, figures)]
+    results = [_result(index, *entry) for entry in zip(panoramas, similarities, ids, refined, headings, figures)]
     _write_outputs(index, results, fulls, ids, out, pictures)
     for result in results:
         best = result["candidates"][0]
         line = (f"{os.path.basename(result['query'])}: {best['tile']} ({best['lat']:.6f}, {best['lon']:.6f}) "
                 f"similarity {best['similarity']:.3f}")
+        if "heading_deg" in best:
+            line += f", heading {best['heading_deg']:.1f} deg"
         if "lat_refined" in best:
             line += f", refined ({best['lat_refined']:.6f}, {best['lon_refined']:.6f})"
         if "distance_m" in best:

@@ -61,32 +61,47 @@ def test_panorama_of_any_size_without_gps(world, flat_index, tmp_path, capsys):
     assert os.path.exists(os.path.join(out, "my_photo.png"))
 
 
-def _offset_checkpoint(path, data_root, normalised):
-    """A random-weights VIGOR model whose offset head always predicts ``normalised`` (delta / 320)."""
-    run = RunConfig.from_dict({"dataset": "vigor", **SIZES, "regress_offset": True, "data_root": data_root,
+def _checkpoint(path, data_root, settings, edit=lambda model: None):
+    """A random-weights VIGOR model with ``settings``, its weights changed by ``edit``."""
+    run = RunConfig.from_dict({"dataset": "vigor", **SIZES, **settings, "data_root": data_root,
                                "cities": list(CITIES), "device": "cpu", "workers": 0})
     torch.manual_seed(3)
     model = build_model(run.model)
     with torch.no_grad():
-        model.offset_head.layers[2].weight.zero_()
-        model.offset_head.layers[2].bias.copy_(torch.tensor(normalised))
+        edit(model)
     save_checkpoint(path, {"version": CHECKPOINT_VERSION, "config": run.to_dict(), "model": model.state_dict(),
                            "epoch": 0, "best_metric": 0.0})
-    return path
+    return path, model
+
+
+def _offset_checkpoint(path, data_root, normalised):
+    """A random-weights VIGOR model whose offset head always predicts ``normalised`` (delta / 320)."""
+    def constant(model):
+        model.offset_head.layers[2].weight.zero_()
+        model.offset_head.layers[2].bias.copy_(torch.tensor(normalised))
+
+    return _checkpoint(path, data_root, {"regress_offset": True}, constant)[0]
+
+
+def _index_and_query(world, checkpoint, tmp_path, folder, k):
+    """Index both cities' tiles with ``checkpoint`` into tmp_path/index, query ``folder`` into
+    tmp_path/out; the results.json entries."""
+    index, out = str(tmp_path / "index"), str(tmp_path / "out")
+    main(["index", "--checkpoint", checkpoint, "--out", index, "--satellites", *world["satellites"],
+          "--device", "cpu", "--workers", "0"])
+    main(["query", "--index", index, "--queries", folder, "-k", str(k), "--out", out, "--device", "cpu"])
+    return json.load(open(os.path.join(out, "results.json")))
 
 
 def test_an_offset_head_refines_every_candidate_by_its_predicted_offset(world, tmp_path, capsys):
     """Offset (0.5, -0.25) x 320 px = (d0, d1) = (160, -80) label pixels: the panorama is 160 px
     south and 80 px east of the tile centre; at VIGOR's 0.114 m/px 18.24 m south, 9.12 m east."""
     checkpoint = _offset_checkpoint(str(tmp_path / "offset.pth"), world["root"], [0.5, -0.25])
-    index = str(tmp_path / "index")
-    main(["index", "--checkpoint", checkpoint, "--out", index, "--satellites", *world["satellites"],
-          "--device", "cpu", "--workers", "0"])
     folder = os.path.join(world["root"], "NewYork", "panorama")
     out = str(tmp_path / "out")
-    main(["query", "--index", index, "--queries", folder, "-k", "3", "--out", out, "--device", "cpu"])
+    results = _index_and_query(world, checkpoint, tmp_path, folder, 3)
     assert ", refined (" in capsys.readouterr().out
-    candidates = [c for r in json.load(open(os.path.join(out, "results.json"))) for c in r["candidates"]]
+    candidates = [c for r in results for c in r["candidates"]]
     assert len(candidates) == 3 * len(os.listdir(folder))
     for c in candidates:
         south = haversine_m(c["lat"], c["lon"], c["lat_refined"], c["lon"])
@@ -112,3 +127,29 @@ def test_an_offset_head_refines_every_candidate_by_its_predicted_offset(world, t
         assert ("lat_refined" in best) == refined and ("no refined positions" in printed) != refined
         if refined:  # 100 m tiles: 0.5 x 50 m = 25 m south
             assert abs(haversine_m(best["lat"], best["lon"], best["lat_refined"], best["lon"]) - 25.0) < 1e-3
+
+
+def test_a_dsm_checkpoint_ranks_by_the_best_circular_shift_and_writes_the_heading(world, tmp_path):
+    """Index searches over the street map's rolls give the dsm head's own similarity over all tiles."""
+    from localization.embed import PanoramaInputs, TileImages, embed, load_model
+    from localization.query import read_panorama
+    from localization.tiles import Tile
+
+    checkpoint = _checkpoint(str(tmp_path / "dsm.pth"), world["root"], {"head": "dsm"})[0]
+    index = str(tmp_path / "index")
+    results = _index_and_query(world, checkpoint, tmp_path, os.path.join(world["root"], "Seattle", "panorama"), 5)
+
+    loaded = load_model(checkpoint, "cpu")  # the brute force: every tile, every shift
+    tiles = [Tile.from_dict(row) for row in json.load(open(os.path.join(index, "tiles.json")))]
+    satellite = embed(loaded, TileImages(tiles, loaded.satellite_size), "satellite", 16, 0, "tiles")
+    street = embed(loaded, PanoramaInputs([read_panorama(r["query"], loaded.pano_size)[1] for r in results]),
+                   "street", 16, 0, "panoramas")
+    sims, shifts = loaded.correlation(torch.from_numpy(street), torch.from_numpy(satellite))
+    headings = loaded.correlation.heading(shifts, street.shape[1])
+    assert loaded.correlation.width > 1 and len({c["heading_deg"] for r in results for c in r["candidates"]}) > 1
+    for q, result in enumerate(results):
+        order = torch.argsort(-sims[q], stable=True)[:5]
+        assert [c["tile"] for c in result["candidates"]] == [tiles[int(j)].name for j in order]
+        np.testing.assert_allclose([c["similarity"] for c in result["candidates"]], sims[q, order].numpy(),
+                                   atol=1e-5)
+        np.testing.assert_allclose([c["heading_deg"] for c in result["candidates"]], headings[q, order].numpy())
