@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Optional, Sequence
 
 from common.errors import UserError
@@ -84,8 +85,8 @@ def _common(parser: argparse.ArgumentParser, batch_size: int) -> None:
 
 
 def _positive(value: Optional[float], flag: str) -> None:
-    if value is not None and value <= 0:
-        raise UserError(f"{flag} must be > 0, got {value:g}")
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UserError(f"{flag} must be a finite number > 0, got {value:g}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

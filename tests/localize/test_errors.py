@@ -117,3 +117,11 @@ def test_bad_panoramas(world, flat_index, tmp_path, capsys):
         code, _, err = run_cli(["query", "--index", flat_index, "--out", out, "--device", "cpu", path], capsys)
         assert_user_error(code, err, message)
     assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_tile_side_must_be_a_finite_positive_number(world, tmp_path, capsys, value):
+    out = str(tmp_path / "index")
+    code, _, err = run_cli(["index", "--checkpoint", world["checkpoint"], "--out", out, "--satellites",
+                            *world["satellites"], "--device", "cpu", "--tile_m", value], capsys)
+    assert code == 2 and "--tile_m must be a finite number > 0" in err and not os.path.exists(out), err
