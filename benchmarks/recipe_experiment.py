@@ -23,19 +23,16 @@ trained again (an interrupted experiment continues where it stopped).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from data.synth.layouts import generate_cvusa  # noqa: E402
+from experiments import (add_common_arguments, cvusa_world, final_epoch, finish, names, train,  # noqa: E402
+                         work_folder, write_json)
 from scripts.demo import RUNS as BLOCKS  # noqa: E402  (the demo's none, polar and tps+L1 blocks)
+
 #: One factor changed from the baseline. Similarity sampling keeps Sample4Geo's ratio of
 #: neighbours to batch (64 of a pool of 128 for batches of 128: two anchors per batch) at
 #: batches of 32: 16 of 32.
@@ -47,39 +44,11 @@ VARIANTS = {
 }
 
 
-def _names(text: str, valid: dict, what: str, parser) -> list:
-    names = [name for name in text.split(",") if name]
-    unknown = [name for name in names if name not in valid]
-    if unknown or not names:
-        parser.error(f"unknown {what} {unknown}; choose from {', '.join(valid)}")
-    return names
-
-
-def final_r1(run_dir: str, epochs: int):
-    """Street->satellite R@1 of the run's last epoch, or None when it has not finished."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return None
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    if not rows or rows[-1]["epoch"] != epochs:
-        return None
-    return rows[-1]["street_to_satellite"]["R@1"]
-
-
-def train(args, work: str, data: str, variant: str, block: str, offset: float, seed: int) -> float:
+def run_r1(args, work: str, data: str, variant: str, block: str, offset: float, seed: int) -> float:
     """Train one configuration (unless ``work`` holds it finished); its final R@1."""
     name = f"{variant}_{block.replace('+', '_')}_offset{offset:g}_seed{seed}"
-    run_dir = os.path.join(work, name)
-    if final_r1(run_dir, args.epochs) is None:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        with open(os.path.join(work, f"{name}.log"), "w") as log:
-            subprocess.run([sys.executable, "train_cvusa.py", "--data_root", data, "--results_dir", work, "--name",
-                            name, "--backbone", "tiny", "--no-pretrained", "--sate_size", args.sate_size,
-                            "--pano_size", args.pano_size, "--n_epochs", str(args.epochs), "--eval_every",
-                            str(args.epochs), "--batch_size", str(args.batch_size), "--device", args.device,
-                            "--workers", str(args.workers), "--seed", str(seed), *BLOCKS[block], *VARIANTS[variant]],
-                           cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
-    r1 = final_r1(run_dir, args.epochs)
+    run_dir = train(args, work, "train_cvusa.py", data, name, seed, [*BLOCKS[block], *VARIANTS[variant]])
+    r1 = final_epoch(run_dir, args.epochs)["street_to_satellite"]["R@1"]
     print(f"{name}: R@1 {r1:.2f}", file=sys.stderr, flush=True)
     return r1
 
@@ -90,41 +59,27 @@ def main() -> None:
     parser.add_argument("--blocks", default="polar,none,tps+L1", help=f"any of {', '.join(BLOCKS)}")
     parser.add_argument("--offsets", default="0,0.4", help="max offsets F of the worlds (fractions of the half side)")
     parser.add_argument("--seeds", default="0,1", help="seeds of the worlds and runs")
-    parser.add_argument("--train", type=int, default=128, help="training pairs per world")
-    parser.add_argument("--test", type=int, default=64, help="test pairs per world")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--sate_size", default="96,96")
-    parser.add_argument("--pano_size", default="32,176")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--keep", default=None, help="keep worlds and runs in this folder (and reuse finished runs)")
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "recipe_experiment.json"),
-                        help="the JSON file written (default: benchmarks/results/recipe_experiment.json)")
+    add_common_arguments(parser, train=128, test=64, epochs=5, out="recipe_experiment.json")
     args = parser.parse_args()
-    variants = _names(args.variants, VARIANTS, "variants", parser)
-    blocks = _names(args.blocks, BLOCKS, "blocks", parser)
+    variants = names(args.variants, VARIANTS, "variants", parser)
+    blocks = names(args.blocks, BLOCKS, "blocks", parser)
     offsets = [float(x) for x in args.offsets.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
-    work = args.keep or tempfile.mkdtemp(prefix="recipe_experiment_")
+    work = work_folder(args, "recipe_experiment_")
     results: dict = {}
     for variant in variants:  # one variant after the other: a partial experiment has whole variants
         for offset in offsets:
             for seed in seeds:
-                data = os.path.join(work, f"data_offset{offset:g}_seed{seed}")
-                if not os.path.exists(os.path.join(data, "splits", "val-19zl.csv")):
-                    generate_cvusa(data, train=args.train, test=args.test, seed=seed, size="demo",
-                                   max_offset=offset, workers=args.workers)
+                data = cvusa_world(args, work, offset, seed)
                 for block in blocks:
-                    r1 = train(args, work, data, variant, block, offset, seed)
+                    r1 = run_r1(args, work, data, variant, block, offset, seed)
                     cell = results.setdefault(variant, {}).setdefault(f"{offset:g}", {}).setdefault(block, {})
                     cell.setdefault("per_seed", {})[str(seed)] = round(r1, 2)
     for variant in results.values():
         for row in variant.values():
             for cell in row.values():
                 cell["mean"] = round(statistics.mean(cell["per_seed"].values()), 2)
-    if args.keep is None:
-        shutil.rmtree(work, ignore_errors=True)
+    finish(args, work)
     print("| variant | max offset | " + " | ".join(blocks) + " |", file=sys.stderr)
     print("|---" * (len(blocks) + 2) + "|", file=sys.stderr)
     for variant, rows in results.items():
@@ -136,11 +91,7 @@ def main() -> None:
                "chance_R@1": round(100 / args.test, 2),
                "settings": {k: v for k, v in vars(args).items() if k not in ("keep", "out")},
                "street_to_satellite_R@1": results}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(summary, handle, indent=1)
-        handle.write("\n")
-    print(json.dumps(summary))
+    write_json(args.out, summary)
 
 
 if __name__ == "__main__":

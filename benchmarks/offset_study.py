@@ -1,0 +1,183 @@
+"""The off-centre study: what recovers retrieval when the panorama is not at the aerial's centre.
+
+Every cell is trained for several seeds (each seed is the world's and the run's) and reported
+as street->satellite R@1 per seed, their mean and a 95% Student-t interval. Cells:
+
+CVUSA layout (``python -m data.synthetic --max_offset F``; ``--offsets``, default 0 and 0.4):
+
+* ``polar``: SAFA's polar transform, the baseline;
+* ``tps_l1``: the seed's setting, an identity-initialised TPS guided to the polar image by the
+  L1 loss (``--transform tps --lambda_l1 1``);
+* ``polar_offset``, ``tps_l1_offset``: the same with the offset head (``--regress_offset``,
+  trained on the world's ``offsets.csv``), evaluated as they rank and re-ranked
+  (``--rerank K``: the top K aerials re-centred at the predicted camera position);
+* ``offcentre``: the shipped off-centre recipe (``--config configs/cvusa_offcentre.json``).
+
+VIGOR layout (synthetic; its panoramas are off-centre by construction): ``polar`` and
+``polar_iou_offset`` (``--semi_positive iou --regress_offset``, also re-ranked), which also
+reports the metre-level error of the queries whose top-1 is their positive, at the tile centre
+and refined by the offset.
+
+Writes the JSON file (``--out``), prints it as one JSON line and a Markdown table on stderr, and
+draws the means with their intervals (``--plot``).
+
+    python benchmarks/offset_study.py --keep /tmp/study                     # the whole study
+    python benchmarks/offset_study.py --cells polar,offcentre --offsets 0.4 --seeds 0,1,2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from experiments import (ROOT, add_common_arguments, cvusa_world, finish, mean_interval, names, train,  # noqa: E402
+                         vigor_world, work_folder, write_json)
+
+RECIPE = os.path.join(ROOT, "configs", "cvusa_offcentre.json")
+TPS_L1 = ["--transform", "tps", "--lambda_l1", "1"]
+#: CVUSA-layout cells: flags, and whether the model has an offset head (then also re-ranked).
+CVUSA_CELLS = {
+    "polar": (["--transform", "polar"], False),
+    "tps_l1": (TPS_L1, False),
+    "polar_offset": (["--transform", "polar", "--regress_offset"], True),
+    "tps_l1_offset": ([*TPS_L1, "--regress_offset"], True),
+    "offcentre": (["--config", RECIPE], False),
+}
+VIGOR_CELLS = {
+    "polar": (["--transform", "polar"], False),
+    "polar_iou_offset": (["--transform", "polar", "--semi_positive", "iou", "--regress_offset"], True),
+}
+VIGOR_CITIES = ("NewYork", "Seattle")
+RERANKED = "+rerank"
+
+
+def evaluate(args, run_dir: str, layout: str, data: str, offset_head: bool) -> dict:
+    """The test script's results JSON for the run's checkpoint (re-ranked with an offset head)."""
+    out = os.path.join(run_dir, "study_results.json")
+    if not os.path.exists(out):
+        rerank = ["--rerank", str(args.rerank)] if offset_head else []
+        with open(os.path.join(run_dir, "study_test.log"), "w") as log:
+            subprocess.run([sys.executable, f"test_{layout}.py", "--checkpoint", os.path.join(run_dir, "best.pth"),
+                            "--data_root", data, "--results_json", out, "--device", args.device, "--workers",
+                            str(args.workers), *rerank], cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return json.load(open(out))
+
+
+def cell_values(results: dict, offset_head: bool) -> Dict[str, float]:
+    """R@1 as ranked and, with an offset head, re-ranked."""
+    values = {"": results["street_to_satellite"]["R@1"]}
+    if offset_head:
+        values[RERANKED] = results["rerank"]["street_to_satellite"]["R@1"]
+    return values
+
+
+def run_layout(args, work: str, layout: str, cells: List[str], worlds: Dict[str, str], seed: int, out: dict,
+               localization: dict) -> None:
+    """Train and evaluate ``cells`` of ``layout`` on each of ``worlds`` ({row label: data folder})."""
+    table = CVUSA_CELLS if layout == "cvusa" else VIGOR_CELLS
+    for row, data in worlds.items():
+        for cell in cells:
+            flags, offset_head = table[cell]
+            name = f"{layout}_{row}_{cell}_seed{seed}"
+            run_dir = train(args, work, f"train_{layout}.py", data, name, seed, flags)
+            results = evaluate(args, run_dir, layout, data, offset_head)
+            for suffix, r1 in cell_values(results, offset_head).items():
+                out.setdefault(row, {}).setdefault(cell + suffix, {}).setdefault("per_seed", {})[str(seed)] = r1
+                print(f"{name}{suffix}: R@1 {r1:.2f}", file=sys.stderr, flush=True)
+            if "localization_top1_positive" in results:
+                block = results["localization_top1_positive"]
+                localization.setdefault(cell, {})[str(seed)] = block
+
+
+def summarise(table: dict) -> None:
+    for row in table.values():
+        for cell in row.values():
+            cell.update(mean_interval(list(cell["per_seed"].values())))
+
+
+def plot(path: str, summary: dict) -> None:
+    """Bars of the mean R@1 per cell with their 95% intervals, one panel per world."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(f"CVUSA layout, max offset {row}", cells) for row, cells in summary["cvusa"].items()]
+    panels += [("VIGOR layout (synthetic)", cells) for cells in summary["vigor"].values()]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (title, cells) in zip(axes[0], panels):
+        labels = list(cells)
+        means = [cells[c]["mean"] for c in labels]
+        errors = [0.0 if cells[c]["ci95"] != cells[c]["ci95"] else cells[c]["ci95"] for c in labels]
+        ax.bar(range(len(labels)), means, yerr=errors, capsize=4, color="#4c72b0")
+        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("street->satellite R@1 (%)")
+        ax.set_ylim(bottom=0)
+    fig.suptitle(f"mean of {len(summary['settings']['seeds'].split(','))} seeds, 95% intervals", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_table(summary: dict) -> None:
+    print("| world | cell | R@1 mean ± 95% | per seed |", file=sys.stderr)
+    print("|---|---|---|---|", file=sys.stderr)
+    for layout, rows in (("CVUSA", summary["cvusa"]), ("VIGOR", summary["vigor"])):
+        for row, cells in rows.items():
+            for cell, v in cells.items():
+                seeds = ", ".join(f"{x:.2f}" for x in v["per_seed"].values())
+                print(f"| {layout} {row} | {cell} | {v['mean']:.2f} ± {v['ci95']:.2f} | {seeds} |", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", default=",".join(CVUSA_CELLS), help=f"CVUSA cells: any of {', '.join(CVUSA_CELLS)}")
+    parser.add_argument("--vigor_cells", default=",".join(VIGOR_CELLS),
+                        help=f"VIGOR cells: any of {', '.join(VIGOR_CELLS)}, or 'none'")
+    parser.add_argument("--offsets", default="0,0.4", help="max offsets F of the CVUSA-layout worlds")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the worlds and runs")
+    parser.add_argument("--rerank", type=int, default=10, help="K of --rerank for models with an offset head")
+    parser.add_argument("--vigor_train", type=int, default=150, help="VIGOR training panoramas per city")
+    parser.add_argument("--vigor_test", type=int, default=60, help="VIGOR test panoramas per city")
+    parser.add_argument("--vigor_epochs", type=int, default=20)
+    parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "images", "offset_study.png"))
+    add_common_arguments(parser, train=800, test=400, epochs=12, out="offset_study_cpu.json")
+    args = parser.parse_args()
+    cells = names(args.cells, CVUSA_CELLS, "cells", parser)
+    vigor_cells = [] if args.vigor_cells == "none" else names(args.vigor_cells, VIGOR_CELLS, "VIGOR cells", parser)
+    offsets = [float(x) for x in args.offsets.split(",") if x]
+    work = work_folder(args, "offset_study_")
+    cvusa: dict = {}
+    vigor: dict = {}
+    localization: dict = {}
+    for seed in [int(x) for x in args.seeds.split(",")]:
+        worlds = {f"{offset:g}": cvusa_world(args, work, offset, seed) for offset in offsets}
+        run_layout(args, work, "cvusa", cells, worlds, seed, cvusa, localization)
+        if vigor_cells:
+            vigor_args = argparse.Namespace(**{**vars(args), "train": args.vigor_train, "test": args.vigor_test,
+                                               "epochs": args.vigor_epochs, "sate_size": "128,128",
+                                               "pano_size": "64,256"})
+            data = vigor_world(vigor_args, work, VIGOR_CITIES, seed)
+            run_layout(vigor_args, work, "vigor", vigor_cells, {"same": data}, seed, vigor, localization)
+    summarise(cvusa)
+    summarise(vigor)
+    finish(args, work)
+    summary = {"benchmark": "offset_study", "metric": "street_to_satellite R@1 (%), test script on best.pth",
+               "chance_R@1": round(100 / args.test, 2), "confidence": 0.95,
+               "settings": {k: v for k, v in vars(args).items() if k not in ("keep", "out", "plot")},
+               "cvusa": cvusa, "vigor": vigor, "vigor_top1_positive_localization": localization}
+    print_table(summary)
+    plot(args.plot, summary)
+    write_json(args.out, summary)
+
+
+if __name__ == "__main__":
+    main()
