@@ -29,6 +29,7 @@ from common.errors import UserError
 from common.settings import check_settings, setting
 from data import io
 from data.io import list_subdirs
+from data.vigor_layout import lambda_offset_setting
 
 DEFAULT_TRAIN_CSV = "splits/train-19zl.csv"
 DEFAULT_VAL_CSV = "splits/val-19zl.csv"
@@ -317,6 +318,11 @@ class CVUSAConfig:
     gps_csv: Optional[str] = setting(None, "positions of the training pairs for --sampling gps: a CSV of "
                                            "'id,lat,lon' rows (id = the aerial's file stem), relative to data_root; "
                                            "the synthetic world writes gps.csv", default_text="none")
+    offsets_csv: str = setting(DEFAULT_OFFSETS_CSV, "offset labels for --regress_offset (read with it only): a "
+                                                    f"CSV of '{OFFSETS_HEADER}' rows (id = the aerial's file stem), "
+                                                    "relative to data_root; real CVUSA has none, the synthetic "
+                                                    "world written with --max_offset has offsets.csv")
+    lambda_offset: float = lambda_offset_setting()
 
     def __post_init__(self) -> None:
         check_settings(self)
