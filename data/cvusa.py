@@ -4,7 +4,11 @@ Samples are dicts ``{"street": 3 x Hp x Wp, "satellite": 3 x H x W, "index": i, 
 of ImageNet-normalised RGB float32 tensors, or uint8 ones with ``normalise=False``; ``index``
 is the position of the pair in the CSV (so street ``i`` matches satellite ``i``); ``heading``
 the street image's heading in degrees (:mod:`geometry.heading`: 0 for north-aligned), the
-one recorded in ``headings.csv`` plus the turn applied here. With a field of view below 360
+one recorded in ``headings.csv`` plus the turn applied here. With ``offsets_csv`` also
+``"delta"``: (2,) float64 label delta of the camera in VIGOR's convention (:mod:`data.vigor`),
+in pixels of the aerial file (side :attr:`CVUSA.tile_side`), moved with the paired flip and
+rotation (:func:`data.vigor.augment_deltas`): the camera sits at index (row ``S/2 + d0``, column
+``S/2 - d1``) of the augmented aerial file of side ``S``. With a field of view below 360
 degrees the street image is ``Wp * fov / 360`` columns wide. The
 satellite is the raw aerial at ``sate_size``, or with ``polar_files`` its polar image at
 ``pano_size`` (:func:`geometry.polar.satellite_input_size`).
@@ -12,16 +16,19 @@ satellite is the raw aerial at ``sate_size``, or with ``polar_files`` its polar 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
+import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from common.errors import UserError
 from data.augment import check_rotation_sizes, paired_augment, sample_rng
-from data.cvusa_layout import (HEADINGS_FILE, check_column_order, missing_files_error, polar_path, read_headings,
-                               read_split_csv, resolve_csv)
+from data.cvusa_layout import (HEADINGS_FILE, check_column_order, missing_files_error, pair_deltas, polar_path,
+                               read_headings, read_split_csv, resolve_csv)
 from data.io import MIN_IMAGE_SIDE, check_polar_size, file_image_size, find_missing, read_image, size_hw
 from data.tensors import IMAGENET_MEAN, converter
+from data.vigor import augment_deltas
 from geometry.heading import FULL_CIRCLE, columns_heading, crop_columns, fov_width, pad_columns, roll_to_heading
 from geometry.polar import satellite_input_size
 
@@ -53,17 +60,21 @@ class CVUSA(Dataset):
             at ``fov_width(Wp, recorded fov)`` columns and cannot be turned.
         pad_fov: pad such a window back to ``Wp`` columns with the ImageNet mean colour, in
             place (for heads that need full-width street images: safa, pool).
+        offsets_csv: an offsets CSV (``id,dx_px,dy_px``, :func:`data.cvusa_layout.pair_deltas`),
+            relative to ``data_root`` or absolute: samples carry ``"delta"``; None: they do not.
+            Its pixels are those of the aerial files, which share one side (the first one's).
 
     Attributes ``street_paths``, ``satellite_paths`` (raw aerials) and ``polar_paths`` are
-    relative to ``data_root``. Every file the dataset reads is checked up front (a
-    :class:`UserError` lists the first few missing paths, how many are missing, and layout
-    hints). Augmentation runs on the resized uint8 arrays (:mod:`data.augment`).
+    relative to ``data_root``; ``tile_side`` is the side in pixels of the aerial files (that of
+    the first; None when its header cannot be read), ``deltas`` the (N, 2) label deltas or None.
+    Every file the dataset reads is checked up front (a :class:`UserError` lists the first few
+    missing paths, how many are missing, and layout hints). Augmentation runs on the resized uint8 arrays (:mod:`data.augment`).
     """
 
     def __init__(self, data_root: str, csv: str, sate_size: Sequence[int], pano_size: Sequence[int],
                  augment: bool = False, rotate: bool = False, polar_files: bool = False, seed: int = 0,
                  normalise: bool = True, heading: str = "none", fov: float = FULL_CIRCLE,
-                 pad_fov: bool = False) -> None:
+                 pad_fov: bool = False, offsets_csv: Optional[str] = None) -> None:
         if not os.path.isdir(data_root):
             raise UserError(f"CVUSA data root not found: {data_root}; pass --data_root pointing at the "
                             f"folder that holds splits/, bingmap/ and streetview/")
@@ -91,6 +102,8 @@ class CVUSA(Dataset):
         aerial, panorama = file_image_size(self.satellite_file(0)), file_image_size(self.street_file(0))
         if aerial and panorama:
             check_column_order(self.csv, aerial, panorama)
+        self.tile_side = aerial[0] if aerial else None
+        self.deltas = None if offsets_csv is None else self._read_deltas(offsets_csv, aerial)
         if self.polar_files:
             check_polar_size(self.polar_file(0), self.pano_size,
                              f"python -m data.convert_polar --data_root {data_root}")
@@ -103,6 +116,14 @@ class CVUSA(Dataset):
         self.read_width = fov_width(self.pano_size[1], recorded_fov)
         self.street_width = fov_width(self.pano_size[1], min(float(fov), recorded_fov))
         self.pad_fov = bool(pad_fov)
+
+    def _read_deltas(self, offsets_csv: str, aerial: Optional[tuple]):
+        """The pairs' label deltas from ``offsets_csv``; refused without a square aerial file to measure them in."""
+        if aerial is None or aerial[0] != aerial[1]:
+            shape = "unreadable" if aerial is None else f"{aerial[0]} x {aerial[1]}"
+            raise UserError(f"offset labels are in pixels of square aerial files, but {self.satellite_file(0)} is "
+                            f"{shape}; --regress_offset needs the raw aerials of {self.data_root}")
+        return pair_deltas(os.path.join(self.data_root, offsets_csv), self.satellite_paths, self.csv)
 
     def _recorded_headings(self, recorded: dict) -> list:
         """``(heading, fov)`` of every pair from ``headings.csv`` (``(0, 360)`` without one); one fov."""
@@ -147,12 +168,15 @@ class CVUSA(Dataset):
         street = read_image(self.street_file(index), (self.pano_size[0], self.read_width), min_side=MIN_IMAGE_SIDE)
         satellite = self.read_satellite(index)
         heading = self.recorded[index][0]
+        delta = None if self.deltas is None else self.deltas[index]
         if self.augment or self.rotate or self.turn:
             rng = sample_rng(self.seed, self.epoch, index)
             if self.augment or self.rotate:
                 street, satellite, params = paired_augment(street, satellite, rng, flip=self.augment,
                                                            rotate=self.rotate, satellite_is_polar=self.polar_files)
                 heading = -heading if params["flip"] else heading
+                if delta is not None:
+                    delta = augment_deltas(delta, bool(params["flip"]), params["rotation"])
             if self.turn:
                 columns = int(rng.integers(street.shape[1]))
                 street = roll_to_heading(street, columns)
@@ -161,8 +185,11 @@ class CVUSA(Dataset):
             street = crop_columns(street, self.street_width)
         if self.pad_fov and street.shape[1] < self.pano_size[1]:
             street = pad_columns(street, self.pano_size[1], MEAN_COLOUR)
-        return {"street": self.convert(street), "satellite": self.convert(satellite), "index": index,
-                "heading": heading % FULL_CIRCLE}
+        sample = {"street": self.convert(street), "satellite": self.convert(satellite), "index": index,
+                  "heading": heading % FULL_CIRCLE}
+        if delta is not None:
+            sample["delta"] = torch.from_numpy(np.array(delta, dtype=np.float64))
+        return sample
 
 
 class CVUSASatellites(Dataset):

@@ -11,6 +11,11 @@ Optional, for ``--sampling gps``: a GPS CSV (``--gps_csv``, e.g. ``gps.csv`` of 
 world) with the header ``id,lat,lon`` and one row per pair: ``id`` is the aerial's file stem
 (``0000001`` for ``bingmap/19/0000001.jpg``; numeric ids compare as numbers), ``lat`` /
 ``lon`` in degrees.
+
+Optional, for ``--regress_offset``: an offsets CSV (``--offsets_csv``, default ``offsets.csv``;
+real CVUSA has none, the synthetic world written with ``--max_offset`` has it) with the header
+``id,dx_px,dy_px``: the camera sits at aerial pixel (row ``S/2 + dy_px``, column ``S/2 + dx_px``),
+dx east, dy south, in pixels of the aerial file of side ``S`` (:func:`pair_deltas`).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from common.errors import UserError
 from common.settings import check_settings, setting
 from data import io
 from data.io import list_subdirs
+from data.vigor_layout import lambda_offset_setting
 
 DEFAULT_TRAIN_CSV = "splits/train-19zl.csv"
 DEFAULT_VAL_CSV = "splits/val-19zl.csv"
@@ -185,11 +191,62 @@ def resolve_csv(data_root: str, csv: str) -> str:
 
 
 GPS_HEADER = "id,lat,lon"
+OFFSETS_HEADER = "id,dx_px,dy_px"
+#: ``--offsets_csv`` when none is given (relative to ``data_root``): what the synthetic world writes.
+DEFAULT_OFFSETS_CSV = "offsets.csv"
 
 
 def _gps_key(ident: str) -> str:
     """An id as compared: numeric ids as numbers (``0000001`` == ``1``)."""
     return str(int(ident)) if ident.isdigit() else ident
+
+
+def _read_id_csv(path: str, flag: str, header: str, rule: str, parse, fix: str) -> Dict[str, Tuple[float, float]]:
+    """``{id: parse(a, b)}`` of the ``id,a,b`` CSV of ``flag``; ids as :func:`_gps_key` compares them.
+
+    The ``header`` line is optional; blank lines are skipped. A :class:`UserError` naming
+    ``path:line`` refuses a row that is not an id and two numbers or that ``parse`` refuses (a
+    ``ValueError``; ``rule`` says what it accepts), and an id listed twice; a missing file is
+    one too, ending with ``fix``.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{flag} file not found: {path}; {fix}") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"cannot read {flag} file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    values: Dict[str, Tuple[float, float]] = {}
+    first: Dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
+        fields = [field.strip() for field in line.strip().split(",")]
+        if fields == [""] or (not values and not first and ",".join(fields).lower() == header):
+            continue
+        try:
+            if len(fields) != 3 or not fields[0]:
+                raise ValueError
+            value = parse(float(fields[1]), float(fields[2]))
+        except ValueError:
+            raise UserError(f"{path}:{number}: expected '{header}'{rule}, got {line.strip()!r}") from None
+        key = _gps_key(fields[0])
+        if key in first:
+            raise UserError(f"{path}:{number}: id {fields[0]} is listed again (first at line {first[key]}); "
+                            f"each pair has one row: delete the repeated row")
+        first[key] = number
+        values[key] = value
+    return values
+
+
+def _position(lat: float, lon: float) -> Tuple[float, float]:
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        raise ValueError
+    return lat, lon
+
+
+def _offset(dx: float, dy: float) -> Tuple[float, float]:
+    if not (np.isfinite(dx) and np.isfinite(dy)):
+        raise ValueError
+    return dx, dy
 
 
 def read_gps_csv(path: str) -> Dict[str, Tuple[float, float]]:
@@ -199,51 +256,48 @@ def read_gps_csv(path: str) -> Dict[str, Tuple[float, float]]:
     ``path:line`` refuses a row that is not three fields, a latitude outside [-90, 90] or a
     longitude outside [-180, 180] or not a number, and an id listed twice; so does a missing file.
     """
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            lines = handle.read().splitlines()
-    except FileNotFoundError:
-        raise UserError(f"--gps_csv file not found: {path}; pass a CSV of 'id,lat,lon' rows (relative to "
-                        f"--data_root or absolute)") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        raise UserError(f"cannot read --gps_csv file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    positions: Dict[str, Tuple[float, float]] = {}
-    first: Dict[str, int] = {}
-    for number, line in enumerate(lines, 1):
-        fields = [field.strip() for field in line.strip().split(",")]
-        if fields == [""] or (not positions and not first and ",".join(fields).lower() == GPS_HEADER):
-            continue
-        try:
-            if len(fields) != 3 or not fields[0]:
-                raise ValueError
-            lat, lon = float(fields[1]), float(fields[2])
-            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
-                raise ValueError
-        except ValueError:
-            raise UserError(f"{path}:{number}: expected '{GPS_HEADER}' with latitude in [-90, 90] and longitude "
-                            f"in [-180, 180] degrees, got {line.strip()!r}") from None
-        key = _gps_key(fields[0])
-        if key in first:
-            raise UserError(f"{path}:{number}: id {fields[0]} is listed again (first at line {first[key]}); "
-                            f"each pair has one position: delete the repeated row")
-        first[key] = number
-        positions[key] = (lat, lon)
-    return positions
+    return _read_id_csv(path, "--gps_csv", GPS_HEADER,
+                        " with latitude in [-90, 90] and longitude in [-180, 180] degrees", _position,
+                        f"pass a CSV of '{GPS_HEADER}' rows (relative to --data_root or absolute)")
+
+
+def read_offsets_csv(path: str) -> Dict[str, Tuple[float, float]]:
+    """``{id: (dx_px, dy_px)}`` of an offsets CSV (see the module doc), read like :func:`read_gps_csv`
+    (finite numbers); a missing file is a :class:`UserError` saying where offset labels come from."""
+    return _read_id_csv(path, "--offsets_csv", OFFSETS_HEADER, " with finite pixel offsets", _offset,
+                        f"--regress_offset learns from offset labels and CVUSA has no offset labels; synthetic "
+                        f"worlds written with `python -m data.synthetic --layout cvusa --max_offset F` have them "
+                        f"({DEFAULT_OFFSETS_CSV}). Pass --offsets_csv FILE (a CSV of '{OFFSETS_HEADER}' rows, "
+                        f"relative to --data_root or absolute) or drop --regress_offset")
+
+
+def _pair_rows(table: Dict[str, Tuple[float, float]], path: str, aerial_rels: Sequence[str], split_csv: str,
+               flag: str, feature: str) -> np.ndarray:
+    """(N, 2) float64 rows of ``table`` (read from ``path``, given as ``flag``) for the pairs whose
+    aerials are ``aerial_rels`` (the rows of ``split_csv``); a pair without a row is a :class:`UserError`."""
+    out = np.empty((len(aerial_rels), 2), dtype=np.float64)
+    for row, aerial in enumerate(aerial_rels):
+        ident = os.path.splitext(os.path.basename(aerial))[0]
+        value = table.get(_gps_key(ident))
+        if value is None:
+            raise UserError(f"{flag} {path} has no row for id {ident} (aerial {aerial}, {split_csv} line "
+                            f"{row + 1}); every training pair needs one: add it, or train without {feature}")
+        out[row] = value
+    return out
 
 
 def pair_positions(path: str, aerial_rels: Sequence[str], split_csv: str) -> np.ndarray:
     """(N, 2) latitude, longitude of the pairs whose aerials are ``aerial_rels`` (the rows of
     ``split_csv``), from the GPS CSV ``path``; a pair without a row is a :class:`UserError`."""
-    positions = read_gps_csv(path)
-    out = np.empty((len(aerial_rels), 2), dtype=np.float64)
-    for row, aerial in enumerate(aerial_rels):
-        ident = os.path.splitext(os.path.basename(aerial))[0]
-        position = positions.get(_gps_key(ident))
-        if position is None:
-            raise UserError(f"--gps_csv {path} has no row for id {ident} (aerial {aerial}, {split_csv} line "
-                            f"{row + 1}); every training pair needs one: add it, or train without --sampling gps")
-        out[row] = position
-    return out
+    return _pair_rows(read_gps_csv(path), path, aerial_rels, split_csv, "--gps_csv", "--sampling gps")
+
+
+def pair_deltas(path: str, aerial_rels: Sequence[str], split_csv: str) -> np.ndarray:
+    """(N, 2) label deltas ``(d0, d1) = (dy_px, -dx_px)`` of the pairs whose aerials are ``aerial_rels``
+    from the offsets CSV ``path``: VIGOR's convention (:mod:`data.vigor`), in pixels of the written
+    aerial, so the camera sits at row ``S/2 + d0``, column ``S/2 - d1`` of an aerial of side ``S``."""
+    offsets = _pair_rows(read_offsets_csv(path), path, aerial_rels, split_csv, "--offsets_csv", "--regress_offset")
+    return np.stack([offsets[:, 1], -offsets[:, 0]], axis=1)
 
 
 #: Model input sizes (H, W) on CVUSA: SAFA's and Toker et al.'s (raw aerial, panorama = polar image).
@@ -264,6 +318,11 @@ class CVUSAConfig:
     gps_csv: Optional[str] = setting(None, "positions of the training pairs for --sampling gps: a CSV of "
                                            "'id,lat,lon' rows (id = the aerial's file stem), relative to data_root; "
                                            "the synthetic world writes gps.csv", default_text="none")
+    offsets_csv: str = setting(DEFAULT_OFFSETS_CSV, "offset labels for --regress_offset (read with it only): a "
+                                                    f"CSV of '{OFFSETS_HEADER}' rows (id = the aerial's file stem), "
+                                                    "relative to data_root; real CVUSA has none, the synthetic "
+                                                    "world written with --max_offset has offsets.csv")
+    lambda_offset: float = lambda_offset_setting()
 
     def __post_init__(self) -> None:
         check_settings(self)

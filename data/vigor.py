@@ -107,7 +107,10 @@ class VigorPairs(Dataset):
     ``persistent_workers=True`` the workers keep the epoch they were started with).
     With ``polar_files`` the polar image is augmented like a panorama and the deltas
     refer to the 640 tile it was computed from. ``normalise``: see :func:`data.tensors.converter`.
+    ``tile_side``: the side of the tiles the deltas are measured in (:data:`TILE_SIDE`).
     """
+
+    tile_side = TILE_SIDE
 
     def __init__(self, index: VigorIndex, sate_size=SATE_SIZE, pano_size=PANO_SIZE, augment: bool = False,
                  rotate: bool = False, polar_files: bool = False, seed: int = 0, normalise: bool = True,

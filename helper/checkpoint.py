@@ -9,7 +9,7 @@ A checkpoint is a plain dict saved with ``torch.save`` and loadable with
 (torch/CUDA/numpy/python states), ``git`` (commit).
 
 Versions: 1 (stored the ``--resume`` path in its config), 2 (no offset head, no semi-positive loss), 3
-(current). :func:`load_checkpoint`
+(no CVUSA offset labels), 4 (current). :func:`load_checkpoint`
 migrates an older checkpoint's config (:func:`helper.config.migrate_config`).
 """
 from __future__ import annotations

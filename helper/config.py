@@ -199,17 +199,25 @@ def _from_version_2(cfg: Dict[str, Any]) -> Dict[str, Any]:
     defaults = {"regress_offset": False, "sampling": "random", "sampling_select": None, "sampling_pool": None,
                 "train_heading": "none", "train_fov": 360.0, "test_heading": "none", "test_fov": 360.0}
     if cfg.get("dataset") == "vigor":
-        defaults.update(semi_positive="none", lambda_offset=vigor_layout.VigorConfig.lambda_offset)
+        defaults.update(semi_positive="none", lambda_offset=vigor_layout.LAMBDA_OFFSET)
     if cfg.get("dataset") == "cvusa":
         defaults["gps_csv"] = None
     return {**defaults, **cfg}
 
 
+def _from_version_3(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Version 3 had no CVUSA offset labels: CVUSA runs had no offset head, hence no ``offsets_csv``
+    (the default file, never read without ``--regress_offset``) nor offset weight."""
+    if cfg.get("dataset") != "cvusa":
+        return cfg
+    return {"offsets_csv": cvusa_layout.DEFAULT_OFFSETS_CSV, "lambda_offset": vigor_layout.LAMBDA_OFFSET, **cfg}
+
+
 #: Version of the stored config (``config.json``'s ``version`` key, a checkpoint's ``version``).
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 #: ``{version: migration}``: a stored config of ``version`` becomes one of ``version + 1``
 #: (a config.json without ``version`` is version 1).
-MIGRATIONS = {1: _from_version_1, 2: _from_version_2}
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3}
 
 
 def migrate_config(cfg: Mapping[str, Any], version: int) -> Dict[str, Any]:
@@ -238,9 +246,6 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.model.polar_files and self.model.transform != "polar":
             raise UserError("--polar_files needs --transform polar (an STN learns from the raw satellite image)")
-        if self.model.regress_offset and self.dataset != "vigor":
-            raise UserError("--regress_offset learns from VIGOR's in-tile offset labels; "
-                            f"{self.dataset} has none (drop --regress_offset)")
         if self.train.chunk_size and (self.model.regress_offset or self.semi_positive):
             raise UserError("--chunk_size (gradient caching) does not support --regress_offset or "
                             "--semi_positive iou yet; drop --chunk_size")

@@ -150,8 +150,8 @@ class Objective:
     optimised with the model and saved as the checkpoint's ``objective``); None for triplets.
     ``semi_positive``: add VIGOR's semi-positive IOU loss (the batch carries ``semi_satellite``
     images and ``delta`` / ``semi_delta`` labels); ``lambda_offset``: weight of the offset
-    regression of a model with an offset head (0 = none); ``tile_side``: the side of the tiles
-    the deltas are measured in.
+    regression of a model with an offset head (0 = none); ``tile_side``: the side L of the tiles
+    the deltas are measured in (the training dataset's ``tile_side``); the offset head learns delta / (L/2).
     """
 
     lambda_sm: float
@@ -162,15 +162,15 @@ class Objective:
     logit_scale: Optional[LogitScale] = None
     semi_positive: bool = False
     lambda_offset: float = 0.0
-    tile_side: float = TILE_SIDE
+    tile_side: Optional[float] = TILE_SIDE
 
     @classmethod
-    def of(cls, run: RunConfig) -> "Objective":
+    def of(cls, run: RunConfig, tile_side: Optional[float]) -> "Objective":
         infonce = run.train.loss == "infonce"
         lambda_offset = run.data.lambda_offset if run.model.regress_offset else 0.0
         return cls(run.train.lambda_sm, run.model.lambda_l1, run.train.amp, run.train.loss,
                    run.train.label_smoothing or 0.0, LogitScale() if infonce else None, run.semi_positive,
-                   lambda_offset)
+                   lambda_offset, tile_side)
 
     def parameters(self) -> list:
         return [] if self.logit_scale is None else list(self.logit_scale.parameters())
@@ -564,7 +564,7 @@ def start_training(run: RunConfig, task, env, train_set, resume: Optional[dict],
         write_json_atomic(os.path.join(run_dir, "config.json"), {**run.to_dict(), "version": CHECKPOINT_VERSION})
     distributed.barrier()
     logger = setup_logging(run_dir, env.is_main)
-    objective = Objective.of(run)
+    objective = Objective.of(run, train_set.tile_side)
     if objective.logit_scale is not None:
         objective.logit_scale.to(env.device)
     optimizer = build_optimizer(run, list(model.parameters()) + objective.parameters())

@@ -32,7 +32,8 @@ class Task(Protocol):
     name: str
 
     def train_dataset(self, run: RunConfig) -> Dataset:
-        """The training samples (their files checked up front)."""
+        """The training samples (their files checked up front), with ``tile_side``: the side of the
+        tiles their ``delta`` labels are measured in (:class:`helper.engine.Objective`)."""
 
     def check_evaluation(self, run: RunConfig) -> None:
         """Check the evaluation split's files (before training writes anything)."""
@@ -106,19 +107,21 @@ class CVUSATask:
 
     def _dataset(self, run: RunConfig, csv: str, train: bool):
         """The split's dataset, built (and its files checked) once per task. Evaluation turns the
-        street images with :data:`helper.config.TEST_HEADING_SEED` (it has no other random draws)."""
+        street images with :data:`helper.config.TEST_HEADING_SEED` (it has no other random draws);
+        training with an offset head reads ``--offsets_csv``."""
         from data.cvusa import CVUSA
 
         options = run.train
         heading, fov = (options.train_heading, options.train_fov) if train else (options.test_heading, options.test_fov)
-        key = (run.data.data_root, csv, train, heading, fov)
+        offsets = run.data.offsets_csv if train and run.model.regress_offset else None
+        key = (run.data.data_root, csv, train, heading, fov, offsets)
         if key not in self._datasets:
             model = run.model
             self._datasets[key] = CVUSA(
                 run.data.data_root, csv, sate_size=model.sate_size, pano_size=model.pano_size,
                 augment=train and options.augment, rotate=train and options.rotate,
                 polar_files=model.polar_files, seed=options.seed if train else TEST_HEADING_SEED, normalise=False,
-                heading=heading, fov=fov, pad_fov=not model.takes_windows)
+                heading=heading, fov=fov, pad_fov=not model.takes_windows, offsets_csv=offsets)
         return self._datasets[key]
 
     def train_dataset(self, run: RunConfig):

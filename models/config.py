@@ -51,9 +51,10 @@ class ModelConfig:
                             choices=lambda: STN_INITS)
     lambda_l1: float = setting(0.0, "weight of the L1 loss pulling the STN output towards the polar image "
                                     "(STN transforms only; 0 = off)", minimum=0.0)
-    regress_offset: bool = setting(False, "VIGOR: an MLP on the street and satellite descriptors (hidden 512) "
+    regress_offset: bool = setting(False, "an MLP on the street and satellite descriptors (hidden 512) "
                                           "regresses where inside the tile the panorama was taken (VIGOR's "
-                                          "SAFA_delta); refines the metre-level localisation")
+                                          "SAFA_delta); refines the metre-level localisation. VIGOR, and "
+                                          "CVUSA-layout data with offset labels (--offsets_csv)")
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -1,8 +1,9 @@
 """VIGOR's in-tile offset regression head (``SAFA_delta`` of the official code).
 
 Convention: the head predicts the label delta ``(d0, d1)`` of a (street, satellite) pair divided
-by half the tile side (``delta / 320`` on VIGOR's 640 tiles; see :mod:`data.vigor` for the
-sign convention: the panorama sits at row ``320 + d0``, column ``320 - d1`` of the tile).
+by half the tile side (``delta / 320`` on VIGOR's 640 tiles, ``delta / (S/2)`` on CVUSA aerials
+of side ``S``; see :mod:`data.vigor` for the sign convention: the panorama sits at row ``320 + d0``,
+column ``320 - d1`` of the tile).
 """
 from __future__ import annotations
 

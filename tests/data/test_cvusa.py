@@ -262,3 +262,82 @@ def test_rotation_needs_compatible_sizes(cvusa_root):
     dataset = CVUSA(cvusa_root, "splits/val-19zl.csv", SATE, PANO, augment=True, rotate=True)
     shapes = {tuple(dataset[i]["satellite"].shape) for i in range(len(dataset))}
     assert shapes == {(3, *SATE)}
+
+
+# ------------------------------------------------------------------ offset labels (--regress_offset)
+#: (dx_px, dy_px) of the marked pairs: the camera at aerial pixel (row S/2 + dy, column S/2 + dx).
+CAMERAS = [(5, -9), (-12, 3), (2, 14), (-7, 11)]
+
+
+def _marked_world(root, side=64, pano=(16, 88), header=True):
+    """A CVUSA layout whose lossless aerials are black but for one white pixel where the camera is."""
+    root = str(root)
+    for folder in ("bingmap/19", "streetview/panos", "splits"):
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+    lines, rows = [], ["id,dx_px,dy_px"] if header else []
+    for i, (dx, dy) in enumerate(CAMERAS):
+        name = f"{i + 1:07d}"
+        aerial = np.zeros((side, side, 3), np.uint8)
+        aerial[side // 2 + dy, side // 2 + dx] = 255
+        cv2.imwrite(os.path.join(root, "bingmap/19", name + ".png"), aerial)
+        cv2.imwrite(os.path.join(root, "streetview/panos", name + ".png"), np.full((*pano, 3), 40 * i, np.uint8))
+        lines.append(f"bingmap/19/{name}.png,streetview/panos/{name}.png")
+        rows.append(f"{name},{dx},{dy}")
+    (open(os.path.join(root, "splits", "train-19zl.csv"), "w")).write("\n".join(lines) + "\n")
+    (open(os.path.join(root, "offsets.csv"), "w")).write("\n".join(rows) + "\n")
+    return root
+
+
+def test_offset_labels_follow_the_vigor_convention(tmp_path):
+    from data.cvusa_layout import pair_deltas, read_offsets_csv
+
+    root = _marked_world(tmp_path)
+    path = os.path.join(root, "offsets.csv")
+    assert read_offsets_csv(path)["1"] == (5.0, -9.0)
+    deltas = pair_deltas(path, ["bingmap/19/0000002.png", "bingmap/19/0000001.png"], "splits/train-19zl.csv")
+    assert deltas.tolist() == [[3.0, 12.0], [-9.0, -5.0]]  # (d0, d1) = (dy, -dx)
+    dataset = CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88), offsets_csv="offsets.csv")
+    assert dataset.tile_side == 64 and dataset[0]["delta"].dtype == torch.float64
+    assert "delta" not in CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88))[0]  # without labels: as before
+
+
+def test_augmented_deltas_still_point_at_the_camera(tmp_path):
+    """Paired flips and quarter turns move the marked camera pixel exactly where the delta says (row
+    S/2 + d0, column S/2 - d1, as VIGOR's), through all 8 flip/rotation combinations."""
+    root = _marked_world(tmp_path)
+    dataset = CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88), augment=True, rotate=True, seed=3,
+                    normalise=False, offsets_csv="offsets.csv")
+    from data.vigor import augment_deltas
+
+    seen = set()
+    for epoch in range(16):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            image = sample["satellite"][0].numpy()
+            marker = np.unravel_index(int(np.argmax(image)), image.shape)
+            assert image[marker] == 255 and (image > 0).sum() == 1
+            d0, d1 = sample["delta"].tolist()
+            assert (32 + d0, 32 - d1) == marker
+            dx, dy = CAMERAS[index]
+            seen |= {(flip, k) for flip in (False, True) for k in range(4)
+                     if augment_deltas((dy, -dx), flip, k).tolist() == [d0, d1]}
+    assert len(seen) == 8
+
+
+def test_offset_label_errors(tmp_path):
+    root = _marked_world(tmp_path, header=False)  # the header is optional
+    assert CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88), offsets_csv="offsets.csv")[1]["delta"].tolist() \
+        == [3.0, 12.0]
+    with open(os.path.join(root, "offsets.csv"), "a") as handle:
+        handle.write("0000009,nan,2\n")
+    with pytest.raises(UserError, match=r"offsets.csv:5: expected 'id,dx_px,dy_px' with finite pixel offsets"):
+        CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88), offsets_csv="offsets.csv")
+    (tmp_path / "one.csv").write_text("1,0,0\n")
+    with pytest.raises(UserError, match=r"--offsets_csv .*one.csv has no row for id 0000002 .*train without "
+                                        r"--regress_offset"):
+        CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88), offsets_csv=str(tmp_path / "one.csv"))
+    os.remove(os.path.join(root, "offsets.csv"))
+    with pytest.raises(UserError, match=r"--offsets_csv file not found: .*offsets.csv; .*CVUSA has no offset labels; "
+                                        r"synthetic worlds written with .*--max_offset"):
+        CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88), offsets_csv="offsets.csv")

@@ -7,21 +7,30 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from data.vigor_layout import TILE_SIDE
 from helper import distributed
 
 CFG = {"transform": "polar", "backbone": "tiny", "pretrained": False, "sate_size": [48, 48], "pano_size": [32, 96]}
 STEPS, PER_RANK = 3, 4
+#: The losses trained with an offset head.
+OFFSET_LOSSES = ("vigor", "cvusa_offsets")
 
 
-def _batches(world_batch: int, vigor: bool = False):
-    """Random batches; ``vigor`` adds semi-positive images and label deltas."""
+#: Side of the aerials of the CVUSA offset labels below (pixels of the aerial files, not of the 640 tile).
+CVUSA_SIDE = 750
+
+
+def _batches(world_batch: int, loss_name: str = "triplet"):
+    """Random batches; ``vigor`` adds semi-positive images and label deltas, ``cvusa_offsets`` deltas only."""
     generator = torch.Generator().manual_seed(1)
     batches = [{"street": torch.randn(world_batch, 3, 32, 96, generator=generator),
                 "satellite": torch.randn(world_batch, 3, 48, 48, generator=generator)} for _ in range(STEPS)]
-    for batch in batches if vigor else ():
+    for batch in batches if loss_name == "vigor" else ():
         batch.update(semi_satellite=torch.randn(world_batch, 3, 48, 48, generator=generator),
                      delta=torch.rand(world_batch, 2, generator=generator) * 320 - 160,
                      semi_delta=torch.rand(world_batch, 2, generator=generator) * 640 - 320)
+    for batch in batches if loss_name == "cvusa_offsets" else ():
+        batch["delta"] = (torch.rand(world_batch, 2, generator=generator) - 0.5) * CVUSA_SIDE
     return batches
 
 
@@ -32,13 +41,15 @@ def _train(env, rank: int, world_size: int, loss_name: str = "triplet", chunk: i
     from models import build_model
 
     vigor = loss_name == "vigor"  # the triplet loss with VIGOR's semi-positive and offset terms
+    offsets = loss_name in OFFSET_LOSSES  # cvusa_offsets: the triplet loss and the offset term
     torch.manual_seed(0)
-    model = distributed.wrap_model(build_model({**CFG, "regress_offset": vigor}), env)
-    objective = Objective(lambda_sm=10.0, lambda_l1=0.0, amp="none", loss="triplet" if vigor else loss_name,
+    model = distributed.wrap_model(build_model({**CFG, "regress_offset": offsets}), env)
+    objective = Objective(lambda_sm=10.0, lambda_l1=0.0, amp="none", loss="triplet" if offsets else loss_name,
                           label_smoothing=0.1, logit_scale=LogitScale() if loss_name == "infonce" else None,
-                          semi_positive=vigor, lambda_offset=1.0 if vigor else 0.0)
+                          semi_positive=vigor, lambda_offset=1.0 if offsets else 0.0,
+                          tile_side=CVUSA_SIDE if loss_name == "cvusa_offsets" else TILE_SIDE)
     optimizer = torch.optim.SGD(list(model.parameters()) + objective.parameters(), lr=0.5)
-    for batch in _batches(PER_RANK * 2, vigor):
+    for batch in _batches(PER_RANK * 2, loss_name):
         local = {k: v[rank * PER_RANK * 2 // world_size:(rank + 1) * PER_RANK * 2 // world_size]
                  for k, v in batch.items()}
         optimizer.zero_grad()
@@ -74,15 +85,15 @@ def _free_port() -> int:
 
 
 # chunk 2 of each rank's 4 samples: gradient caching under DDP equals one unchunked process
-@pytest.mark.parametrize("loss_name, chunk", [("triplet", 0), ("infonce", 0), ("vigor", 0), ("triplet", 2),
-                                              ("infonce", 2)])
+@pytest.mark.parametrize("loss_name, chunk", [("triplet", 0), ("infonce", 0), ("vigor", 0), ("cvusa_offsets", 0),
+                                              ("triplet", 2), ("infonce", 2)])
 def test_two_processes_equal_one_process_on_the_joined_batch(tmp_path, loss_name, chunk):
     out = str(tmp_path / "ddp.pth")
     mp.spawn(_worker, args=(2, _free_port(), out, loss_name, chunk), nprocs=2, join=True)
     ddp_state = torch.load(out, weights_only=True)
     assert torch.equal(ddp_state.pop("gathered"), torch.arange(5.0)[:, None] * 10)
     single = _train(distributed.DistEnv(0, 1, 0, torch.device("cpu")), 0, 1, loss_name)
-    initial = {**_initial_state(loss_name == "vigor"), "logit_scale": torch.tensor(math.log(1 / 0.07))}
+    initial = {**_initial_state(loss_name in OFFSET_LOSSES), "logit_scale": torch.tensor(math.log(1 / 0.07))}
     for key, value in single.items():
         assert torch.allclose(ddp_state[key], value, atol=1e-6, rtol=1e-5), key
         # the comparison is about trained weights: SGD (unlike Adam) also catches a wrong gradient scale

@@ -150,9 +150,35 @@ def test_version_2_configs_migrate_to_random_batches():
     for key in ("sampling", "sampling_select", "sampling_pool", "gps_csv"):
         del stored[key]
     migrated = migrate_config(stored, 2)
-    assert CONFIG_VERSION == 3
+    assert CONFIG_VERSION == 4
     run = RunConfig.from_dict(migrated, complete=True)
     assert run.train.sampling == "random" and run.data.gps_csv is None
     vigor = RunConfig.from_dict({"dataset": "vigor"}).to_dict()
     del vigor["sampling"]
     assert "gps_csv" not in migrate_config(vigor, 2)
+
+
+def test_cvusa_offset_settings_round_trip_and_defaults():
+    from helper.config import RunConfig
+    from helper.parser import build_test_parser
+
+    default = parse_train_config("cvusa", [])
+    assert (default["regress_offset"], default["offsets_csv"], default["lambda_offset"]) == (False, "offsets.csv", 0.01)
+    assert parse_train_config("vigor", [])["lambda_offset"] == default["lambda_offset"]  # one default
+    cfg = parse_train_config("cvusa", ["--regress_offset", "--offsets_csv", "labels/o.csv", "--lambda_offset", "0.5"])
+    cfg.pop("resume")
+    run = RunConfig.from_dict(json.loads(json.dumps(cfg)), complete=True)
+    assert run.model.regress_offset and (run.data.offsets_csv, run.data.lambda_offset) == ("labels/o.csv", 0.5)
+    assert run.to_dict() == cfg
+    assert "--offsets_csv" not in build_test_parser("cvusa").format_help()  # read by training only
+
+
+def test_version_3_cvusa_configs_migrate_without_offset_labels():
+    from helper.config import RunConfig, migrate_config
+
+    stored = RunConfig.from_dict({"dataset": "cvusa"}).resolved().to_dict()
+    del stored["offsets_csv"], stored["lambda_offset"]
+    run = RunConfig.from_dict(migrate_config(stored, 3), complete=True)
+    assert not run.model.regress_offset and (run.data.offsets_csv, run.data.lambda_offset) == ("offsets.csv", 0.01)
+    vigor = RunConfig.from_dict({"dataset": "vigor", "lambda_offset": 0.2}).to_dict()
+    assert migrate_config(vigor, 3) == vigor
