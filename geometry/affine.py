@@ -1,4 +1,4 @@
-"""Affine maps as pure functions: warps, homogeneous composition (torch).
+"""Affine maps as pure functions: warps, homogeneous composition, re-centring translations (torch).
 
 Convention
 ----------
@@ -57,3 +57,23 @@ def compose_affine(stage_thetas: Sequence[torch.Tensor]) -> torch.Tensor:
         for theta in stage_thetas[1:]:
             composed = composed @ to_homogeneous(theta.to(dtype))
     return composed[:, :2, :]
+
+
+def recentre(image: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Translate satellite images ``B x C x H x W`` so the point named by ``offset`` comes to the centre.
+
+    Convention: ``offset`` (``B x 2``) is a normalised label delta ``(d0, d1)`` (the delta over half
+    the side, :mod:`models.offset`): the point sits at index row ``H/2 + d0 H/2``, column
+    ``W/2 - d1 W/2`` (``d0 > 0`` south, ``d1 > 0`` west of the centre). Output pixel ``(r, c)``
+    reads input ``(r + d0 H/2, c - d1 W/2)``, i.e. ``theta = [[1, 0, -d1], [0, 1, d0]]`` in the
+    ``align_corners=False`` frame of :func:`affine_warp`: bilinear, ``padding_mode="zeros"`` (what
+    moves in from beyond the image is 0 in the input's value space, as outside the polar
+    transform). A row whose offset is exactly ``(0, 0)`` is returned bit for bit.
+    """
+    theta = torch.zeros(image.shape[0], 2, 3, dtype=torch.float32, device=image.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = -offset[:, 1].float()
+    theta[:, 1, 2] = offset[:, 0].float()
+    moved = affine_warp(image, theta, image.shape[-2:])
+    still = (offset == 0).all(dim=1).view(-1, 1, 1, 1)
+    return torch.where(still, image, moved)

@@ -139,6 +139,7 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
     from helper.config import RunConfig
     from helper.log import setup_logging
     from helper.parser import parse_test_args
+    from helper.rerank import check_rerank
     from helper.tasks import get_task
     from models import build_model
 
@@ -151,6 +152,7 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
         raise UserError(f"{args.checkpoint} was trained on {stored.dataset}; use test_{stored.dataset}.py")
     overrides = {key: getattr(args, key) for key in args.explicit | {"device"}}
     run = stored.replace(**overrides, amp="none").resolved()  # evaluation extracts in float32
+    check_rerank(run.model, args.rerank)
     task = get_task(dataset)
     path = results_path(args, run, task)
     check_output_file(path, "the results file")
@@ -160,7 +162,7 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
     load_model_state(model, state["model"], args.checkpoint)
     model = distributed.wrap_model(model, env)
     results = {"dataset": dataset, "checkpoint": os.path.abspath(args.checkpoint),
-               "transform": run.model.transform, **task.evaluate(run, model, env)}
+               "transform": run.model.transform, **task.evaluate(run, model, env, rerank=args.rerank)}
     if env.is_main:
         print(format_table(results), flush=True)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # checked before the evaluation
@@ -178,14 +180,30 @@ def format_table(results: dict) -> str:
         header += f"{'hit':>8}"
     lines = [f"{results['dataset']} {results.get('split', '')}: {results['queries']} queries, "
              f"{results['references']} references, R@1% uses k = {results['top1p_k']}", header]
-    for direction in ("street_to_satellite", "satellite_to_street"):
-        if direction not in results:
+    rerank = results.get("rerank")
+    rows = [(direction, results.get(direction)) for direction in ("street_to_satellite", "satellite_to_street")]
+    if rerank:
+        rows.append((f"re-ranked top {rerank['k']}", rerank["street_to_satellite"]))
+    for title, row in rows:
+        if row is None:
             continue
-        row = results[direction]
-        line = f"{direction:<22}" + "".join(f"{row[k]:>8.2f}" for k in ("R@1", "R@5", "R@10", "R@1%"))
+        line = f"{title:<22}" + "".join(f"{row[k]:>8.2f}" for k in ("R@1", "R@5", "R@10", "R@1%"))
         if "hit_rate" in row:
             line += f"{row['hit_rate']:>8.2f}"
         lines.append(line)
+    lines += _localization_lines(results)
+    if rerank:
+        lines += [f"re-ranked: {line}" for line in _localization_lines(rerank)]
+        lines.append(f"re-ranking: {results['queries']} x {rerank['k']} candidates re-centred and embedded again "
+                     f"in {rerank['seconds']:.1f} s")
+    if "orientation" in results:
+        lines.append(orientation_line(results["orientation"]))
+    return "\n".join(lines)
+
+
+def _localization_lines(results: dict) -> list:
+    """The metre-level lines of :func:`format_table` (VIGOR; with an offset head also the refined ones)."""
+    lines = []
     for key, title in (("localization", "localization"), ("localization_refined", "refined by the offset")):
         if key in results:
             loc = results[key]
@@ -196,9 +214,7 @@ def format_table(results: dict) -> str:
         if hits["queries"]:
             lines.append(f"top-1 = positive ({hits['queries']} queries): median {hits['median_m']:.1f} m at the "
                          f"centre, {hits['median_m_refined']:.1f} m refined")
-    if "orientation" in results:
-        lines.append(orientation_line(results["orientation"]))
-    return "\n".join(lines)
+    return lines
 
 
 def orientation_line(orientation: dict) -> str:

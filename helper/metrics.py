@@ -52,6 +52,7 @@ __all__ = [
     "recall_from_ranks",
     "retrieval_ranks",
     "streaming_ranks",
+    "street_to_satellite_results",
     "top1p_k",
 ]
 
@@ -84,12 +85,15 @@ class RankResult(NamedTuple):
         ``exclude`` is not applied); None unless requested.
     top1_shift: the best shift of the top-1 reference (with a ``similarity`` that has shifts
         and ``return_top1``), else None.
+    topk: N x K indices of the K most similar references, most similar first (``top_k`` > 0),
+        else None. Taken from the same similarity blocks as ``ranks``.
     """
 
     ranks: torch.Tensor
     ranks_excluding: Optional[torch.Tensor]
     top1: Optional[torch.Tensor]
     top1_shift: Optional[torch.Tensor] = None
+    topk: Optional[torch.Tensor] = None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -220,6 +224,7 @@ def streaming_ranks(
     query_index: Optional[ArrayLike] = None,
     progress: bool = False,
     similarity: Optional[Callable] = None,
+    top_k: int = 0,
 ) -> RankResult:
     """Ranks of the true references, streamed over query blocks (the one pass behind every metric).
 
@@ -236,6 +241,7 @@ def streaming_ranks(
         progress: show a tqdm bar over blocks.
         similarity: optional pairwise similarity replacing the dot product (module doc); then
             ``query`` and ``reference`` may have different dimensions.
+        top_k: also return the ``top_k`` most similar references of every query (at most M).
 
     Returns:
         :class:`RankResult` with int64 tensors on the descriptors' device.
@@ -251,6 +257,7 @@ def streaming_ranks(
     ranks_ex = torch.empty(n, dtype=torch.long, device=device) if exclude is not None else None
     top1 = torch.empty(n, dtype=torch.long, device=device) if return_top1 else None
     top1_shift = torch.empty(n, dtype=torch.long, device=device) if return_top1 and similarity is not None else None
+    topk = torch.empty(n, top_k, dtype=torch.long, device=device) if top_k else None
     finite = torch.empty(n, dtype=torch.bool, device=device)
 
     with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False), _ieee_fp32_matmul(device):
@@ -284,9 +291,11 @@ def streaming_ranks(
                 top1[s:e] = top
             if top1_shift is not None:
                 top1_shift[s:e] = shifts.gather(1, top.unsqueeze(1))[:, 0]
+            if topk is not None:
+                topk[s:e] = sims.topk(top_k, dim=1).indices
     if not bool(finite.all()):
         _raise_first_non_finite(query, query_index, finite)
-    return RankResult(ranks, ranks_ex, top1, top1_shift)
+    return RankResult(ranks, ranks_ex, top1, top1_shift, topk)
 
 
 def _positive_similarity(sims: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -556,6 +565,7 @@ def evaluate_retrieval(
     progress: bool = False,
     similarity: Optional[Callable] = None,
     street_heading: Optional[ArrayLike] = None,
+    top_k: int = 0,
 ) -> dict:
     """Recall (both directions), VIGOR hit rate, metre-level localisation and heading error, as
     results-JSON pieces.
@@ -578,13 +588,15 @@ def evaluate_retrieval(
         street_heading: optional N true headings in degrees (:mod:`geometry.heading`); with a
             ``similarity`` that estimates headings, adds ``"orientation"``
             (:func:`orientation_summary` of the errors of the streets whose top-1 is correct).
+        top_k: add ``"ranking"``: the street->satellite :class:`RankResult` with the ``top_k``
+            most similar satellites of every street (re-ranking; pop it before writing JSON).
 
     Returns:
         ``{"queries": N, "references": M, "top1p_k": k, "top1p_rule": rule,
         "street_to_satellite": {"R@1", "R@5", "R@10", "R@1%", ["hit_rate"], "queries",
         "references", "top1p_k"}, ["satellite_to_street": {... same keys ...}],
         ["localization": {"median_m", "within_m"}], ["orientation": {"median_deg", "within_deg",
-        "queries"}], ["top1"]}``; recalls in percent. Each direction's
+        "queries"}], ["top1"], ["ranking"]}``; recalls in percent. Each direction's
         R@1% uses that direction's number of references.
     """
     street = _as_descriptors(street, "street")
@@ -598,11 +610,10 @@ def evaluate_retrieval(
 
     k_fwd = top1p_k(m, top1p)
     fwd = streaming_ranks(street, satellite, positive, exclude=semi_positive, chunk_size=chunk_size,
-                          return_top1=want_top1, progress=progress, similarity=similarity)
-    s2s = _direction_dict(fwd.ranks, k_fwd, n, m)
-    if semi_positive is not None:
-        s2s["hit_rate"] = 100.0 * int((fwd.ranks_excluding < 1).sum()) / n
-    out = {"queries": n, "references": m, "top1p_k": k_fwd, "top1p_rule": top1p, "street_to_satellite": s2s}
+                          return_top1=want_top1, progress=progress, similarity=similarity, top_k=top_k)
+    forward = street_to_satellite_results(fwd, k_fwd, m, street_latlon, satellite_latlon)
+    out = {"queries": n, "references": m, "top1p_k": k_fwd, "top1p_rule": top1p,
+           "street_to_satellite": forward.pop("street_to_satellite")}
 
     if reverse:
         satellites, street_positives = _reverse_positives(positive, m)
@@ -612,9 +623,7 @@ def evaluate_retrieval(
                               query_index=satellites, progress=progress, similarity=reverse_similarity)
         out["satellite_to_street"] = _direction_dict(rev.ranks, k_rev, int(satellites.numel()), n)
 
-    if street_latlon is not None:
-        dist = localization_errors(street_latlon, satellite_latlon, fwd.top1)
-        out["localization"] = localization_summary(dist)
+    out.update(forward)
     if orientation:
         correct = (fwd.top1 == positive).cpu()
         estimate = similarity.heading(fwd.top1_shift, street.shape[1]).cpu()
@@ -622,6 +631,23 @@ def evaluate_retrieval(
         out["orientation"] = orientation_summary(heading_error(estimate[correct].numpy(), truth[correct].numpy()))
     if return_top1:
         out["top1"] = fwd.top1
+    if top_k:
+        out["ranking"] = fwd
+    return out
+
+
+def street_to_satellite_results(ranking, top1p: int, num_references: int, street_latlon: Optional[ArrayLike] = None,
+                                satellite_latlon: Optional[ArrayLike] = None) -> dict:
+    """``{"street_to_satellite": {...}, ["localization"]}`` of :func:`evaluate_retrieval` from the
+    ``ranks``, ``ranks_excluding`` (the hit rate, when not None) and ``top1`` (the localisation,
+    with GPS) of ``ranking`` (a :class:`RankResult` or the like); ``top1p`` is the k of R@1%."""
+    n = ranking.ranks.numel()
+    s2s = _direction_dict(ranking.ranks, top1p, n, num_references)
+    if ranking.ranks_excluding is not None:
+        s2s["hit_rate"] = 100.0 * int((ranking.ranks_excluding < 1).sum()) / n
+    out = {"street_to_satellite": s2s}
+    if street_latlon is not None:
+        out["localization"] = localization_summary(localization_errors(street_latlon, satellite_latlon, ranking.top1))
     return out
 
 

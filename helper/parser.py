@@ -17,6 +17,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Set
 from common.errors import UserError
 from common.settings import add_settings, fields_of
 from helper.config import DATASETS, SECTIONS, RunConfig, TrainConfig, migrate_config, model_defaults
+from helper.rerank import RerankConfig
 
 #: Keys a config file may carry besides settings (a run's config.json holds them).
 _FILE_ONLY_KEYS = ("dataset", "version", "resume")
@@ -59,7 +60,8 @@ def build_train_parser(dataset: str) -> argparse.ArgumentParser:
 def build_test_parser(dataset: str) -> argparse.ArgumentParser:
     """The evaluation command line: the model comes from the checkpoint's stored config, and so
     does every setting not given here except ``--device`` (default auto: the machine that
-    evaluates is rarely the one that trained). ``--batch_size`` sets the extraction batch."""
+    evaluates is rarely the one that trained). ``--batch_size`` sets the extraction batch. ``--rerank``
+    (:class:`helper.rerank.RerankConfig`) is a test-only setting, not stored with the run."""
     parser = argparse.ArgumentParser(prog=f"test_{dataset}.py", allow_abbrev=False,
                                      description=f"Evaluate a trained checkpoint on {dataset.upper()}.")
     parser.add_argument("--checkpoint", required=True, help="a best.pth/last.pth written by training")
@@ -74,6 +76,7 @@ def build_test_parser(dataset: str) -> argparse.ArgumentParser:
     add_settings(parser, TrainConfig, names=train_names, flags={"eval_batch_size": "batch_size"},
                  default_text={**{name: stored for name in train_names if name != "device"},
                                "eval_batch_size": "the checkpoint's --eval_batch_size"})
+    add_settings(parser, RerankConfig)
     return parser
 
 
@@ -131,11 +134,11 @@ def parse_train_config(dataset: str, argv: Optional[Sequence[str]] = None) -> di
 
 
 def parse_test_args(dataset: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse an evaluation command line; ``explicit`` lists the settings the user actually gave."""
+    """Parse an evaluation command line; ``explicit`` lists the stored settings the user actually gave."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_test_parser(dataset)
     args = parser.parse_args(argv)
-    args.explicit = explicit_flags(argv, parser) - {"checkpoint", "results_json"}
+    args.explicit = explicit_flags(argv, parser) - {"checkpoint", "results_json"} - set(fields_of(RerankConfig))
     spec = DATASETS[dataset].config
     if args.explicit & set(fields_of(spec)):
         spec(**{name: getattr(args, name) for name in evaluation_fields(spec)})  # e.g. the cross-area rule

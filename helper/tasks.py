@@ -19,6 +19,7 @@ from helper.config import TEST_HEADING_SEED, RunConfig
 from helper.engine import extract_features
 from helper.log import get_logger
 from helper.metrics import evaluate_retrieval
+from helper.rerank import check_rerank_size, rerank_candidates, rerank_results
 from data.vigor_layout import TILE_SIDE
 
 VISUAL_SAMPLES = 4
@@ -44,8 +45,9 @@ class Task(Protocol):
     def split_tag(self, run: RunConfig) -> str:
         """A short name of the evaluation split (for the default results file name)."""
 
-    def evaluate(self, run: RunConfig, model, env) -> dict:
-        """The results JSON's dataset part: ``split``, ``queries``, recalls in both directions..."""
+    def evaluate(self, run: RunConfig, model, env, rerank: int = 0) -> dict:
+        """The results JSON's dataset part: ``split``, ``queries``, recalls in both directions...;
+        with ``rerank`` K also ``rerank`` (:mod:`helper.rerank`, the model has an offset head)."""
 
     def metrics_row(self, results: dict) -> dict:
         """The entries of ``results`` recorded per evaluation in ``metrics.jsonl``."""
@@ -151,14 +153,23 @@ class CVUSATask:
     def split_tag(self, run: RunConfig) -> str:
         return os.path.splitext(os.path.basename(run.data.val_csv))[0]
 
-    def evaluate(self, run: RunConfig, model, env) -> dict:
+    def evaluate(self, run: RunConfig, model, env, rerank: int = 0) -> dict:
+        from data.cvusa import CVUSASatellites
+
         dataset = self._dataset(run, run.data.val_csv, train=False)
-        desc = extract_features(model, dataset, env, ("street", "satellite", "heading"), run.train.eval_batch_size,
-                                run.train.workers, desc="evaluate")
-        positive = torch.arange(len(dataset))
-        results = evaluate_retrieval(desc["street"].to(env.device), desc["satellite"].to(env.device),
-                                     positive.to(env.device), top1p=run.train.top1p, progress=env.is_main,
-                                     similarity=distributed.unwrap(model).similarity, street_heading=desc["heading"])
+        check_rerank_size(rerank, len(dataset))
+        workers, batch_size = run.train.workers, run.train.eval_batch_size
+        desc = extract_features(model, dataset, env, ("street", "satellite", "heading"), batch_size, workers,
+                                desc="evaluate")
+        street, satellite = desc["street"].to(env.device), desc["satellite"].to(env.device)
+        positive = torch.arange(len(dataset), device=env.device)
+        results = evaluate_retrieval(street, satellite, positive, top1p=run.train.top1p, progress=env.is_main,
+                                     similarity=distributed.unwrap(model).similarity, street_heading=desc["heading"],
+                                     top_k=rerank)
+        if rerank:
+            reranked = rerank_candidates(model, street, satellite, results.pop("ranking"), positive,
+                                         CVUSASatellites(dataset), env, batch_size, workers)
+            results["rerank"] = rerank_results(reranked, rerank, results["top1p_k"], len(dataset))
         return {"split": run.data.val_csv, **results}
 
     def metrics_row(self, results: dict) -> dict:
@@ -258,30 +269,40 @@ class VigorTask:
     def split_tag(self, run: RunConfig) -> str:
         return run.data.mode
 
-    def evaluate(self, run: RunConfig, model, env) -> dict:
+    def evaluate(self, run: RunConfig, model, env, rerank: int = 0) -> dict:
+        """With ``rerank`` K (the model has an offset head): also ``rerank`` (:func:`helper.rerank.rerank_results`
+        plus ``localization_refined`` / ``localization_top1_positive`` of the re-ranked top-1)."""
         from data.vigor import VigorPanoramas
+        from helper.offsets import predict_offsets, refined_localization
 
         index = self._index(run, "test")
+        check_rerank_size(rerank, index.num_satellites)
         workers, batch_size = run.train.workers, run.train.eval_batch_size
         panoramas = VigorPanoramas(index, pano_size=run.model.pano_size, normalise=False)
+        satellites = self._satellites(run, "test")
         street = extract_features(model, panoramas, env, ("street",), batch_size, workers,
                                   desc="panoramas")["street"]
-        satellite = extract_features(model, self._satellites(run, "test"), env, ("satellite",), batch_size,
+        satellite = extract_features(model, satellites, env, ("satellite",), batch_size,
                                      workers, desc="satellites")["satellite"]
-        positive = torch.as_tensor(index.positive, dtype=torch.long)
-        semi = torch.as_tensor(index.semi, dtype=torch.long)
+        positive = torch.as_tensor(index.positive, dtype=torch.long, device=env.device)
+        semi = torch.as_tensor(index.semi, dtype=torch.long, device=env.device)
         street, satellite = street.to(env.device), satellite.to(env.device)
         offsets = run.model.regress_offset
-        results = evaluate_retrieval(street, satellite, positive.to(env.device),
-                                     top1p=run.train.top1p, semi_positive=semi.to(env.device),
+        results = evaluate_retrieval(street, satellite, positive, top1p=run.train.top1p, semi_positive=semi,
                                      street_latlon=index.street_gps, satellite_latlon=index.satellite_gps,
-                                     return_top1=offsets, progress=env.is_main)
+                                     return_top1=offsets, progress=env.is_main, top_k=rerank)
         if offsets:
-            from helper.offsets import predict_offsets, refined_localization
-
             top1 = results.pop("top1")
             offset = predict_offsets(distributed.unwrap(model), street, satellite, top1) * (TILE_SIDE / 2)
             results.update(refined_localization(index, top1, offset.cpu().numpy()))
+        if rerank:
+            reranked = rerank_candidates(model, street, satellite, results.pop("ranking"), positive, satellites,
+                                         env, batch_size, workers, exclude=semi)
+            block = rerank_results(reranked, rerank, results["top1p_k"], index.num_satellites, index.street_gps,
+                                   index.satellite_gps)
+            offset = reranked.top1_offset * (TILE_SIDE / 2)
+            block.update(refined_localization(index, reranked.top1, offset.cpu().numpy()))
+            results["rerank"] = block
         split = "same_area_balanced_test" if run.data.mode == "same" else "pano_label_balanced"
         return {"split": split, "mode": run.data.mode, "cities": list(run.data.split_cities("test")), **results}
 
