@@ -68,6 +68,15 @@ def test_train_learns_the_offsets_then_test_loads_strictly(offset_world, tmp_pat
     assert results["queries"] == 8 and not any(key in results for key in REFINED_KEYS)
     assert json.load(open(out)) == json.loads(json.dumps(results))
 
+    # re-centred re-ranking of the whole list: every query keeps its candidates, only their order
+    # may change, so R@K over all references is 100 and the other keys are today's
+    reranked = evaluate_main("cvusa", ["--checkpoint", os.path.join(run_dir, "last.pth"), "--device", "cpu",
+                                       "--workers", "0", "--rerank", "8"])
+    assert {k: v for k, v in reranked.items() if k != "rerank"} == results
+    block = reranked["rerank"]
+    assert block["k"] == 8 and block["seconds"] > 0 and block["street_to_satellite"]["R@10"] == 100.0
+    assert block["street_to_satellite"]["queries"] == 8
+
 
 @pytest.mark.parametrize("transform", ["none", "polar", "affine", "composed_affine", "tps"])
 def test_offset_term_on_every_transform(offset_world, transform):
