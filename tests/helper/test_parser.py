@@ -1,10 +1,13 @@
 """The shared command line: defaults, config files, validation with clear messages."""
 import json
+import os
 
 import pytest
 
 from common.errors import UserError
 from helper.parser import build_test_parser, parse_test_args, parse_train_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_cvusa_defaults_and_fixed_flags():
@@ -53,6 +56,18 @@ def test_config_file_then_command_line(tmp_path):
     path.write_text(json.dumps({"trasnform": "affine"}))
     with pytest.raises(UserError, match="unknown keys: trasnform"):
         parse_train_config("cvusa", ["--config", str(path)])
+
+
+def test_the_shipped_off_centre_recipe():
+    """configs/cvusa_offcentre.json: the polar block trained with InfoNCE; the command line wins."""
+    recipe = os.path.join(REPO, "configs", "cvusa_offcentre.json")
+    cfg = parse_train_config("cvusa", ["--config", recipe])
+    default = parse_train_config("cvusa", [])
+    changed = {k for k in cfg if cfg[k] != default[k]}
+    assert changed == {"loss", "label_smoothing", "hard_ratios"} and (cfg["transform"], cfg["loss"]) == ("polar", "infonce")
+    assert parse_train_config("cvusa", ["--config", recipe, "--transform", "tps"])["transform"] == "tps"
+    with pytest.raises(UserError, match="is a cvusa config"):
+        parse_train_config("vigor", ["--config", recipe])
 
 
 @pytest.mark.parametrize("argv, message", [
