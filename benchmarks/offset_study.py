@@ -13,6 +13,9 @@ CVUSA layout (``python -m data.synthetic --max_offset F``; ``--offsets``, defaul
   (``--rerank K``: the top K aerials re-centred at the predicted camera position);
 * ``offcentre``: the shipped off-centre recipe (``--config configs/cvusa_offcentre.json``).
 
+On the off-centre worlds every CVUSA-layout cell is also re-ranked on the TRUE offsets
+(``benchmarks/rerank_true_offsets.py``): what ``--rerank`` would give with a perfect offset head.
+
 VIGOR layout (synthetic; its panoramas are off-centre by construction): ``polar`` and
 ``polar_iou_offset`` (``--semi_positive iou --regress_offset``, also re-ranked), which also
 reports the metre-level error of the queries whose top-1 is their positive, at the tile centre
@@ -54,6 +57,8 @@ VIGOR_CELLS = {
 }
 VIGOR_CITIES = ("NewYork", "Seattle")
 RERANKED = "+rerank"
+#: Off-centre CVUSA-layout cells are also re-ranked on the true offsets (no head needed).
+TRUE_RERANKED = "+rerank_true_offsets"
 
 
 def evaluate(args, run_dir: str, layout: str, data: str, offset_head: bool) -> dict:
@@ -66,6 +71,19 @@ def evaluate(args, run_dir: str, layout: str, data: str, offset_head: bool) -> d
                             "--data_root", data, "--results_json", out, "--device", args.device, "--workers",
                             str(args.workers), *rerank], cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
     return json.load(open(out))
+
+
+def true_offset_r1(args, run_dir: str, data: str) -> float:
+    """R@1 re-ranked on the true offsets (``benchmarks/rerank_true_offsets.py``)."""
+    out = os.path.join(run_dir, "study_true_offsets.json")
+    if not os.path.exists(out):
+        line = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "rerank_true_offsets.py"),
+                               "--checkpoint", os.path.join(run_dir, "best.pth"), "--data_root", data, "--rerank",
+                               str(args.rerank), "--device", args.device, "--workers", str(args.workers)],
+                              cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        with open(out, "w") as handle:
+            handle.write(line + "\n")
+    return json.load(open(out))["rerank"]["R@1_true_offsets"]
 
 
 def cell_values(results: dict, offset_head: bool) -> Dict[str, float]:
@@ -84,9 +102,14 @@ def run_layout(args, work: str, layout: str, cells: List[str], worlds: Dict[str,
         for cell in cells:
             flags, offset_head = table[cell]
             name = f"{layout}_{row}_{cell}_seed{seed}"
+            if layout == "vigor":
+                flags = [*flags, "--cities", ",".join(VIGOR_CITIES)]
             run_dir = train(args, work, f"train_{layout}.py", data, name, seed, flags)
             results = evaluate(args, run_dir, layout, data, offset_head)
-            for suffix, r1 in cell_values(results, offset_head).items():
+            values = cell_values(results, offset_head)
+            if layout == "cvusa" and float(row) > 0:
+                values[TRUE_RERANKED] = true_offset_r1(args, run_dir, data)
+            for suffix, r1 in values.items():
                 out.setdefault(row, {}).setdefault(cell + suffix, {}).setdefault("per_seed", {})[str(seed)] = r1
                 print(f"{name}{suffix}: R@1 {r1:.2f}", file=sys.stderr, flush=True)
             if "localization_top1_positive" in results:
@@ -139,8 +162,9 @@ def print_table(summary: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cells", default=",".join(CVUSA_CELLS), help=f"CVUSA cells: any of {', '.join(CVUSA_CELLS)}")
-    parser.add_argument("--vigor_cells", default=",".join(VIGOR_CELLS),
+    parser.add_argument("--cells", default="polar,tps_l1,polar_offset,offcentre",
+                        help=f"CVUSA cells: any of {', '.join(CVUSA_CELLS)}, or 'none'")
+    parser.add_argument("--vigor_cells", default="polar_iou_offset",
                         help=f"VIGOR cells: any of {', '.join(VIGOR_CELLS)}, or 'none'")
     parser.add_argument("--offsets", default="0,0.4", help="max offsets F of the CVUSA-layout worlds")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the worlds and runs")
@@ -151,7 +175,7 @@ def main() -> None:
     parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "images", "offset_study.png"))
     add_common_arguments(parser, train=800, test=400, epochs=12, out="offset_study_cpu.json")
     args = parser.parse_args()
-    cells = names(args.cells, CVUSA_CELLS, "cells", parser)
+    cells = [] if args.cells == "none" else names(args.cells, CVUSA_CELLS, "cells", parser)
     vigor_cells = [] if args.vigor_cells == "none" else names(args.vigor_cells, VIGOR_CELLS, "VIGOR cells", parser)
     offsets = [float(x) for x in args.offsets.split(",") if x]
     work = work_folder(args, "offset_study_")
@@ -159,8 +183,9 @@ def main() -> None:
     vigor: dict = {}
     localization: dict = {}
     for seed in [int(x) for x in args.seeds.split(",")]:
-        worlds = {f"{offset:g}": cvusa_world(args, work, offset, seed) for offset in offsets}
-        run_layout(args, work, "cvusa", cells, worlds, seed, cvusa, localization)
+        if cells:
+            worlds = {f"{offset:g}": cvusa_world(args, work, offset, seed) for offset in offsets}
+            run_layout(args, work, "cvusa", cells, worlds, seed, cvusa, localization)
         if vigor_cells:
             vigor_args = argparse.Namespace(**{**vars(args), "train": args.vigor_train, "test": args.vigor_test,
                                                "epochs": args.vigor_epochs, "sate_size": "128,128",

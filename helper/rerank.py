@@ -128,9 +128,11 @@ def pair_similarity(net, query: torch.Tensor, reference: torch.Tensor) -> torch.
 
 
 def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: torch.Tensor, satellites: Dataset,
-            env, batch_size: int, workers: int):
-    """``(scores, offsets)``: the new similarity (``N x K``) and the predicted normalised offset
-    (``N x K x 2``) of every (query, candidate) pair, float32 on the descriptors' device.
+            env, batch_size: int, workers: int, query_offsets: Optional[torch.Tensor] = None):
+    """``(scores, offsets)``: the new similarity (``N x K``) and the normalised offset (``N x K x 2``)
+    each (query, candidate) pair was re-centred on, float32 on the descriptors' device: the offset
+    head's prediction, or with ``query_offsets`` (``N x 2``, e.g. the true ones) query i's for all
+    of its candidates.
 
     ``street`` N x D and ``satellite`` M x D are the original descriptors (on ``env.device``),
     ``satellites`` the references' dataset (its ``"satellite"`` images, index j = reference j).
@@ -157,7 +159,10 @@ def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: to
                           dynamic_ncols=True):
             index = batch["index"].to(env.device)
             query, reference = street[index // k], satellite[flat[index]]
-            offset = net.predict_offset(query, reference).float()
+            if query_offsets is None:
+                offset = net.predict_offset(query, reference).float()
+            else:
+                offset = query_offsets.to(env.device, torch.float32)[index // k]
             desc, _ = net.encode_satellite(recentre(move_images(batch, "satellite", env.device), offset))
             scores.append(pair_similarity(net, query, desc))
             offsets.append(offset)
@@ -169,17 +174,20 @@ def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: to
 
 
 def rerank_candidates(model, street: torch.Tensor, satellite: torch.Tensor, ranking, positive: torch.Tensor,
-           satellites: Dataset, env, batch_size: int, workers: int,
-           exclude: Optional[torch.Tensor] = None) -> Reranked:
+                      satellites: Dataset, env, batch_size: int, workers: int,
+                      exclude: Optional[torch.Tensor] = None,
+                      query_offsets: Optional[torch.Tensor] = None) -> Reranked:
     """Re-rank the street->satellite ``ranking`` (a :class:`helper.metrics.RankResult` with ``topk``,
     from the descriptors ``street``/``satellite``) by re-centred re-embedding (module doc).
 
     ``positive`` (N,) and ``exclude`` (N x E, -1 padding, or None) as for the ranking, on the
-    descriptors' device; ``satellites``, ``batch_size``, ``workers``: see :func:`rescore`.
+    descriptors' device; ``satellites``, ``batch_size``, ``workers``, ``query_offsets``: see
+    :func:`rescore`.
     """
     start = time.perf_counter()
     candidates = candidates_of(ranking.topk, ranking.ranks, positive)
-    scores, offsets = rescore(model, street, satellite, candidates, satellites, env, batch_size, workers)
+    scores, offsets = rescore(model, street, satellite, candidates, satellites, env, batch_size, workers,
+                              query_offsets)
     ranks, excluding, slot = reranked_ranks(ranking.ranks, ranking.ranks_excluding, candidates, positive, scores,
                                             exclude)
     top1 = candidates.gather(1, slot[:, None])[:, 0]

@@ -99,23 +99,30 @@ def test_zero_offsets_reproduce_every_rank_and_top1_exactly(world):
     assert torch.equal(reranked.top1, ranking.top1)
 
 
-def test_rescoring_embeds_the_satellite_shifted_onto_the_predicted_point(world):
-    """A head that always predicts (0.25, -0.125) (the camera 8 rows south, 4 columns east of the
-    centre of a 64 x 64 input): each pair's score is the query's similarity to the satellite
-    shifted by whole pixels with zeros moved in, embedded by the unchanged branch."""
+def _constant_head(checkpoint: str):
+    """``(model, index, satellites, satellite descriptors)``: the zeroed checkpoint's model whose
+    head always predicts (0.25, -0.125), with its test satellites (uint8) and their descriptors."""
     from data.vigor import VigorSatellites
-    from helper.engine import move_images
 
-    state = load_checkpoint(world["zero"])
+    state = load_checkpoint(checkpoint)
     run = RunConfig.from_dict(state["config"]).replace(workers=0, device="cpu").resolved()
     model = build_model(run.model)
-    load_model_state(model, state["model"], world["zero"])
+    load_model_state(model, state["model"], checkpoint)
     with torch.no_grad():
         model.offset_head.layers[2].bias.copy_(torch.tensor([0.25, -0.125]))
     model.eval()
     index = run.data.index("test")
     satellites = VigorSatellites(index, sate_size=run.model.sate_size, pano_size=run.model.pano_size, normalise=False)
-    satellite = extract_features(model, satellites, CPU, ("satellite",), 5, 0)["satellite"]
+    return model, index, satellites, extract_features(model, satellites, CPU, ("satellite",), 5, 0)["satellite"]
+
+
+def test_rescoring_embeds_the_satellite_shifted_onto_the_predicted_point(world):
+    """A head that always predicts (0.25, -0.125) (the camera 8 rows south, 4 columns east of the
+    centre of a 64 x 64 input): each pair's score is the query's similarity to the satellite
+    shifted by whole pixels with zeros moved in, embedded by the unchanged branch."""
+    from helper.engine import move_images
+
+    model, index, satellites, satellite = _constant_head(world["zero"])
     street = satellite[torch.as_tensor(index.positive)]  # any unit vectors serve as queries
     candidates = torch.arange(6).view(2, 3)
     scores, offsets = rescore(model, street[:2], satellite, candidates, satellites, CPU, 4, 0)
@@ -128,6 +135,21 @@ def test_rescoring_embeds_the_satellite_shifted_onto_the_predicted_point(world):
         want = (street[:2].repeat_interleave(3, dim=0) * model.encode_satellite(shifted)[0]).sum(dim=1).view(2, 3)
     assert torch.allclose(scores, want, atol=1e-4)
     assert not torch.allclose(scores, (street[:2, None, :] * satellite[candidates]).sum(dim=2), atol=1e-3)
+
+
+def test_given_query_offsets_replace_the_head(world):
+    """``query_offsets``: query i's offset re-centres all of its candidates and the head is not
+    consulted (a model without one re-ranks), the same scores as a head predicting those offsets."""
+    model, index, satellites, satellite = _constant_head(world["zero"])
+    street = satellite[torch.as_tensor(index.positive)][:2]
+    candidates = torch.arange(6).view(2, 3)
+    predicted, _ = rescore(model, street, satellite, candidates, satellites, CPU, 4, 0)
+    given = torch.tensor([[0.25, -0.125], [0.0, 0.0]])
+    model.offset_head = None  # given offsets need no head
+    scores, offsets = rescore(model, street, satellite, candidates, satellites, CPU, 4, 0, query_offsets=given)
+    assert torch.equal(offsets, given[:, None, :].expand(2, 3, 2))
+    assert torch.allclose(scores[0], predicted[0], atol=1e-5)
+    assert torch.allclose(scores[1], (street[1] * satellite[candidates[1]]).sum(dim=1), atol=1e-5)
 
 
 def test_a_trained_offset_head_reorders_only_within_the_candidates(world):
@@ -155,7 +177,7 @@ def test_rerank_of_more_candidates_than_references_is_an_error(world):
 
 
 def test_cvusa_rerank_with_a_zeroed_offset_head(tmp_path):
-    """CVUSA checkpoints cannot have an offset head yet: the task's path with a model built with one."""
+    """The CVUSA task's path with a zeroed offset head (a trained one: tests/e2e/test_cvusa_offsets.py)."""
     root = make_cvusa(str(tmp_path / "cvusa"), n_train=4, n_val=12)
     run = RunConfig.from_dict({"dataset": "cvusa", "data_root": root, "backbone": "tiny", "pretrained": False,
                                "sate_size": [64, 64], "pano_size": [32, 176], "transform": "polar",
