@@ -3,7 +3,9 @@
 Every cell is trained for several seeds (each seed is the world's and the run's) and reported
 as street->satellite R@1 per seed, their mean and a 95% Student-t interval. Cells:
 
-CVUSA layout (``python -m data.synthetic --max_offset F``; ``--offsets``, default 0 and 0.4):
+CVUSA layout (``python -m data.synthetic --max_offset F``; ``--offsets``, default 0.4; the
+centred world, max offset 0, trains ``--centred_cells``, default polar and offcentre, the
+recipe's control):
 
 * ``polar``: SAFA's polar transform, the baseline;
 * ``tps_l1``: the seed's setting, an identity-initialised TPS guided to the polar image by the
@@ -123,8 +125,23 @@ def summarise(table: dict) -> None:
             cell.update(mean_interval(list(cell["per_seed"].values())))
 
 
+def paired(table: dict, cell: str, baseline: str) -> dict:
+    """Per world, ``cell`` against ``baseline`` over their common seeds: the per-seed R@1 differences
+    with their mean and interval, and the ratio of the means."""
+    out = {}
+    for row, cells in table.items():
+        if cell in cells and baseline in cells:
+            a, b = cells[cell]["per_seed"], cells[baseline]["per_seed"]
+            seeds = [s for s in a if s in b]
+            diff = {s: round(a[s] - b[s], 2) for s in seeds}
+            ratio = sum(a[s] for s in seeds) / max(sum(b[s] for s in seeds), 1e-9)
+            out[row] = {"difference": {"per_seed": diff, **mean_interval(list(diff.values()))},
+                        "ratio_of_means": round(ratio, 3)}
+    return out
+
+
 def plot(path: str, summary: dict) -> None:
-    """Bars of the mean R@1 per cell with their 95% intervals, one panel per world."""
+    """Bars of the mean R@1 per cell with their 95% intervals and the seeds as dots, one panel per world."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -139,6 +156,9 @@ def plot(path: str, summary: dict) -> None:
         means = [cells[c]["mean"] for c in labels]
         errors = [0.0 if cells[c]["ci95"] != cells[c]["ci95"] else cells[c]["ci95"] for c in labels]
         ax.bar(range(len(labels)), means, yerr=errors, capsize=4, color="#4c72b0")
+        for x, c in enumerate(labels):  # the seeds themselves
+            ax.scatter([x] * len(cells[c]["per_seed"]), list(cells[c]["per_seed"].values()), s=10, color="black",
+                       zorder=3)
         ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("street->satellite R@1 (%)")
@@ -164,9 +184,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", default="polar,tps_l1,polar_offset,offcentre",
                         help=f"CVUSA cells: any of {', '.join(CVUSA_CELLS)}, or 'none'")
+    parser.add_argument("--centred_cells", default="polar,offcentre",
+                        help="the CVUSA cells also trained on the centred world (max offset 0), the control of the "
+                             "recipe; 'none' for no centred world")
     parser.add_argument("--vigor_cells", default="polar_iou_offset",
                         help=f"VIGOR cells: any of {', '.join(VIGOR_CELLS)}, or 'none'")
-    parser.add_argument("--offsets", default="0,0.4", help="max offsets F of the CVUSA-layout worlds")
+    parser.add_argument("--offsets", default="0.4", help="max offsets F (> 0) of the off-centre CVUSA-layout worlds")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the worlds and runs")
     parser.add_argument("--rerank", type=int, default=10, help="K of --rerank for models with an offset head")
     parser.add_argument("--vigor_train", type=int, default=150, help="VIGOR training panoramas per city")
@@ -176,13 +199,19 @@ def main() -> None:
     add_common_arguments(parser, train=800, test=400, epochs=12, out="offset_study_cpu.json")
     args = parser.parse_args()
     cells = [] if args.cells == "none" else names(args.cells, CVUSA_CELLS, "cells", parser)
+    centred = [] if args.centred_cells == "none" else names(args.centred_cells, CVUSA_CELLS, "centred cells", parser)
     vigor_cells = [] if args.vigor_cells == "none" else names(args.vigor_cells, VIGOR_CELLS, "VIGOR cells", parser)
     offsets = [float(x) for x in args.offsets.split(",") if x]
+    if any(offset <= 0 for offset in offsets):
+        parser.error("--offsets are the off-centre worlds (> 0); the centred one trains --centred_cells")
     work = work_folder(args, "offset_study_")
     cvusa: dict = {}
     vigor: dict = {}
     localization: dict = {}
     for seed in [int(x) for x in args.seeds.split(",")]:
+        if centred:
+            run_layout(args, work, "cvusa", centred, {"0": cvusa_world(args, work, 0.0, seed)}, seed, cvusa,
+                       localization)
         if cells:
             worlds = {f"{offset:g}": cvusa_world(args, work, offset, seed) for offset in offsets}
             run_layout(args, work, "cvusa", cells, worlds, seed, cvusa, localization)
@@ -198,7 +227,12 @@ def main() -> None:
     summary = {"benchmark": "offset_study", "metric": "street_to_satellite R@1 (%), test script on best.pth",
                "chance_R@1": round(100 / args.test, 2), "confidence": 0.95,
                "settings": {k: v for k, v in vars(args).items() if k not in ("keep", "out", "plot")},
-               "cvusa": cvusa, "vigor": vigor, "vigor_top1_positive_localization": localization}
+               "cvusa": cvusa, "vigor": vigor, "vigor_top1_positive_localization": localization,
+               "offcentre_vs_polar": paired(cvusa, "offcentre", "polar"),
+               "rerank_vs_ranked": {layout: {cell: paired(table, cell + RERANKED, cell)
+                                             for cell, (_, offset_head) in layout_cells.items() if offset_head}
+                                    for layout, table, layout_cells in (("cvusa", cvusa, CVUSA_CELLS),
+                                                                        ("vigor", vigor, VIGOR_CELLS))}}
     print_table(summary)
     plot(args.plot, summary)
     write_json(args.out, summary)
