@@ -75,8 +75,9 @@ def evaluate(args, run_dir: str, layout: str, data: str, offset_head: bool) -> d
     return json.load(open(out))
 
 
-def true_offset_r1(args, run_dir: str, data: str) -> float:
-    """R@1 re-ranked on the true offsets (``benchmarks/rerank_true_offsets.py``)."""
+def true_offsets(args, run_dir: str, data: str) -> dict:
+    """The output of ``benchmarks/rerank_true_offsets.py`` for the run (R@1 re-ranked on the true
+    offsets; with an offset head its error next to the mean offset's)."""
     out = os.path.join(run_dir, "study_true_offsets.json")
     if not os.path.exists(out):
         line = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "rerank_true_offsets.py"),
@@ -85,7 +86,7 @@ def true_offset_r1(args, run_dir: str, data: str) -> float:
                               cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         with open(out, "w") as handle:
             handle.write(line + "\n")
-    return json.load(open(out))["rerank"]["R@1_true_offsets"]
+    return json.load(open(out))
 
 
 def cell_values(results: dict, offset_head: bool) -> Dict[str, float]:
@@ -97,8 +98,10 @@ def cell_values(results: dict, offset_head: bool) -> Dict[str, float]:
 
 
 def run_layout(args, work: str, layout: str, cells: List[str], worlds: Dict[str, str], seed: int, out: dict,
-               localization: dict) -> None:
-    """Train and evaluate ``cells`` of ``layout`` on each of ``worlds`` ({row label: data folder})."""
+               localization: dict, offset_error: dict) -> None:
+    """Train and evaluate ``cells`` of ``layout`` on each of ``worlds`` ({row label: data folder}),
+    filling ``out`` (R@1), ``localization`` (VIGOR, top-1 positives) and ``offset_error`` (CVUSA
+    offset heads: mean squared error of the normalised offsets, head and mean offset)."""
     table = CVUSA_CELLS if layout == "cvusa" else VIGOR_CELLS
     for row, data in worlds.items():
         for cell in cells:
@@ -110,7 +113,10 @@ def run_layout(args, work: str, layout: str, cells: List[str], worlds: Dict[str,
             results = evaluate(args, run_dir, layout, data, offset_head)
             values = cell_values(results, offset_head)
             if layout == "cvusa" and float(row) > 0:
-                values[TRUE_RERANKED] = true_offset_r1(args, run_dir, data)
+                truth = true_offsets(args, run_dir, data)
+                values[TRUE_RERANKED] = truth["rerank"]["R@1_true_offsets"]
+                if offset_head:
+                    offset_error.setdefault(row, {}).setdefault(cell, {})[str(seed)] = truth["offset_mse"]
             for suffix, r1 in values.items():
                 out.setdefault(row, {}).setdefault(cell + suffix, {}).setdefault("per_seed", {})[str(seed)] = r1
                 print(f"{name}{suffix}: R@1 {r1:.2f}", file=sys.stderr, flush=True)
@@ -208,19 +214,20 @@ def main() -> None:
     cvusa: dict = {}
     vigor: dict = {}
     localization: dict = {}
+    offset_error: dict = {}
     for seed in [int(x) for x in args.seeds.split(",")]:
         if centred:
             run_layout(args, work, "cvusa", centred, {"0": cvusa_world(args, work, 0.0, seed)}, seed, cvusa,
-                       localization)
+                       localization, offset_error)
         if cells:
             worlds = {f"{offset:g}": cvusa_world(args, work, offset, seed) for offset in offsets}
-            run_layout(args, work, "cvusa", cells, worlds, seed, cvusa, localization)
+            run_layout(args, work, "cvusa", cells, worlds, seed, cvusa, localization, offset_error)
         if vigor_cells:
             vigor_args = argparse.Namespace(**{**vars(args), "train": args.vigor_train, "test": args.vigor_test,
                                                "epochs": args.vigor_epochs, "sate_size": "128,128",
                                                "pano_size": "64,256"})
             data = vigor_world(vigor_args, work, VIGOR_CITIES, seed)
-            run_layout(vigor_args, work, "vigor", vigor_cells, {"same": data}, seed, vigor, localization)
+            run_layout(vigor_args, work, "vigor", vigor_cells, {"same": data}, seed, vigor, localization, offset_error)
     summarise(cvusa)
     summarise(vigor)
     finish(args, work)
@@ -228,6 +235,7 @@ def main() -> None:
                "chance_R@1": round(100 / args.test, 2), "confidence": 0.95,
                "settings": {k: v for k, v in vars(args).items() if k not in ("keep", "out", "plot")},
                "cvusa": cvusa, "vigor": vigor, "vigor_top1_positive_localization": localization,
+               "cvusa_offset_mse": offset_error,
                "offcentre_vs_polar": paired(cvusa, "offcentre", "polar"),
                "rerank_vs_ranked": {layout: {cell: paired(table, cell + RERANKED, cell)
                                              for cell, (_, offset_head) in layout_cells.items() if offset_head}
