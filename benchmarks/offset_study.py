@@ -18,8 +18,9 @@ recipe's control):
 On the off-centre worlds every CVUSA-layout cell is also re-ranked on the TRUE offsets
 (``benchmarks/rerank_true_offsets.py``): what ``--rerank`` would give with a perfect offset head.
 
-VIGOR layout (synthetic; its panoramas are off-centre by construction): ``polar`` and
-``polar_iou_offset`` (``--semi_positive iou --regress_offset``, also re-ranked), which also
+VIGOR layout (synthetic; its panoramas are off-centre by construction): ``polar``,
+``polar_iou_offset`` (``--semi_positive iou --regress_offset``, also re-ranked) and
+``polar_iou_offset_l1`` (the same with ``--lambda_offset 1``, 100x the official weight), which also
 reports the metre-level error of the queries whose top-1 is their positive, at the tile centre
 and refined by the offset.
 
@@ -56,6 +57,8 @@ CVUSA_CELLS = {
 VIGOR_CELLS = {
     "polar": (["--transform", "polar"], False),
     "polar_iou_offset": (["--transform", "polar", "--semi_positive", "iou", "--regress_offset"], True),
+    "polar_iou_offset_l1": (["--transform", "polar", "--semi_positive", "iou", "--regress_offset",
+                             "--lambda_offset", "1"], True),
 }
 VIGOR_CITIES = ("NewYork", "Seattle")
 RERANKED = "+rerank"
