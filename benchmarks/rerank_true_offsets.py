@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common.errors import UserError, run_main  # noqa: E402
 from data.cvusa import CVUSA, CVUSASatellites  # noqa: E402
 from helper import distributed  # noqa: E402
 from helper.checkpoint import load_checkpoint, load_model_state  # noqa: E402
@@ -27,7 +28,7 @@ from helper.config import RunConfig  # noqa: E402
 from helper.engine import extract_features  # noqa: E402
 from helper.metrics import evaluate_retrieval  # noqa: E402
 from helper.offsets import predict_offsets  # noqa: E402
-from helper.rerank import rerank_candidates  # noqa: E402
+from helper.rerank import check_rerank_size, rerank_candidates  # noqa: E402
 from models import build_model  # noqa: E402
 
 
@@ -46,6 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     state = load_checkpoint(args.checkpoint)
     run = RunConfig.from_dict(state["config"], complete=True)
+    if run.dataset != "cvusa":
+        raise UserError(f"{args.checkpoint} is a {run.dataset} checkpoint; this benchmark needs a CVUSA-layout one")
     run = run.replace(data_root=args.data_root, device=args.device, workers=args.workers, amp="none").resolved()
     env = distributed.setup(run.train.device)
     model = build_model(run.model.replace(pretrained=False))
@@ -53,6 +56,7 @@ def main() -> None:
     model = distributed.wrap_model(model, env)
     dataset = CVUSA(run.data.data_root, run.data.val_csv, run.model.sate_size, run.model.pano_size,
                     offsets_csv=args.offsets_csv)
+    check_rerank_size(args.rerank, len(dataset))
     batch_size = run.train.eval_batch_size
     desc = extract_features(model, dataset, env, ("street", "satellite"), batch_size, args.workers)
     street, satellite = desc["street"].to(env.device), desc["satellite"].to(env.device)
@@ -77,4 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
