@@ -49,6 +49,8 @@ def main() -> None:
     run = RunConfig.from_dict(state["config"], complete=True)
     if run.dataset != "cvusa":
         raise UserError(f"{args.checkpoint} is a {run.dataset} checkpoint; this benchmark needs a CVUSA-layout one")
+    if run.model.polar_files:
+        raise UserError(f"{args.checkpoint} reads precomputed polar images (polar_files), which cannot be re-centred")
     run = run.replace(data_root=args.data_root, device=args.device, workers=args.workers, amp="none").resolved()
     env = distributed.setup(run.train.device)
     model = build_model(run.model.replace(pretrained=False))

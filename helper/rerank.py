@@ -153,6 +153,8 @@ def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: to
     sampler = DistributedShuffleSampler(len(pairs), shuffle=False, rank=env.rank, world_size=env.world_size)
     loader = make_loader(pairs, batch_size, workers, env, sampler=sampler)
     flat = candidates.reshape(-1).to(env.device)
+    if query_offsets is not None:
+        query_offsets = query_offsets.to(env.device, torch.float32)
     scores, offsets, indices = [], [], []
     with torch.no_grad(), distributed.autocast(env.device, "none"):
         for batch in tqdm(loader, disable=not env.is_main, leave=False, desc="re-rank", unit="batch",
@@ -162,7 +164,7 @@ def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: to
             if query_offsets is None:
                 offset = net.predict_offset(query, reference).float()
             else:
-                offset = query_offsets.to(env.device, torch.float32)[index // k]
+                offset = query_offsets[index // k]
             desc, _ = net.encode_satellite(recentre(move_images(batch, "satellite", env.device), offset))
             scores.append(pair_similarity(net, query, desc))
             offsets.append(offset)
