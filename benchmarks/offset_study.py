@@ -13,7 +13,9 @@ recipe's control):
 * ``polar_offset``, ``tps_l1_offset``: the same with the offset head (``--regress_offset``,
   trained on the world's ``offsets.csv``), evaluated as they rank and re-ranked
   (``--rerank K``: the top K aerials re-centred at the predicted camera position);
-* ``offcentre``: the shipped off-centre recipe (``--config configs/cvusa_offcentre.json``).
+* ``offcentre``: the shipped off-centre recipe (``--config configs/cvusa_offcentre.json``);
+* ``polar_offset_l1``, ``offcentre_offset_l1``: polar and the recipe with the offset head at
+  ``--lambda_offset 1`` (100x the official weight), also re-ranked.
 
 On the off-centre worlds every CVUSA-layout cell is also re-ranked on the TRUE offsets
 (``benchmarks/rerank_true_offsets.py``): what ``--rerank`` would give with a perfect offset head.
@@ -52,7 +54,9 @@ CVUSA_CELLS = {
     "tps_l1": (TPS_L1, False),
     "polar_offset": (["--transform", "polar", "--regress_offset"], True),
     "tps_l1_offset": ([*TPS_L1, "--regress_offset"], True),
+    "polar_offset_l1": (["--transform", "polar", "--regress_offset", "--lambda_offset", "1"], True),
     "offcentre": (["--config", RECIPE], False),
+    "offcentre_offset_l1": (["--config", RECIPE, "--regress_offset", "--lambda_offset", "1"], True),
 }
 VIGOR_CELLS = {
     "polar": (["--transform", "polar"], False),

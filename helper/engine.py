@@ -25,7 +25,6 @@ from tqdm import tqdm
 from common.errors import UserError
 from common.fileio import lock_folder, read_jsonl, unlock, write_json_atomic, write_jsonl_atomic
 from data.tensors import normalise
-from data.vigor_layout import TILE_SIDE
 from helper import distributed
 from helper.checkpoint import (CHECKPOINT_VERSION, git_commit, load_model_state, rng_state, save_checkpoint,
                                set_rng_state)
@@ -151,7 +150,8 @@ class Objective:
     ``semi_positive``: add VIGOR's semi-positive IOU loss (the batch carries ``semi_satellite``
     images and ``delta`` / ``semi_delta`` labels); ``lambda_offset``: weight of the offset
     regression of a model with an offset head (0 = none); ``tile_side``: the side L of the tiles
-    the deltas are measured in (the training dataset's ``tile_side``); the offset head learns delta / (L/2).
+    the deltas are measured in (the training dataset's ``tile_side``; needed by either offset term); the offset
+    head learns delta / (L/2).
     """
 
     lambda_sm: float
@@ -162,7 +162,7 @@ class Objective:
     logit_scale: Optional[LogitScale] = None
     semi_positive: bool = False
     lambda_offset: float = 0.0
-    tile_side: Optional[float] = TILE_SIDE
+    tile_side: Optional[float] = None
 
     @classmethod
     def of(cls, run: RunConfig, tile_side: Optional[float]) -> "Objective":
