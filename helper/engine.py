@@ -164,6 +164,10 @@ class Objective:
     lambda_offset: float = 0.0
     tile_side: Optional[float] = None
 
+    def __post_init__(self) -> None:
+        if (self.semi_positive or self.lambda_offset) and not self.tile_side:
+            raise ValueError("the offset terms need the tile side the label deltas are measured in (tile_side)")
+
     @classmethod
     def of(cls, run: RunConfig, tile_side: Optional[float]) -> "Objective":
         infonce = run.train.loss == "infonce"

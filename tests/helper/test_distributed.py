@@ -100,7 +100,8 @@ def test_two_processes_equal_one_process_on_the_joined_batch(tmp_path, loss_name
     for key, value in single.items():
         assert torch.allclose(ddp_state[key], value, atol=atol, rtol=1e-5), key
         # the comparison is about trained weights: SGD (unlike Adam) also catches a wrong gradient scale
-        # at least 20x the tolerance (InfoNCE's gradients are smaller than the triplet loss's here)
+        # at least 20x the tolerance (InfoNCE's gradients are smaller than the triplet loss's here); for
+        # vigor, whose tolerance is larger, only one that moves a weight by more than 1e-4
         assert (value - initial[key]).abs().max() > (1e-4 if loss_name == "triplet" else 2e-5), key
 
 
