@@ -24,8 +24,8 @@ from torch.utils.data import Dataset
 
 from common.errors import UserError
 from data.augment import check_rotation_sizes, paired_augment, sample_rng
-from data.cvusa_layout import (HEADINGS_FILE, check_column_order, missing_files_error, pair_deltas, polar_path,
-                               read_headings, read_split_csv, resolve_csv)
+from data.cvusa_layout import (HEADINGS_FILE, OFFSET_TERMS, check_column_order, missing_files_error, pair_deltas,
+                               polar_path, read_headings, read_split_csv, resolve_csv)
 from data.io import MIN_IMAGE_SIDE, check_polar_size, file_image_size, find_missing, read_image, size_hw
 from data.tensors import IMAGENET_MEAN, converter
 from data.vigor import augment_deltas
@@ -122,7 +122,7 @@ class CVUSA(Dataset):
         if aerial is None or aerial[0] != aerial[1]:
             shape = "unreadable" if aerial is None else f"{aerial[0]} x {aerial[1]}"
             raise UserError(f"offset labels are in pixels of square aerial files, but {self.satellite_file(0)} is "
-                            f"{shape}; --regress_offset needs the raw aerials of {self.data_root}")
+                            f"{shape}; {OFFSET_TERMS} need the raw aerials of {self.data_root}")
         return pair_deltas(os.path.join(self.data_root, offsets_csv), self.satellite_paths, self.csv)
 
     def _recorded_headings(self, recorded: dict) -> list:

@@ -12,7 +12,7 @@ world) with the header ``id,lat,lon`` and one row per pair: ``id`` is the aerial
 (``0000001`` for ``bingmap/19/0000001.jpg``; numeric ids compare as numbers), ``lat`` /
 ``lon`` in degrees.
 
-Optional, for ``--regress_offset``: an offsets CSV (``--offsets_csv``, default ``offsets.csv``;
+Optional, for ``--regress_offset`` and ``--lambda_recentre`` (:data:`OFFSET_TERMS`): an offsets CSV (``--offsets_csv``, default ``offsets.csv``;
 real CVUSA has none, the synthetic world written with ``--max_offset`` has it) with the header
 ``id,dx_px,dy_px``: the camera sits at aerial pixel (row ``S/2 + dy_px``, column ``S/2 + dx_px``),
 dx east, dy south, in pixels of the aerial file of side ``S`` (:func:`pair_deltas`).
@@ -31,6 +31,8 @@ from data import io
 from data.io import list_subdirs
 from data.vigor_layout import lambda_offset_setting
 
+#: The training flags that read the offset labels (``--offsets_csv``).
+OFFSET_TERMS = "--regress_offset / --lambda_recentre"
 DEFAULT_TRAIN_CSV = "splits/train-19zl.csv"
 DEFAULT_VAL_CSV = "splits/val-19zl.csv"
 AERIAL_DIR = "bingmap/19"
@@ -265,10 +267,10 @@ def read_offsets_csv(path: str) -> Dict[str, Tuple[float, float]]:
     """``{id: (dx_px, dy_px)}`` of an offsets CSV (see the module doc), read like :func:`read_gps_csv`
     (finite numbers); a missing file is a :class:`UserError` saying where offset labels come from."""
     return _read_id_csv(path, "--offsets_csv", OFFSETS_HEADER, " with finite pixel offsets", _offset,
-                        f"--regress_offset learns from offset labels and CVUSA has no offset labels; synthetic "
+                        f"{OFFSET_TERMS} learn from offset labels and CVUSA has no offset labels; synthetic "
                         f"worlds written with `python -m data.synthetic --layout cvusa --max_offset F` have them "
                         f"({DEFAULT_OFFSETS_CSV}). Pass --offsets_csv FILE (a CSV of '{OFFSETS_HEADER}' rows, "
-                        f"relative to --data_root or absolute) or drop --regress_offset")
+                        f"relative to --data_root or absolute) or drop {OFFSET_TERMS}")
 
 
 def _pair_rows(table: Dict[str, Tuple[float, float]], path: str, aerial_rels: Sequence[str], split_csv: str,
@@ -296,7 +298,7 @@ def pair_deltas(path: str, aerial_rels: Sequence[str], split_csv: str) -> np.nda
     """(N, 2) label deltas ``(d0, d1) = (dy_px, -dx_px)`` of the pairs whose aerials are ``aerial_rels``
     from the offsets CSV ``path``: VIGOR's convention (:mod:`data.vigor`), in pixels of the written
     aerial, so the camera sits at row ``S/2 + d0``, column ``S/2 - d1`` of an aerial of side ``S``."""
-    offsets = _pair_rows(read_offsets_csv(path), path, aerial_rels, split_csv, "--offsets_csv", "--regress_offset")
+    offsets = _pair_rows(read_offsets_csv(path), path, aerial_rels, split_csv, "--offsets_csv", OFFSET_TERMS)
     return np.stack([offsets[:, 1], -offsets[:, 0]], axis=1)
 
 
@@ -318,7 +320,7 @@ class CVUSAConfig:
     gps_csv: Optional[str] = setting(None, "positions of the training pairs for --sampling gps: a CSV of "
                                            "'id,lat,lon' rows (id = the aerial's file stem), relative to data_root; "
                                            "the synthetic world writes gps.csv", default_text="none")
-    offsets_csv: str = setting(DEFAULT_OFFSETS_CSV, "offset labels for --regress_offset (read with it only): a "
+    offsets_csv: str = setting(DEFAULT_OFFSETS_CSV, f"offset labels for {OFFSET_TERMS} (read with them only): a "
                                                     f"CSV of '{OFFSETS_HEADER}' rows (id = the aerial's file stem), "
                                                     "relative to data_root; real CVUSA has none, the synthetic "
                                                     "world written with --max_offset has offsets.csv")

@@ -104,6 +104,11 @@ class TrainConfig:
     label_smoothing: Optional[float] = setting(None, "InfoNCE: label smoothing of the cross-entropy", minimum=0.0,
                                                maximum=0.99,
                                                default_text=f"{INFONCE_LABEL_SMOOTHING} with --loss infonce")
+    lambda_recentre: float = setting(0.0, "weight of the re-centred retrieval loss: each positive satellite is also "
+                                          "embedded translated so its labelled camera point is at the centre (as "
+                                          "--rerank re-centres a candidate), and that batch takes the retrieval loss "
+                                          "too; needs offset labels (VIGOR; CVUSA: --offsets_csv) and raw satellite "
+                                          "images (0 = off)", minimum=0.0)
     optimizer: str = setting("adam", "optimizer (adamw: decoupled weight decay)", choices=lambda: OPTIMIZERS)
     scheduler: str = setting("constant", "learning-rate schedule over the run's steps: constant, or cosine decay "
                                          "to 0", choices=lambda: SCHEDULERS)
@@ -213,11 +218,16 @@ def _from_version_3(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return {"offsets_csv": cvusa_layout.DEFAULT_OFFSETS_CSV, "lambda_offset": vigor_layout.LAMBDA_OFFSET, **cfg}
 
 
+def _from_version_4(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Version 4 had no re-centred retrieval loss."""
+    return {"lambda_recentre": 0.0, **cfg}
+
+
 #: Version of the stored config (``config.json``'s ``version`` key, a checkpoint's ``version``).
-CONFIG_VERSION = 4
+CONFIG_VERSION = 5
 #: ``{version: migration}``: a stored config of ``version`` becomes one of ``version + 1``
 #: (a config.json without ``version`` is version 1).
-MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3}
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3, 4: _from_version_4}
 
 
 def migrate_config(cfg: Mapping[str, Any], version: int) -> Dict[str, Any]:
@@ -246,9 +256,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.model.polar_files and self.model.transform != "polar":
             raise UserError("--polar_files needs --transform polar (an STN learns from the raw satellite image)")
-        if self.train.chunk_size and (self.model.regress_offset or self.semi_positive):
-            raise UserError("--chunk_size (gradient caching) does not support --regress_offset or "
-                            "--semi_positive iou yet; drop --chunk_size")
+        if self.train.chunk_size and (self.model.regress_offset or self.semi_positive or self.train.lambda_recentre):
+            raise UserError("--chunk_size (gradient caching) does not support --regress_offset, --semi_positive iou "
+                            "or --lambda_recentre yet; drop --chunk_size")
+        if self.train.lambda_recentre and self.model.polar_files:
+            raise UserError("--lambda_recentre re-centres the raw satellite image, but --polar_files reads polar "
+                            "images already centred on the tile; drop one of them")
         self.data.check_sampling(self.train.sampling)
         train = self.train
         views = (train.train_heading, train.train_fov, train.test_heading, train.test_fov)
@@ -260,6 +273,11 @@ class RunConfig:
     def semi_positive(self) -> bool:
         """Whether training adds VIGOR's semi-positive IOU loss (``--semi_positive iou``)."""
         return getattr(self.data, "semi_positive", "none") != "none"
+
+    @property
+    def offset_labels(self) -> bool:
+        """Whether training reads the offset labels (``--regress_offset`` or ``--lambda_recentre``)."""
+        return self.model.regress_offset or self.train.lambda_recentre > 0
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], dataset: Optional[str] = None, source: Optional[str] = None,

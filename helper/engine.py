@@ -25,6 +25,7 @@ from tqdm import tqdm
 from common.errors import UserError
 from common.fileio import lock_folder, read_jsonl, unlock, write_json_atomic, write_jsonl_atomic
 from data.tensors import normalise
+from geometry.affine import recentre
 from helper import distributed
 from helper.checkpoint import (CHECKPOINT_VERSION, git_commit, load_model_state, rng_state, save_checkpoint,
                                set_rng_state)
@@ -149,9 +150,11 @@ class Objective:
     optimised with the model and saved as the checkpoint's ``objective``); None for triplets.
     ``semi_positive``: add VIGOR's semi-positive IOU loss (the batch carries ``semi_satellite``
     images and ``delta`` / ``semi_delta`` labels); ``lambda_offset``: weight of the offset
-    regression of a model with an offset head (0 = none); ``tile_side``: the side L of the tiles
-    the deltas are measured in (the training dataset's ``tile_side``; needed by either offset term); the offset
-    head learns delta / (L/2).
+    regression of a model with an offset head (0 = none); ``lambda_recentre``: weight of the
+    retrieval loss of the positives re-centred on their labelled camera point (0 = none);
+    ``tile_side``: the side L of the tiles the deltas are measured in (the training dataset's
+    ``tile_side``; needed by every offset term); the offset head learns delta / (L/2), the
+    normalised delta :func:`geometry.affine.recentre` takes.
     """
 
     lambda_sm: float
@@ -162,10 +165,11 @@ class Objective:
     logit_scale: Optional[LogitScale] = None
     semi_positive: bool = False
     lambda_offset: float = 0.0
+    lambda_recentre: float = 0.0
     tile_side: Optional[float] = None
 
     def __post_init__(self) -> None:
-        if (self.semi_positive or self.lambda_offset) and not self.tile_side:
+        if (self.semi_positive or self.lambda_offset or self.lambda_recentre) and not self.tile_side:
             raise ValueError("the offset terms need the tile side the label deltas are measured in (tile_side)")
 
     @classmethod
@@ -174,7 +178,12 @@ class Objective:
         lambda_offset = run.data.lambda_offset if run.model.regress_offset else 0.0
         return cls(run.train.lambda_sm, run.model.lambda_l1, run.train.amp, run.train.loss,
                    run.train.label_smoothing or 0.0, LogitScale() if infonce else None, run.semi_positive,
-                   lambda_offset, tile_side)
+                   lambda_offset, run.train.lambda_recentre, tile_side)
+
+    def normalised_delta(self, batch: dict, device: torch.device) -> torch.Tensor:
+        """The batch's label deltas over half the tile side (``B x 2`` float32): the offset head's
+        target and the point :func:`geometry.affine.recentre` brings to the centre."""
+        return batch["delta"].to(device, torch.float32) / (self.tile_side / 2)
 
     def parameters(self) -> list:
         return [] if self.logit_scale is None else list(self.logit_scale.parameters())
@@ -206,35 +215,46 @@ def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env:
     """The training objective of one batch: (total, retrieval loss, l1 or None) on the global batch."""
     street = move_images(batch, "street", env.device)
     satellite = move_images(batch, "satellite", env.device)
-    if objective.semi_positive:  # one forward pass: the positives, then the semi-positives
-        satellite = torch.cat([satellite, move_images(batch, "semi_satellite", env.device)])
+    b = street.shape[0]
+    inputs = [satellite]  # one forward pass: the positives, [the semi-positives], [the re-centred positives]
+    if objective.semi_positive:
+        inputs.append(move_images(batch, "semi_satellite", env.device))
+    if objective.lambda_recentre:
+        inputs.append(recentre(satellite, objective.normalised_delta(batch, env.device)))
     with distributed.autocast(env.device, objective.amp):
-        street_desc, sat_desc, aux = model(street, satellite, return_aux=True)
-    b = street_desc.shape[0]
+        street_desc, sat_desc, aux = model(street, torch.cat(inputs) if len(inputs) > 1 else satellite,
+                                           return_aux=True)
+    similarity = getattr(distributed.unwrap(model), "similarity", None)
     street_all = distributed.gather_with_grad(street_desc.float())
-    sat_all = distributed.gather_with_grad(sat_desc[:b].float() if objective.semi_positive else sat_desc.float())
-    retrieval = retrieval_loss(objective, street_all, sat_all, hard_ratio,
-                               getattr(distributed.unwrap(model), "similarity", None))
+    retrieval = retrieval_loss(objective, street_all, distributed.gather_with_grad(sat_desc[:b].float()), hard_ratio,
+                               similarity)
     total = retrieval
+    if objective.lambda_recentre:
+        recentred = distributed.gather_with_grad(sat_desc[-b:].float())
+        total = total + objective.lambda_recentre * retrieval_loss(objective, street_all, recentred, hard_ratio,
+                                                                   similarity)
     if objective.semi_positive or objective.lambda_offset:
-        total = total + _offset_terms(objective, street_desc, sat_desc, aux, batch)
+        semi = sat_desc[b:2 * b] if objective.semi_positive else None
+        total = total + _offset_terms(objective, street_desc, sat_desc[:b], semi, aux, batch)
     l1 = _l1(objective, aux)
     if l1 is not None:
         return total + objective.lambda_l1 * l1, retrieval, l1
     return total, retrieval, l1
 
 
-def _offset_terms(objective: Objective, street_desc, sat_desc, aux: dict, batch: dict) -> torch.Tensor:
-    """VIGOR's semi-positive IOU loss and the weighted offset regression of this process's pairs
-    (per-pair means: DDP's gradient averaging makes them the global batch's means)."""
-    b, device = street_desc.shape[0], street_desc.device
+def _offset_terms(objective: Objective, street_desc, positive_desc, semi_desc, aux: dict,
+                  batch: dict) -> torch.Tensor:
+    """VIGOR's semi-positive IOU loss (``semi_desc``: the semi-positives' descriptors) and the weighted
+    offset regression of this process's pairs (per-pair means: DDP's gradient averaging makes them
+    the global batch's means)."""
+    device = street_desc.device
     delta = batch["delta"].to(device, torch.float32)
     total = street_desc.new_zeros((), dtype=torch.float32)
     if objective.semi_positive:
-        total = total + semi_positive_iou_loss(street_desc.float(), sat_desc[:b].float(), sat_desc[b:].float(),
+        total = total + semi_positive_iou_loss(street_desc.float(), positive_desc.float(), semi_desc.float(),
                                                delta, batch["semi_delta"].to(device, torch.float32), objective.tile_side)
     if objective.lambda_offset:
-        target = delta / (objective.tile_side / 2)
+        target = objective.normalised_delta(batch, device)
         total = total + objective.lambda_offset * offset_regression_loss(aux["offset"].float(), target)
     return total
 

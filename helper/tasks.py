@@ -110,12 +110,12 @@ class CVUSATask:
     def _dataset(self, run: RunConfig, csv: str, train: bool):
         """The split's dataset, built (and its files checked) once per task. Evaluation turns the
         street images with :data:`helper.config.TEST_HEADING_SEED` (it has no other random draws);
-        training with an offset head reads ``--offsets_csv``."""
+        training with an offset term reads ``--offsets_csv`` (:attr:`RunConfig.offset_labels`)."""
         from data.cvusa import CVUSA
 
         options = run.train
         heading, fov = (options.train_heading, options.train_fov) if train else (options.test_heading, options.test_fov)
-        offsets = run.data.offsets_csv if train and run.model.regress_offset else None
+        offsets = run.data.offsets_csv if train and run.offset_labels else None
         key = (run.data.data_root, csv, train, heading, fov, offsets)
         if key not in self._datasets:
             model = run.model

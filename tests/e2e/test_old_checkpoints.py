@@ -36,12 +36,14 @@ def run_copy(tmp_path):
 
 def test_version_1_is_migrated_on_load():
     raw = torch.load(FIXTURE, weights_only=True)
-    assert raw["version"] == 1 and "resume" in raw["config"] and CHECKPOINT_VERSION == 4
+    assert raw["version"] == 1 and "resume" in raw["config"] and CHECKPOINT_VERSION == 5
     state = load_checkpoint(FIXTURE)
     assert "resume" not in state["config"] and state["config"]["transform"] == "polar"
     # what version 1 did without saying: SAFA's head on two backbones, triplets, Adam, constant rate
     assert {k: state["config"][k] for k in ("head", "shared_backbone", "loss", "optimizer", "scheduler")} == \
         {"head": "safa", "shared_backbone": False, "loss": "triplet", "optimizer": "adam", "scheduler": "constant"}
+    # nor the re-centred loss (version 4 neither)
+    assert state["config"]["lambda_recentre"] == 0.0
     # and north-aligned full panoramas (version 2 did too)
     assert {k: state["config"][k] for k in ("train_heading", "train_fov", "test_heading", "test_fov")} == \
         {"train_heading": "none", "train_fov": 360.0, "test_heading": "none", "test_fov": 360.0}

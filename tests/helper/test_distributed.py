@@ -41,12 +41,13 @@ def _train(env, rank: int, world_size: int, loss_name: str = "triplet", chunk: i
     from models import build_model
 
     vigor = loss_name == "vigor"  # the triplet loss with VIGOR's semi-positive and offset terms
-    offsets = loss_name in OFFSET_LOSSES  # cvusa_offsets: the triplet loss and the offset term
+    offsets = loss_name in OFFSET_LOSSES  # cvusa_offsets: the triplet loss, the offset term and the re-centred loss
     torch.manual_seed(0)
     model = distributed.wrap_model(build_model({**CFG, "regress_offset": offsets}), env)
     objective = Objective(lambda_sm=10.0, lambda_l1=0.0, amp="none", loss="triplet" if offsets else loss_name,
                           label_smoothing=0.1, logit_scale=LogitScale() if loss_name == "infonce" else None,
                           semi_positive=vigor, lambda_offset=1.0 if offsets else 0.0,
+                          lambda_recentre=1.0 if loss_name == "cvusa_offsets" else 0.0,
                           tile_side=CVUSA_SIDE if loss_name == "cvusa_offsets" else TILE_SIDE)
     optimizer = torch.optim.SGD(list(model.parameters()) + objective.parameters(), lr=0.5)
     for batch in _batches(PER_RANK * 2, loss_name):

@@ -165,7 +165,7 @@ def test_version_2_configs_migrate_to_random_batches():
     for key in ("sampling", "sampling_select", "sampling_pool", "gps_csv"):
         del stored[key]
     migrated = migrate_config(stored, 2)
-    assert CONFIG_VERSION == 4
+    assert CONFIG_VERSION == 5
     run = RunConfig.from_dict(migrated, complete=True)
     assert run.train.sampling == "random" and run.data.gps_csv is None
     vigor = RunConfig.from_dict({"dataset": "vigor"}).to_dict()
@@ -197,3 +197,13 @@ def test_version_3_cvusa_configs_migrate_without_offset_labels():
     assert not run.model.regress_offset and (run.data.offsets_csv, run.data.lambda_offset) == ("offsets.csv", 0.01)
     vigor = RunConfig.from_dict({"dataset": "vigor", "lambda_offset": 0.2}).to_dict()
     assert migrate_config(vigor, 3) == vigor
+
+
+def test_version_4_configs_migrate_without_the_recentred_loss():
+    from helper.config import RunConfig, migrate_config
+
+    for dataset in ("cvusa", "vigor"):
+        stored = RunConfig.from_dict({"dataset": dataset}).resolved().to_dict()
+        del stored["lambda_recentre"]
+        run = RunConfig.from_dict(migrate_config(stored, 4), complete=True)
+        assert run.train.lambda_recentre == 0.0 and not run.offset_labels
