@@ -15,14 +15,20 @@ recipe's control):
   (``--rerank K``: the top K aerials re-centred at the predicted camera position);
 * ``offcentre``: the shipped off-centre recipe (``--config configs/cvusa_offcentre.json``);
 * ``polar_offset_l1``, ``offcentre_offset_l1``: polar and the recipe with the offset head at
-  ``--lambda_offset 1`` (100x the official weight), also re-ranked.
+  ``--lambda_offset 1`` (100x the official weight), also re-ranked;
+* ``polar_recentred``: polar with the re-centred loss (``--lambda_recentre 1``: the positives also
+  embedded re-centred on their labelled camera point), no offset head;
+* ``polar_offset_recentred``, ``offcentre_offset_recentred``: ``polar_offset_l1`` and
+  ``offcentre_offset_l1`` with the re-centred loss, also re-ranked.
 
-On the off-centre worlds every CVUSA-layout cell is also re-ranked on the TRUE offsets
-(``benchmarks/rerank_true_offsets.py``): what ``--rerank`` would give with a perfect offset head.
+On the off-centre worlds every CVUSA-layout cell, and every VIGOR cell, is also re-ranked on the
+TRUE offsets (``benchmarks/rerank_true_offsets.py``): what ``--rerank`` would give with a perfect
+offset head.
 
 VIGOR layout (synthetic; its panoramas are off-centre by construction): ``polar``,
-``polar_iou_offset`` (``--semi_positive iou --regress_offset``, also re-ranked) and
-``polar_iou_offset_l1`` (the same with ``--lambda_offset 1``, 100x the official weight), which also
+``polar_iou_offset`` (``--semi_positive iou --regress_offset``, also re-ranked),
+``polar_iou_offset_l1`` (the same with ``--lambda_offset 1``, 100x the official weight) and
+``polar_iou_offset_recentred`` (that with ``--lambda_recentre 1``); with an offset head a cell also
 reports the metre-level error of the queries whose top-1 is their positive, at the tile centre
 and refined by the offset.
 
@@ -48,25 +54,35 @@ from experiments import (ROOT, add_common_arguments, cvusa_world, finish, mean_i
 
 RECIPE = os.path.join(ROOT, "configs", "cvusa_offcentre.json")
 TPS_L1 = ["--transform", "tps", "--lambda_l1", "1"]
+HEAD_L1 = ["--regress_offset", "--lambda_offset", "1"]
+RECENTRED = ["--lambda_recentre", "1"]
 #: CVUSA-layout cells: flags, and whether the model has an offset head (then also re-ranked).
 CVUSA_CELLS = {
     "polar": (["--transform", "polar"], False),
     "tps_l1": (TPS_L1, False),
     "polar_offset": (["--transform", "polar", "--regress_offset"], True),
     "tps_l1_offset": ([*TPS_L1, "--regress_offset"], True),
-    "polar_offset_l1": (["--transform", "polar", "--regress_offset", "--lambda_offset", "1"], True),
+    "polar_offset_l1": (["--transform", "polar", *HEAD_L1], True),
+    "polar_recentred": (["--transform", "polar", *RECENTRED], False),
+    "polar_offset_recentred": (["--transform", "polar", *HEAD_L1, *RECENTRED], True),
     "offcentre": (["--config", RECIPE], False),
-    "offcentre_offset_l1": (["--config", RECIPE, "--regress_offset", "--lambda_offset", "1"], True),
+    "offcentre_offset_l1": (["--config", RECIPE, *HEAD_L1], True),
+    "offcentre_offset_recentred": (["--config", RECIPE, *HEAD_L1, *RECENTRED], True),
 }
+VIGOR_IOU = ["--transform", "polar", "--semi_positive", "iou"]
 VIGOR_CELLS = {
     "polar": (["--transform", "polar"], False),
-    "polar_iou_offset": (["--transform", "polar", "--semi_positive", "iou", "--regress_offset"], True),
-    "polar_iou_offset_l1": (["--transform", "polar", "--semi_positive", "iou", "--regress_offset",
-                             "--lambda_offset", "1"], True),
+    "polar_iou_offset": ([*VIGOR_IOU, "--regress_offset"], True),
+    "polar_iou_offset_l1": ([*VIGOR_IOU, *HEAD_L1], True),
+    "polar_iou_offset_recentred": ([*VIGOR_IOU, *HEAD_L1, *RECENTRED], True),
 }
+#: Cells with the re-centred loss and the same cell without it (paired in the summary).
+RECENTRED_PAIRS = {"polar_recentred": "polar", "polar_offset_recentred": "polar_offset_l1",
+                   "offcentre_offset_recentred": "offcentre_offset_l1",
+                   "polar_iou_offset_recentred": "polar_iou_offset_l1"}
 VIGOR_CITIES = ("NewYork", "Seattle")
 RERANKED = "+rerank"
-#: Off-centre CVUSA-layout cells are also re-ranked on the true offsets (no head needed).
+#: Off-centre CVUSA-layout cells and VIGOR cells are also re-ranked on the true offsets (no head needed).
 TRUE_RERANKED = "+rerank_true_offsets"
 
 
@@ -107,8 +123,8 @@ def cell_values(results: dict, offset_head: bool) -> Dict[str, float]:
 def run_layout(args, work: str, layout: str, cells: List[str], worlds: Dict[str, str], seed: int, out: dict,
                localization: dict, offset_error: dict) -> None:
     """Train and evaluate ``cells`` of ``layout`` on each of ``worlds`` ({row label: data folder}),
-    filling ``out`` (R@1), ``localization`` (VIGOR, top-1 positives) and ``offset_error`` (CVUSA
-    offset heads: mean squared error of the normalised offsets, head and mean offset)."""
+    filling ``out`` (R@1), ``localization`` (VIGOR, top-1 positives) and ``offset_error`` (offset
+    heads: mean squared error of the normalised offsets, head and mean offset)."""
     table = CVUSA_CELLS if layout == "cvusa" else VIGOR_CELLS
     for row, data in worlds.items():
         for cell in cells:
@@ -119,11 +135,12 @@ def run_layout(args, work: str, layout: str, cells: List[str], worlds: Dict[str,
             run_dir = train(args, work, f"train_{layout}.py", data, name, seed, flags)
             results = evaluate(args, run_dir, layout, data, offset_head)
             values = cell_values(results, offset_head)
-            if layout == "cvusa" and float(row) > 0:
+            if layout == "vigor" or float(row) > 0:
                 truth = true_offsets(args, run_dir, data)
                 values[TRUE_RERANKED] = truth["rerank"]["R@1_true_offsets"]
                 if offset_head:
-                    offset_error.setdefault(row, {}).setdefault(cell, {})[str(seed)] = truth["offset_mse"]
+                    offset_error.setdefault(layout, {}).setdefault(row, {}).setdefault(cell, {})[str(seed)] = \
+                        truth["offset_mse"]
             for suffix, r1 in values.items():
                 out.setdefault(row, {}).setdefault(cell + suffix, {}).setdefault("per_seed", {})[str(seed)] = r1
                 print(f"{name}{suffix}: R@1 {r1:.2f}", file=sys.stderr, flush=True)
@@ -242,8 +259,12 @@ def main() -> None:
                "chance_R@1": round(100 / args.test, 2), "confidence": 0.95,
                "settings": {k: v for k, v in vars(args).items() if k not in ("keep", "out", "plot")},
                "cvusa": cvusa, "vigor": vigor, "vigor_top1_positive_localization": localization,
-               "cvusa_offset_mse": offset_error,
+               "offset_mse": offset_error,
                "offcentre_vs_polar": paired(cvusa, "offcentre", "polar"),
+               "recentred_vs_plain": {layout: {cell: paired(table, cell, plain) for cell, plain in RECENTRED_PAIRS.items()
+                                               if cell in layout_cells}
+                                      for layout, table, layout_cells in (("cvusa", cvusa, CVUSA_CELLS),
+                                                                          ("vigor", vigor, VIGOR_CELLS))},
                "rerank_vs_ranked": {layout: {cell: paired(table, cell + RERANKED, cell)
                                              for cell, (_, offset_head) in layout_cells.items() if offset_head}
                                     for layout, table, layout_cells in (("cvusa", cvusa, CVUSA_CELLS),
