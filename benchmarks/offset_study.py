@@ -12,7 +12,8 @@ recipe's control):
   L1 loss (``--transform tps --lambda_l1 1``);
 * ``polar_offset``, ``tps_l1_offset``: the same with the offset head (``--regress_offset``,
   trained on the world's ``offsets.csv``), evaluated as they rank and re-ranked
-  (``--rerank K``: the top K aerials re-centred at the predicted camera position);
+  (``--rerank K``: the top K aerials re-centred at the predicted camera position), with each
+  ``--rerank_score`` (``+rerank``: sum, the default; ``+rerank_recentred``);
 * ``offcentre``: the shipped off-centre recipe (``--config configs/cvusa_offcentre.json``);
 * ``polar_offset_l1``, ``offcentre_offset_l1``: polar and the recipe with the offset head at
   ``--lambda_offset 1`` (100x the official weight), also re-ranked;
@@ -22,8 +23,8 @@ recipe's control):
   ``offcentre_offset_l1`` with the re-centred loss, also re-ranked.
 
 On the off-centre worlds every CVUSA-layout cell, and every VIGOR cell, is also re-ranked on the
-TRUE offsets (``benchmarks/rerank_true_offsets.py``): what ``--rerank`` would give with a perfect
-offset head.
+TRUE offsets (``benchmarks/rerank_true_offsets.py``, scored by the re-centred similarity): the
+ceiling a perfect offset head would reach.
 
 VIGOR layout (synthetic; its panoramas are off-centre by construction): ``polar``,
 ``polar_iou_offset`` (``--semi_positive iou --regress_offset``, also re-ranked),
@@ -45,7 +46,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,17 +82,21 @@ RECENTRED_PAIRS = {"polar_recentred": "polar", "polar_offset_recentred": "polar_
                    "offcentre_offset_recentred": "offcentre_offset_l1",
                    "polar_iou_offset_recentred": "polar_iou_offset_l1"}
 VIGOR_CITIES = ("NewYork", "Seattle")
-RERANKED = "+rerank"
-#: Off-centre CVUSA-layout cells and VIGOR cells are also re-ranked on the true offsets (no head needed).
+#: Suffix of a cell re-ranked with ``--rerank K --rerank_score`` each score (an offset head).
+RERANKED = {"sum": "+rerank", "recentred": "+rerank_recentred"}
+#: Off-centre CVUSA-layout cells and VIGOR cells are also re-ranked on the true offsets (no head needed),
+#: scored by the re-centred similarity alone: the ceiling that a perfect offset head would reach.
 TRUE_RERANKED = "+rerank_true_offsets"
+TRUE_SCORE = "recentred"
 
 
-def evaluate(args, run_dir: str, layout: str, data: str, offset_head: bool) -> dict:
-    """The test script's results JSON for the run's checkpoint (re-ranked with an offset head)."""
-    out = os.path.join(run_dir, "study_results.json")
+def evaluate(args, run_dir: str, layout: str, data: str, score: Optional[str] = None) -> dict:
+    """The test script's results JSON for the run's checkpoint; with ``score`` re-ranked
+    (``--rerank K --rerank_score score``, an offset head)."""
+    out = os.path.join(run_dir, "study_results.json" if score is None else f"study_results_{score}.json")
     if not os.path.exists(out):
-        rerank = ["--rerank", str(args.rerank)] if offset_head else []
-        with open(os.path.join(run_dir, "study_test.log"), "w") as log:
+        rerank = [] if score is None else ["--rerank", str(args.rerank), "--rerank_score", score]
+        with open(os.path.splitext(out)[0] + ".log", "w") as log:
             subprocess.run([sys.executable, f"test_{layout}.py", "--checkpoint", os.path.join(run_dir, "best.pth"),
                             "--data_root", data, "--results_json", out, "--device", args.device, "--workers",
                             str(args.workers), *rerank], cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -100,24 +105,29 @@ def evaluate(args, run_dir: str, layout: str, data: str, offset_head: bool) -> d
 
 def true_offsets(args, run_dir: str, data: str) -> dict:
     """The output of ``benchmarks/rerank_true_offsets.py`` for the run (R@1 re-ranked on the true
-    offsets; with an offset head its error next to the mean offset's)."""
+    offsets by :data:`TRUE_SCORE`; with an offset head its error next to the mean offset's)."""
     out = os.path.join(run_dir, "study_true_offsets.json")
     if not os.path.exists(out):
         line = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "rerank_true_offsets.py"),
                                "--checkpoint", os.path.join(run_dir, "best.pth"), "--data_root", data, "--rerank",
-                               str(args.rerank), "--device", args.device, "--workers", str(args.workers)],
+                               str(args.rerank), "--rerank_score", TRUE_SCORE, "--device", args.device,
+                               "--workers", str(args.workers)],
                               cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         with open(out, "w") as handle:
             handle.write(line + "\n")
     return json.load(open(out))
 
 
-def cell_values(results: dict, offset_head: bool) -> Dict[str, float]:
-    """R@1 as ranked and, with an offset head, re-ranked."""
+def cell_results(args, run_dir: str, layout: str, data: str, offset_head: bool):
+    """``(results JSON, {suffix: R@1})``: as ranked and, with an offset head, re-ranked by each score."""
+    if not offset_head:
+        results = evaluate(args, run_dir, layout, data)
+        return results, {"": results["street_to_satellite"]["R@1"]}
+    by_score = {score: evaluate(args, run_dir, layout, data, score) for score in RERANKED}
+    results = by_score["sum"]
     values = {"": results["street_to_satellite"]["R@1"]}
-    if offset_head:
-        values[RERANKED] = results["rerank"]["street_to_satellite"]["R@1"]
-    return values
+    values.update({RERANKED[score]: r["rerank"]["street_to_satellite"]["R@1"] for score, r in by_score.items()})
+    return results, values
 
 
 def run_layout(args, work: str, layout: str, cells: List[str], worlds: Dict[str, str], seed: int, out: dict,
@@ -133,8 +143,7 @@ def run_layout(args, work: str, layout: str, cells: List[str], worlds: Dict[str,
             if layout == "vigor":
                 flags = [*flags, "--cities", ",".join(VIGOR_CITIES)]
             run_dir = train(args, work, f"train_{layout}.py", data, name, seed, flags)
-            results = evaluate(args, run_dir, layout, data, offset_head)
-            values = cell_values(results, offset_head)
+            results, values = cell_results(args, run_dir, layout, data, offset_head)
             if layout == "vigor" or float(row) > 0:
                 truth = true_offsets(args, run_dir, data)
                 values[TRUE_RERANKED] = truth["rerank"]["R@1_true_offsets"]
@@ -180,12 +189,16 @@ def plot(path: str, summary: dict) -> None:
     panels += [("VIGOR layout (synthetic)", cells) for cells in summary["vigor"].values()]
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    widths = [max(4.2, 0.3 * len(cells)) for _, cells in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 3.9), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    colours = {RERANKED["sum"]: "#dd8452", RERANKED["recentred"]: "#ccb974", TRUE_RERANKED: "#8c8c8c"}
     for ax, (title, cells) in zip(axes[0], panels):
         labels = list(cells)
         means = [cells[c]["mean"] for c in labels]
         errors = [0.0 if cells[c]["ci95"] != cells[c]["ci95"] else cells[c]["ci95"] for c in labels]
-        ax.bar(range(len(labels)), means, yerr=errors, capsize=4, color="#4c72b0")
+        colour = [next((v for k, v in colours.items() if c.endswith(k)), "#4c72b0") for c in labels]
+        ax.bar(range(len(labels)), means, yerr=errors, capsize=4, color=colour)
         for x, c in enumerate(labels):  # the seeds themselves
             ax.scatter([x] * len(cells[c]["per_seed"]), list(cells[c]["per_seed"].values()), s=10, color="black",
                        zorder=3)
@@ -265,8 +278,9 @@ def main() -> None:
                                                if cell in layout_cells}
                                       for layout, table, layout_cells in (("cvusa", cvusa, CVUSA_CELLS),
                                                                           ("vigor", vigor, VIGOR_CELLS))},
-               "rerank_vs_ranked": {layout: {cell: paired(table, cell + RERANKED, cell)
-                                             for cell, (_, offset_head) in layout_cells.items() if offset_head}
+               "rerank_vs_ranked": {layout: {cell + suffix: paired(table, cell + suffix, cell)
+                                             for cell, (_, offset_head) in layout_cells.items() if offset_head
+                                             for suffix in RERANKED.values()}
                                     for layout, table, layout_cells in (("cvusa", cvusa, CVUSA_CELLS),
                                                                         ("vigor", vigor, VIGOR_CELLS))}}
     print_table(summary)

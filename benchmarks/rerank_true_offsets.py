@@ -31,7 +31,7 @@ from helper.config import RunConfig  # noqa: E402
 from helper.engine import extract_features  # noqa: E402
 from helper.metrics import evaluate_retrieval  # noqa: E402
 from helper.offsets import predict_offsets  # noqa: E402
-from helper.rerank import check_rerank_size, rerank_candidates  # noqa: E402
+from helper.rerank import RERANK_SCORES, RerankConfig, check_rerank_size, rerank_candidates  # noqa: E402
 from models import build_model  # noqa: E402
 
 
@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--data_root", required=True, help="the world (CVUSA layout: with offsets.csv)")
     parser.add_argument("--offsets_csv", default="offsets.csv", help="CVUSA layout: the offset labels")
     parser.add_argument("--rerank", type=int, default=10)
+    parser.add_argument("--rerank_score", choices=RERANK_SCORES, default=RerankConfig.rerank_score,
+                        help="as test_cvusa.py / test_vigor.py --rerank_score")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
@@ -96,7 +98,7 @@ def main() -> None:
 
     def reranked(query_offsets=None) -> dict:
         result = rerank_candidates(model, street, satellite, ranking, positive, split["satellites"], env,
-                                   run.train.eval_batch_size, args.workers, exclude=exclude,
+                                   run.train.eval_batch_size, args.workers, args.rerank_score, exclude=exclude,
                                    query_offsets=query_offsets)
         return recalls(result.ranks, result.ranks_excluding)
 
@@ -104,7 +106,7 @@ def main() -> None:
         return {f"{key}_{suffix}": value for key, value in values.items()}
 
     out = {"checkpoint": os.path.abspath(args.checkpoint), **recalls(ranking.ranks, ranking.ranks_excluding),
-           "rerank": {"k": args.rerank, **suffixed(reranked(true.to(env.device)), "true_offsets")}}
+           "rerank": {"k": args.rerank, "score": args.rerank_score, **suffixed(reranked(true.to(env.device)), "true_offsets")}}
     mse = lambda pred: round(float(((pred - true) ** 2).sum(dim=1).mean()), 5)  # noqa: E731
     out["offset_mse"] = {"mean_offset": mse(true.mean(dim=0)), "zero": mse(torch.zeros(2))}
     if run.model.regress_offset:

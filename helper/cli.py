@@ -139,7 +139,7 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
     from helper.config import RunConfig
     from helper.log import setup_logging
     from helper.parser import parse_test_args
-    from helper.rerank import check_rerank
+    from helper.rerank import RerankConfig, check_rerank
     from helper.tasks import get_task
     from models import build_model
 
@@ -162,7 +162,8 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
     load_model_state(model, state["model"], args.checkpoint)
     model = distributed.wrap_model(model, env)
     results = {"dataset": dataset, "checkpoint": os.path.abspath(args.checkpoint),
-               "transform": run.model.transform, **task.evaluate(run, model, env, rerank=args.rerank)}
+               "transform": run.model.transform,
+               **task.evaluate(run, model, env, rerank=RerankConfig(args.rerank, args.rerank_score))}
     if env.is_main:
         print(format_table(results), flush=True)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # checked before the evaluation
@@ -195,7 +196,7 @@ def format_table(results: dict) -> str:
     if rerank:
         lines += [f"re-ranked: {line}" for line in _localization_lines(rerank)]
         lines.append(f"re-ranking: {results['queries']} x {rerank['k']} candidates re-centred and embedded again "
-                     f"in {rerank['seconds']:.1f} s")
+                     f"in {rerank['seconds']:.1f} s, scored by {rerank['score']}")
     if "orientation" in results:
         lines.append(orientation_line(results["orientation"]))
     return "\n".join(lines)

@@ -138,7 +138,10 @@ def parse_test_args(dataset: str, argv: Optional[Sequence[str]] = None) -> argpa
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_test_parser(dataset)
     args = parser.parse_args(argv)
-    args.explicit = explicit_flags(argv, parser) - {"checkpoint", "results_json"} - set(fields_of(RerankConfig))
+    given = explicit_flags(argv, parser)
+    if "rerank_score" in given and not args.rerank:
+        parser.error("--rerank_score scores the candidates of --rerank K; pass --rerank K too, or drop it")
+    args.explicit = given - {"checkpoint", "results_json"} - set(fields_of(RerankConfig))
     spec = DATASETS[dataset].config
     if args.explicit & set(fields_of(spec)):
         spec(**{name: getattr(args, name) for name in evaluation_fields(spec)})  # e.g. the cross-area rule

@@ -5,8 +5,10 @@ Each query's K most similar references (the candidates) are scored again: for ev
 satellite input (a normalised delta, :mod:`models.offset`); the input is translated so that
 point comes to the centre (:func:`geometry.affine.recentre`) and embedded again by the
 unchanged satellite branch (for ``polar`` this is the polar transform around the predicted
-point, an STN sees a centred input); the pair's new similarity (the dot product, or the head's
-own pairwise similarity) re-orders the K candidates.
+point, an STN sees a centred input); the pair's new score re-orders the K candidates: with
+``--rerank_score sum`` (the default) its original similarity plus the re-centred one, with
+``recentred`` the re-centred similarity alone (similarities: the dot product, or the head's own
+pairwise similarity). A zero offset leaves every rank as it was under either score.
 
 Rank bookkeeping (the conventions of :mod:`helper.metrics`): the re-ranked list is the K
 candidates ordered by the new similarity followed by the other M - K references in their
@@ -28,17 +30,28 @@ import torch
 from torch.utils.data import Dataset
 
 from common.errors import UserError
-from common.settings import setting
+from common.settings import check_settings, setting
+
+
+#: ``--rerank_score``: a candidate's score after re-centring (see the module doc).
+RERANK_SCORES = ("sum", "recentred")
 
 
 @dataclass(frozen=True)
 class RerankConfig:
-    """The test scripts' re-ranking setting (not stored with a run)."""
+    """The test scripts' re-ranking settings (not stored with a run)."""
 
     rerank: int = setting(0, "re-rank each query's N most similar references: re-centre each one's satellite "
                              "input on the offset the offset head predicts for the pair, embed it again and re-order "
-                             "the N by the new similarity (needs a checkpoint with an offset head; at most the number "
+                             "the N by the new score (needs a checkpoint with an offset head; at most the number "
                              "of references; 0 = off)", minimum=0)
+    rerank_score: str = setting("sum", "--rerank: a candidate's new score: sum = its original similarity plus the "
+                                       "re-centred one (measured ahead of recentred with the offset heads of the "
+                                       "off-centre study); recentred = the re-centred similarity alone",
+                                choices=lambda: RERANK_SCORES)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 class Reranked(NamedTuple):
@@ -128,11 +141,11 @@ def pair_similarity(net, query: torch.Tensor, reference: torch.Tensor) -> torch.
 
 
 def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: torch.Tensor, satellites: Dataset,
-            env, batch_size: int, workers: int, query_offsets: Optional[torch.Tensor] = None):
-    """``(scores, offsets)``: the new similarity (``N x K``) and the normalised offset (``N x K x 2``)
-    each (query, candidate) pair was re-centred on, float32 on the descriptors' device: the offset
-    head's prediction, or with ``query_offsets`` (``N x 2``, e.g. the true ones) query i's for all
-    of its candidates.
+            env, batch_size: int, workers: int, score: str, query_offsets: Optional[torch.Tensor] = None):
+    """``(scores, offsets)``: the new score (``N x K``, ``score`` of :data:`RERANK_SCORES`) and the
+    normalised offset (``N x K x 2``) each (query, candidate) pair was re-centred on, float32 on the
+    descriptors' device: the offset head's prediction, or with ``query_offsets`` (``N x 2``, e.g.
+    the true ones) query i's for all of its candidates.
 
     ``street`` N x D and ``satellite`` M x D are the original descriptors (on ``env.device``),
     ``satellites`` the references' dataset (its ``"satellite"`` images, index j = reference j).
@@ -166,7 +179,8 @@ def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: to
             else:
                 offset = query_offsets[index // k]
             desc, _ = net.encode_satellite(recentre(move_images(batch, "satellite", env.device), offset))
-            scores.append(pair_similarity(net, query, desc))
+            new = pair_similarity(net, query, desc)
+            scores.append(new + pair_similarity(net, query, reference) if score == "sum" else new)
             offsets.append(offset)
             indices.append(index)
     index = torch.cat(indices)
@@ -176,19 +190,19 @@ def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: to
 
 
 def rerank_candidates(model, street: torch.Tensor, satellite: torch.Tensor, ranking, positive: torch.Tensor,
-                      satellites: Dataset, env, batch_size: int, workers: int,
+                      satellites: Dataset, env, batch_size: int, workers: int, score: str,
                       exclude: Optional[torch.Tensor] = None,
                       query_offsets: Optional[torch.Tensor] = None) -> Reranked:
     """Re-rank the street->satellite ``ranking`` (a :class:`helper.metrics.RankResult` with ``topk``,
     from the descriptors ``street``/``satellite``) by re-centred re-embedding (module doc).
 
     ``positive`` (N,) and ``exclude`` (N x E, -1 padding, or None) as for the ranking, on the
-    descriptors' device; ``satellites``, ``batch_size``, ``workers``, ``query_offsets``: see
-    :func:`rescore`.
+    descriptors' device; ``satellites``, ``batch_size``, ``workers``, ``score``, ``query_offsets``:
+    see :func:`rescore`.
     """
     start = time.perf_counter()
     candidates = candidates_of(ranking.topk, ranking.ranks, positive)
-    scores, offsets = rescore(model, street, satellite, candidates, satellites, env, batch_size, workers,
+    scores, offsets = rescore(model, street, satellite, candidates, satellites, env, batch_size, workers, score,
                               query_offsets)
     ranks, excluding, slot = reranked_ranks(ranking.ranks, ranking.ranks_excluding, candidates, positive, scores,
                                             exclude)
@@ -197,12 +211,12 @@ def rerank_candidates(model, street: torch.Tensor, satellite: torch.Tensor, rank
     return Reranked(ranks, excluding, top1, top1_offset, time.perf_counter() - start)
 
 
-def rerank_results(reranked: Reranked, k: int, top1p: int, num_references: int, street_latlon=None,
+def rerank_results(reranked: Reranked, settings: RerankConfig, top1p: int, num_references: int, street_latlon=None,
                    satellite_latlon=None) -> dict:
-    """The results JSON's ``rerank`` block: ``{"k", "seconds", "street_to_satellite": {the keys of
-    the original direction, recomputed from the re-ranked ranks}, ["localization"] (with GPS: from
-    the re-ranked top-1)}``; ``top1p`` is the k of R@1%."""
+    """The results JSON's ``rerank`` block: ``{"k", "score", "seconds", "street_to_satellite": {the
+    keys of the original direction, recomputed from the re-ranked ranks}, ["localization"] (with GPS:
+    from the re-ranked top-1)}``; ``top1p`` is the k of R@1%."""
     from helper.metrics import street_to_satellite_results
 
-    return {"k": k, "seconds": reranked.seconds,
+    return {"k": settings.rerank, "score": settings.rerank_score, "seconds": reranked.seconds,
             **street_to_satellite_results(reranked, top1p, num_references, street_latlon, satellite_latlon)}

@@ -19,7 +19,7 @@ from helper.config import TEST_HEADING_SEED, RunConfig
 from helper.engine import extract_features
 from helper.log import get_logger
 from helper.metrics import evaluate_retrieval
-from helper.rerank import check_rerank_size, rerank_candidates, rerank_results
+from helper.rerank import RerankConfig, check_rerank_size, rerank_candidates, rerank_results
 from data.vigor_layout import TILE_SIDE
 
 VISUAL_SAMPLES = 4
@@ -45,9 +45,9 @@ class Task(Protocol):
     def split_tag(self, run: RunConfig) -> str:
         """A short name of the evaluation split (for the default results file name)."""
 
-    def evaluate(self, run: RunConfig, model, env, rerank: int = 0) -> dict:
+    def evaluate(self, run: RunConfig, model, env, rerank: RerankConfig = RerankConfig()) -> dict:
         """The results JSON's dataset part: ``split``, ``queries``, recalls in both directions...;
-        with ``rerank`` K also ``rerank`` (:mod:`helper.rerank`, the model has an offset head)."""
+        with ``rerank.rerank`` K also ``rerank`` (:mod:`helper.rerank`, the model has an offset head)."""
 
     def metrics_row(self, results: dict) -> dict:
         """The entries of ``results`` recorded per evaluation in ``metrics.jsonl``."""
@@ -153,11 +153,11 @@ class CVUSATask:
     def split_tag(self, run: RunConfig) -> str:
         return os.path.splitext(os.path.basename(run.data.val_csv))[0]
 
-    def evaluate(self, run: RunConfig, model, env, rerank: int = 0) -> dict:
+    def evaluate(self, run: RunConfig, model, env, rerank: RerankConfig = RerankConfig()) -> dict:
         from data.cvusa import CVUSASatellites
 
         dataset = self._dataset(run, run.data.val_csv, train=False)
-        check_rerank_size(rerank, len(dataset))
+        check_rerank_size(rerank.rerank, len(dataset))
         workers, batch_size = run.train.workers, run.train.eval_batch_size
         desc = extract_features(model, dataset, env, ("street", "satellite", "heading"), batch_size, workers,
                                 desc="evaluate")
@@ -165,10 +165,10 @@ class CVUSATask:
         positive = torch.arange(len(dataset), device=env.device)
         results = evaluate_retrieval(street, satellite, positive, top1p=run.train.top1p, progress=env.is_main,
                                      similarity=distributed.unwrap(model).similarity, street_heading=desc["heading"],
-                                     top_k=rerank)
-        if rerank:
+                                     top_k=rerank.rerank)
+        if rerank.rerank:
             reranked = rerank_candidates(model, street, satellite, results.pop("ranking"), positive,
-                                         CVUSASatellites(dataset), env, batch_size, workers)
+                                         CVUSASatellites(dataset), env, batch_size, workers, rerank.rerank_score)
             results["rerank"] = rerank_results(reranked, rerank, results["top1p_k"], len(dataset))
         return {"split": run.data.val_csv, **results}
 
@@ -269,14 +269,14 @@ class VigorTask:
     def split_tag(self, run: RunConfig) -> str:
         return run.data.mode
 
-    def evaluate(self, run: RunConfig, model, env, rerank: int = 0) -> dict:
-        """With ``rerank`` K (the model has an offset head): also ``rerank`` (:func:`helper.rerank.rerank_results`
+    def evaluate(self, run: RunConfig, model, env, rerank: RerankConfig = RerankConfig()) -> dict:
+        """With ``rerank.rerank`` K (the model has an offset head): also ``rerank`` (:func:`helper.rerank.rerank_results`
         plus ``localization_refined`` / ``localization_top1_positive`` of the re-ranked top-1)."""
         from data.vigor import VigorPanoramas
         from helper.offsets import predict_offsets, refined_localization
 
         index = self._index(run, "test")
-        check_rerank_size(rerank, index.num_satellites)
+        check_rerank_size(rerank.rerank, index.num_satellites)
         workers, batch_size = run.train.workers, run.train.eval_batch_size
         panoramas = VigorPanoramas(index, pano_size=run.model.pano_size, normalise=False)
         satellites = self._satellites(run, "test")
@@ -290,14 +290,14 @@ class VigorTask:
         offsets = run.model.regress_offset
         results = evaluate_retrieval(street, satellite, positive, top1p=run.train.top1p, semi_positive=semi,
                                      street_latlon=index.street_gps, satellite_latlon=index.satellite_gps,
-                                     return_top1=offsets, progress=env.is_main, top_k=rerank)
+                                     return_top1=offsets, progress=env.is_main, top_k=rerank.rerank)
         if offsets:
             top1 = results.pop("top1")
             offset = predict_offsets(distributed.unwrap(model), street, satellite, top1) * (TILE_SIDE / 2)
             results.update(refined_localization(index, top1, offset.cpu().numpy()))
-        if rerank:
+        if rerank.rerank:
             reranked = rerank_candidates(model, street, satellite, results.pop("ranking"), positive, satellites,
-                                         env, batch_size, workers, exclude=semi)
+                                         env, batch_size, workers, rerank.rerank_score, exclude=semi)
             block = rerank_results(reranked, rerank, results["top1p_k"], index.num_satellites, index.street_gps,
                                    index.satellite_gps)
             offset = reranked.top1_offset * (TILE_SIDE / 2)

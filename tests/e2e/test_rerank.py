@@ -15,7 +15,7 @@ from helper.cli import evaluate_main, format_table, train_main
 from helper.config import RunConfig
 from helper.engine import extract_features
 from helper.metrics import streaming_ranks
-from helper.rerank import candidates_of, rerank_candidates, rescore
+from helper.rerank import RerankConfig, candidates_of, rerank_candidates, rescore
 from helper.tasks import CVUSATask
 from models import build_model
 from tests.e2e.worlds import make_cvusa
@@ -61,19 +61,25 @@ def test_zero_offsets_reproduce_the_original_results_and_only_add_a_block(world)
     results = _evaluate(world["zero"], os.path.join(tmp, "rerank.json"), "--rerank", str(K))
     block = results.pop("rerank")
     assert "rerank" not in plain and results == plain  # every other key as without --rerank
-    assert set(block) == {"k", "seconds", "street_to_satellite", "localization", "localization_refined",
+    assert set(block) == {"k", "score", "seconds", "street_to_satellite", "localization", "localization_refined",
                           "localization_top1_positive"}
-    assert block["k"] == K and block["seconds"] > 0
+    assert block["k"] == K and block["score"] == "sum" and block["seconds"] > 0
     for key in ("street_to_satellite", "localization", "localization_refined", "localization_top1_positive"):
         assert block[key] == results[key], key
     table = format_table({**results, "rerank": block})
     assert f"re-ranked top {K}" in table and "re-ranked: localization: median" in table
-    assert f"{results['queries']} x {K} candidates" in table
+    assert f"{results['queries']} x {K} candidates" in table and "scored by sum" in table
+    recentred = _evaluate(world["zero"], os.path.join(tmp, "recentred.json"), "--rerank", str(K), "--rerank_score",
+                          "recentred")
+    assert recentred["rerank"].pop("score") == "recentred" and recentred.pop("rerank")["street_to_satellite"] == \
+        block["street_to_satellite"]
 
 
-def test_zero_offsets_reproduce_every_rank_and_top1_exactly(world):
+@pytest.mark.parametrize("score", ["sum", "recentred"])
+def test_zero_offsets_reproduce_every_rank_and_top1_exactly(world, score):
     """Function level: the re-embedded satellites equal the original descriptors up to float noise
-    (checked to be far below the gaps between candidates), so every rank and top-1 is the same."""
+    (checked to be far below the gaps between candidates), so every rank and top-1 is the same
+    under either score (``sum``: twice the original similarity, up to that noise)."""
     from data.vigor import VigorPanoramas, VigorSatellites
 
     state = load_checkpoint(world["zero"])
@@ -87,12 +93,14 @@ def test_zero_offsets_reproduce_every_rank_and_top1_exactly(world):
     satellite = extract_features(model, satellites, CPU, ("satellite",), 5, 0)["satellite"]
     positive, semi = torch.as_tensor(index.positive), torch.as_tensor(index.semi)
     ranking = streaming_ranks(street, satellite, positive, exclude=semi, return_top1=True, top_k=K)
-    reranked = rerank_candidates(model, street, satellite, ranking, positive, satellites, CPU, 7, 0, exclude=semi)
+    reranked = rerank_candidates(model, street, satellite, ranking, positive, satellites, CPU, 7, 0, score,
+                                 exclude=semi)
     assert torch.equal(reranked.top1_offset, torch.zeros_like(reranked.top1_offset))
     candidates = candidates_of(ranking.topk, ranking.ranks, positive)
     sims = (street @ satellite.t()).gather(1, candidates)
-    scores, _ = rescore(model, street, satellite, candidates, satellites, CPU, 7, 0)
-    noise, gap = float((scores - sims).abs().max()), float((sims[:, :-1] - sims[:, 1:]).abs().min())
+    scores, _ = rescore(model, street, satellite, candidates, satellites, CPU, 7, 0, score)
+    scale = 2 if score == "sum" else 1
+    noise, gap = float((scores - scale * sims).abs().max()), float((sims[:, :-1] - sims[:, 1:]).abs().min())
     assert noise < 1e-5 and 10 * noise < gap  # the premise: float noise far below the gaps between candidates
     assert torch.equal(reranked.ranks, ranking.ranks)
     assert torch.equal(reranked.ranks_excluding, ranking.ranks_excluding)
@@ -125,7 +133,8 @@ def test_rescoring_embeds_the_satellite_shifted_onto_the_predicted_point(world):
     model, index, satellites, satellite = _constant_head(world["zero"])
     street = satellite[torch.as_tensor(index.positive)]  # any unit vectors serve as queries
     candidates = torch.arange(6).view(2, 3)
-    scores, offsets = rescore(model, street[:2], satellite, candidates, satellites, CPU, 4, 0)
+    scores, offsets = rescore(model, street[:2], satellite, candidates, satellites, CPU, 4, 0, "recentred")
+    summed, _ = rescore(model, street[:2], satellite, candidates, satellites, CPU, 4, 0, "sum")
     assert torch.equal(offsets, torch.tensor([0.25, -0.125]).expand(2, 3, 2))
     images = move_images({"satellite": torch.stack([satellites[j]["satellite"] for j in range(6)])}, "satellite",
                          CPU.device)
@@ -133,8 +142,10 @@ def test_rescoring_embeds_the_satellite_shifted_onto_the_predicted_point(world):
     shifted[:, :, :-8, :-4] = images[:, :, 8:, 4:]  # output (r, c) reads input (r + 8, c + 4)
     with torch.no_grad():
         want = (street[:2].repeat_interleave(3, dim=0) * model.encode_satellite(shifted)[0]).sum(dim=1).view(2, 3)
+    original = (street[:2, None, :] * satellite[candidates]).sum(dim=2)
     assert torch.allclose(scores, want, atol=1e-4)
-    assert not torch.allclose(scores, (street[:2, None, :] * satellite[candidates]).sum(dim=2), atol=1e-3)
+    assert not torch.allclose(scores, original, atol=1e-3)
+    assert torch.allclose(summed, want + original, atol=1e-4)
 
 
 def test_given_query_offsets_replace_the_head(world):
@@ -143,10 +154,11 @@ def test_given_query_offsets_replace_the_head(world):
     model, index, satellites, satellite = _constant_head(world["zero"])
     street = satellite[torch.as_tensor(index.positive)][:2]
     candidates = torch.arange(6).view(2, 3)
-    predicted, _ = rescore(model, street, satellite, candidates, satellites, CPU, 4, 0)
+    predicted, _ = rescore(model, street, satellite, candidates, satellites, CPU, 4, 0, "recentred")
     given = torch.tensor([[0.25, -0.125], [0.0, 0.0]])
     model.offset_head = None  # given offsets need no head
-    scores, offsets = rescore(model, street, satellite, candidates, satellites, CPU, 4, 0, query_offsets=given)
+    scores, offsets = rescore(model, street, satellite, candidates, satellites, CPU, 4, 0, "recentred",
+                              query_offsets=given)
     assert torch.equal(offsets, given[:, None, :].expand(2, 3, 2))
     assert torch.allclose(scores[0], predicted[0], atol=1e-5)
     assert torch.allclose(scores[1], (street[1] * satellite[candidates[1]]).sum(dim=1), atol=1e-5)
@@ -185,9 +197,9 @@ def test_cvusa_rerank_with_a_zeroed_offset_head(tmp_path):
     torch.manual_seed(0)
     model = build_model(run.model.replace(regress_offset=True))
     model.load_state_dict(_zero_offsets(model.state_dict()))
-    results = CVUSATask().evaluate(run, model, CPU, rerank=3)
+    results = CVUSATask().evaluate(run, model, CPU, rerank=RerankConfig(3))
     block = results.pop("rerank")
-    assert set(block) == {"k", "seconds", "street_to_satellite"} and block["k"] == 3
+    assert set(block) == {"k", "score", "seconds", "street_to_satellite"} and block["k"] == 3
     assert block["street_to_satellite"] == results["street_to_satellite"]
     assert "ranking" not in results and "rerank" not in CVUSATask().evaluate(run, model, CPU)
 
@@ -198,3 +210,10 @@ def test_help_shows_the_rerank_default(script):
 
     text = " ".join(build_test_parser(script[5:-3]).format_help().split())
     assert "--rerank N" in text and "0 = off) (default: 0)" in text
+    assert "--rerank_score {sum,recentred}" in text and "alone (default: sum)" in text
+
+
+def test_rerank_score_without_rerank_is_an_error(world, capsys):
+    with pytest.raises(SystemExit) as stop:
+        evaluate_main("vigor", ["--checkpoint", world["zero"], "--rerank_score", "recentred", *TEST])
+    assert stop.value.code == 2 and "--rerank_score scores the candidates of --rerank K" in capsys.readouterr().err
