@@ -179,8 +179,26 @@ def paired(table: dict, cell: str, baseline: str) -> dict:
     return out
 
 
+#: How a cell was evaluated (its name's suffix) -> legend label and bar colour of the plot.
+VARIANTS = {"": ("ranked", "#4c72b0"), RERANKED["sum"]: ("--rerank (sum)", "#dd8452"),
+            RERANKED["recentred"]: ("--rerank (recentred)", "#ccb974"),
+            TRUE_RERANKED: ("true offsets (recentred)", "#8c8c8c")}
+
+
+def split_variant(name: str):
+    """``(cell, suffix)`` of a table entry such as ``polar_offset+rerank``."""
+    suffix = next((s for s in VARIANTS if s and name.endswith(s)), "")
+    return name[:len(name) - len(suffix)], suffix
+
+
+def drop_empty(pairs: dict) -> dict:
+    """The entries of ``pairs`` (cell -> :func:`paired`) whose cells were both run."""
+    return {cell: value for cell, value in pairs.items() if value}
+
+
 def plot(path: str, summary: dict) -> None:
-    """Bars of the mean R@1 per cell with their 95% intervals and the seeds as dots, one panel per world."""
+    """Grouped bars, one group per cell and one bar per variant (ranked, re-ranked, true offsets): the
+    mean R@1 with its 95% interval and the seeds as dots, one panel per world."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -189,24 +207,27 @@ def plot(path: str, summary: dict) -> None:
     panels += [("VIGOR layout (synthetic)", cells) for cells in summary["vigor"].values()]
     if not panels:
         return
-    widths = [max(4.2, 0.3 * len(cells)) for _, cells in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 3.9), squeeze=False,
+    groups = [list(dict.fromkeys(split_variant(name)[0] for name in cells)) for _, cells in panels]
+    widths = [max(3.5, 1.3 * len(names)) for names in groups]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 4.0), squeeze=False,
                              gridspec_kw={"width_ratios": widths})
-    colours = {RERANKED["sum"]: "#dd8452", RERANKED["recentred"]: "#ccb974", TRUE_RERANKED: "#8c8c8c"}
-    for ax, (title, cells) in zip(axes[0], panels):
-        labels = list(cells)
-        means = [cells[c]["mean"] for c in labels]
-        errors = [0.0 if cells[c]["ci95"] != cells[c]["ci95"] else cells[c]["ci95"] for c in labels]
-        colour = [next((v for k, v in colours.items() if c.endswith(k)), "#4c72b0") for c in labels]
-        ax.bar(range(len(labels)), means, yerr=errors, capsize=4, color=colour)
-        for x, c in enumerate(labels):  # the seeds themselves
-            ax.scatter([x] * len(cells[c]["per_seed"]), list(cells[c]["per_seed"].values()), s=10, color="black",
-                       zorder=3)
-        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+    bar = 0.8 / len(VARIANTS)
+    for ax, (title, cells), names in zip(axes[0], panels, groups):
+        for name, v in cells.items():
+            cell, suffix = split_variant(name)
+            x = names.index(cell) + (list(VARIANTS).index(suffix) - (len(VARIANTS) - 1) / 2) * bar
+            label, colour = VARIANTS[suffix]
+            error = 0.0 if v["ci95"] != v["ci95"] else v["ci95"]
+            ax.bar(x, v["mean"], bar, yerr=error, capsize=2, color=colour, label=label)
+            ax.scatter([x] * len(v["per_seed"]), list(v["per_seed"].values()), s=6, color="black", zorder=3)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("street->satellite R@1 (%)")
-        ax.set_ylim(bottom=0)
-    fig.suptitle(f"mean of {len(summary['settings']['seeds'].split(','))} seeds, 95% intervals", fontsize=9)
+        ax.set_ylim(0, 1.3 * ax.get_ylim()[1])  # room for the legend
+        handles = dict(zip(*ax.get_legend_handles_labels()[::-1]))
+        ax.legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", ncol=2)
+    fig.suptitle(f"mean of {len(summary['settings']['seeds'].split(','))} seeds, 95% intervals, seeds as dots",
+                 fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -274,13 +295,12 @@ def main() -> None:
                "cvusa": cvusa, "vigor": vigor, "vigor_top1_positive_localization": localization,
                "offset_mse": offset_error,
                "offcentre_vs_polar": paired(cvusa, "offcentre", "polar"),
-               "recentred_vs_plain": {layout: {cell: paired(table, cell, plain) for cell, plain in RECENTRED_PAIRS.items()
-                                               if cell in layout_cells}
-                                      for layout, table, layout_cells in (("cvusa", cvusa, CVUSA_CELLS),
-                                                                          ("vigor", vigor, VIGOR_CELLS))},
-               "rerank_vs_ranked": {layout: {cell + suffix: paired(table, cell + suffix, cell)
-                                             for cell, (_, offset_head) in layout_cells.items() if offset_head
-                                             for suffix in RERANKED.values()}
+               "recentred_vs_plain": {layout: drop_empty({cell: paired(table, cell, plain)
+                                                          for cell, plain in RECENTRED_PAIRS.items()})
+                                      for layout, table in (("cvusa", cvusa), ("vigor", vigor))},
+               "rerank_vs_ranked": {layout: drop_empty({cell + suffix: paired(table, cell + suffix, cell)
+                                                        for cell, (_, offset_head) in layout_cells.items() if offset_head
+                                                        for suffix in RERANKED.values()})
                                     for layout, table, layout_cells in (("cvusa", cvusa, CVUSA_CELLS),
                                                                         ("vigor", vigor, VIGOR_CELLS))}}
     print_table(summary)
