@@ -58,7 +58,8 @@ def vigor_split(run: RunConfig, args, model, env) -> dict:
     batch_size = run.train.eval_batch_size
     panoramas = VigorPanoramas(index, pano_size=run.model.pano_size, normalise=False)
     return {"street": extract_features(model, panoramas, env, ("street",), batch_size, args.workers)["street"],
-            "satellite": extract_features(model, satellites, env, ("satellite",), batch_size, args.workers)["satellite"],
+            "satellite": extract_features(model, satellites, env, ("satellite",), batch_size,
+                                          args.workers)["satellite"],
             "positive": torch.as_tensor(index.positive), "exclude": torch.as_tensor(index.semi),
             "satellites": satellites,
             "true": torch.as_tensor(index.deltas[:, 0], dtype=torch.float32) / (TILE_SIDE / 2)}
@@ -88,7 +89,8 @@ def main() -> None:
     street, satellite = split["street"].to(env.device), split["satellite"].to(env.device)
     positive, true = split["positive"].to(env.device), split["true"]
     exclude = None if split["exclude"] is None else split["exclude"].to(env.device)
-    ranking = evaluate_retrieval(street, satellite, positive, semi_positive=exclude, top_k=args.rerank)["ranking"]
+    ranking = evaluate_retrieval(street, satellite, positive, semi_positive=exclude,
+                                 similarity=distributed.unwrap(model).similarity, top_k=args.rerank)["ranking"]
 
     def recalls(ranks, ranks_excluding) -> dict:
         out = {"R@1": r1(ranks)}
@@ -106,7 +108,8 @@ def main() -> None:
         return {f"{key}_{suffix}": value for key, value in values.items()}
 
     out = {"checkpoint": os.path.abspath(args.checkpoint), **recalls(ranking.ranks, ranking.ranks_excluding),
-           "rerank": {"k": args.rerank, "score": args.rerank_score, **suffixed(reranked(true.to(env.device)), "true_offsets")}}
+           "rerank": {"k": args.rerank, "score": args.rerank_score,
+                      **suffixed(reranked(true.to(env.device)), "true_offsets")}}
     mse = lambda pred: round(float(((pred - true) ** 2).sum(dim=1).mean()), 5)  # noqa: E731
     out["offset_mse"] = {"mean_offset": mse(true.mean(dim=0)), "zero": mse(torch.zeros(2))}
     if run.model.regress_offset:

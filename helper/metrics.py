@@ -77,7 +77,8 @@ ArrayLike = Union[torch.Tensor, np.ndarray, Sequence]
 
 
 class RankResult(NamedTuple):
-    """Output of :func:`streaming_ranks` (all tensors of length N, int64, on the input device).
+    """Output of :func:`streaming_ranks` (tensors of length N on the input device; int64 but
+    ``topk_similarity``).
 
     ranks: number of references strictly more similar than the (best) positive.
     ranks_excluding: the same, not counting the ``exclude`` references (None without exclude).
@@ -87,6 +88,7 @@ class RankResult(NamedTuple):
         and ``return_top1``), else None.
     topk: N x K indices of the K most similar references, most similar first (``top_k`` > 0),
         else None. Taken from the same similarity blocks as ``ranks``.
+    topk_similarity: N x K float32 similarities of ``topk`` (with ``topk``, else None).
     """
 
     ranks: torch.Tensor
@@ -94,6 +96,7 @@ class RankResult(NamedTuple):
     top1: Optional[torch.Tensor]
     top1_shift: Optional[torch.Tensor] = None
     topk: Optional[torch.Tensor] = None
+    topk_similarity: Optional[torch.Tensor] = None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -258,6 +261,7 @@ def streaming_ranks(
     top1 = torch.empty(n, dtype=torch.long, device=device) if return_top1 else None
     top1_shift = torch.empty(n, dtype=torch.long, device=device) if return_top1 and similarity is not None else None
     topk = torch.empty(n, top_k, dtype=torch.long, device=device) if top_k else None
+    topk_similarity = torch.empty(n, top_k, dtype=torch.float32, device=device) if top_k else None
     finite = torch.empty(n, dtype=torch.bool, device=device)
 
     with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False), _ieee_fp32_matmul(device):
@@ -292,10 +296,10 @@ def streaming_ranks(
             if top1_shift is not None:
                 top1_shift[s:e] = shifts.gather(1, top.unsqueeze(1))[:, 0]
             if topk is not None:
-                topk[s:e] = sims.topk(top_k, dim=1).indices
+                topk_similarity[s:e], topk[s:e] = sims.topk(top_k, dim=1)
     if not bool(finite.all()):
         _raise_first_non_finite(query, query_index, finite)
-    return RankResult(ranks, ranks_ex, top1, top1_shift, topk)
+    return RankResult(ranks, ranks_ex, top1, top1_shift, topk, topk_similarity)
 
 
 def _positive_similarity(sims: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -6,19 +6,20 @@ satellite input (a normalised delta, :mod:`models.offset`); the input is transla
 point comes to the centre (:func:`geometry.affine.recentre`) and embedded again by the
 unchanged satellite branch (for ``polar`` this is the polar transform around the predicted
 point, an STN sees a centred input); the pair's new score re-orders the K candidates: with
-``--rerank_score sum`` (the default) its original similarity plus the re-centred one, with
-``recentred`` the re-centred similarity alone (similarities: the dot product, or the head's own
-pairwise similarity). A zero offset leaves every rank as it was under either score.
+``--rerank_score sum`` (the default) its original similarity (the one the ranking computed)
+plus the re-centred one, with ``recentred`` the re-centred similarity alone (similarities: the
+dot product, or the head's own pairwise similarity). A zero offset leaves every rank as it was
+under either score (up to float noise in the re-embedding).
 
 Rank bookkeeping (the conventions of :mod:`helper.metrics`): the re-ranked list is the K
 candidates ordered by the new similarity followed by the other M - K references in their
 original order. A positive among the candidates gets the number of candidates strictly more
-similar under the new similarity; a positive outside them keeps its original rank (every
+similar under the new score; a positive outside them keeps its original rank (every
 candidate was strictly more similar, so they and the M - K others count as before). Ties count
 in the query's favour: a positive tied with the K-th candidate takes that slot
 (:func:`candidates_of`). ``ranks_excluding`` (the VIGOR hit rate) counts the candidates that
 are not excluded (semi-positives) alike. The re-ranked top-1 is the candidate of highest new
-similarity (the first slot among exact ties); the localisation uses it.
+score (the first slot among exact ties); the localisation uses it.
 """
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ class RerankConfig:
                              "the N by the new score (needs a checkpoint with an offset head; at most the number "
                              "of references; 0 = off)", minimum=0)
     rerank_score: str = setting("sum", "--rerank: a candidate's new score: sum = its original similarity plus the "
-                                       "re-centred one (measured ahead of recentred with the offset heads of the "
-                                       "off-centre study); recentred = the re-centred similarity alone",
+                                       "re-centred one (the safer: see the README's off-centre study); recentred = "
+                                       "the re-centred similarity alone",
                                 choices=lambda: RERANK_SCORES)
 
     def __post_init__(self) -> None:
@@ -92,7 +93,8 @@ def check_rerank_size(k: int, num_references: int) -> None:
 def candidates_of(topk: torch.Tensor, ranks: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """The K candidates of each query (``N x K``): its ``topk`` (most similar first), except that a
     positive with rank below K that ``topk`` left out (an exact tie at the K-th place) replaces
-    the last one (ties in the query's favour). ``ranks``: the strict original ranks (N,)."""
+    the last one (ties in the query's favour; its similarity is the K-th one, so the ranking's
+    ``topk_similarity`` stays the candidates' similarities). ``ranks``: the strict original ranks (N,)."""
     k = topk.shape[1]
     missing = (ranks < k) & ~(topk == positive[:, None]).any(dim=1)
     out = topk.clone()
@@ -141,11 +143,11 @@ def pair_similarity(net, query: torch.Tensor, reference: torch.Tensor) -> torch.
 
 
 def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: torch.Tensor, satellites: Dataset,
-            env, batch_size: int, workers: int, score: str, query_offsets: Optional[torch.Tensor] = None):
-    """``(scores, offsets)``: the new score (``N x K``, ``score`` of :data:`RERANK_SCORES`) and the
-    normalised offset (``N x K x 2``) each (query, candidate) pair was re-centred on, float32 on the
-    descriptors' device: the offset head's prediction, or with ``query_offsets`` (``N x 2``, e.g.
-    the true ones) query i's for all of its candidates.
+            env, batch_size: int, workers: int, query_offsets: Optional[torch.Tensor] = None):
+    """``(similarities, offsets)``: the re-centred similarity (``N x K``) and the normalised offset
+    (``N x K x 2``) each (query, candidate) pair was re-centred on, float32 on the descriptors'
+    device: the offset head's prediction, or with ``query_offsets`` (``N x 2``, e.g. the true
+    ones) query i's for all of its candidates.
 
     ``street`` N x D and ``satellite`` M x D are the original descriptors (on ``env.device``),
     ``satellites`` the references' dataset (its ``"satellite"`` images, index j = reference j).
@@ -179,8 +181,7 @@ def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: to
             else:
                 offset = query_offsets[index // k]
             desc, _ = net.encode_satellite(recentre(move_images(batch, "satellite", env.device), offset))
-            new = pair_similarity(net, query, desc)
-            scores.append(new + pair_similarity(net, query, reference) if score == "sum" else new)
+            scores.append(pair_similarity(net, query, desc))
             offsets.append(offset)
             indices.append(index)
     index = torch.cat(indices)
@@ -194,16 +195,19 @@ def rerank_candidates(model, street: torch.Tensor, satellite: torch.Tensor, rank
                       exclude: Optional[torch.Tensor] = None,
                       query_offsets: Optional[torch.Tensor] = None) -> Reranked:
     """Re-rank the street->satellite ``ranking`` (a :class:`helper.metrics.RankResult` with ``topk``,
-    from the descriptors ``street``/``satellite``) by re-centred re-embedding (module doc).
+    from the descriptors ``street``/``satellite``) by re-centred re-embedding (module doc), the
+    candidates' new score by ``score`` of :data:`RERANK_SCORES`.
 
     ``positive`` (N,) and ``exclude`` (N x E, -1 padding, or None) as for the ranking, on the
-    descriptors' device; ``satellites``, ``batch_size``, ``workers``, ``score``, ``query_offsets``:
-    see :func:`rescore`.
+    descriptors' device; ``satellites``, ``batch_size``, ``workers``, ``query_offsets``: see
+    :func:`rescore`.
     """
     start = time.perf_counter()
     candidates = candidates_of(ranking.topk, ranking.ranks, positive)
-    scores, offsets = rescore(model, street, satellite, candidates, satellites, env, batch_size, workers, score,
+    scores, offsets = rescore(model, street, satellite, candidates, satellites, env, batch_size, workers,
                               query_offsets)
+    if score == "sum":
+        scores = scores + ranking.topk_similarity
     ranks, excluding, slot = reranked_ranks(ranking.ranks, ranking.ranks_excluding, candidates, positive, scores,
                                             exclude)
     top1 = candidates.gather(1, slot[:, None])[:, 0]

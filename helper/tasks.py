@@ -270,8 +270,9 @@ class VigorTask:
         return run.data.mode
 
     def evaluate(self, run: RunConfig, model, env, rerank: RerankConfig = RerankConfig()) -> dict:
-        """With ``rerank.rerank`` K (the model has an offset head): also ``rerank`` (:func:`helper.rerank.rerank_results`
-        plus ``localization_refined`` / ``localization_top1_positive`` of the re-ranked top-1)."""
+        """With ``rerank.rerank`` K (the model has an offset head): also ``rerank``
+        (:func:`helper.rerank.rerank_results` plus ``localization_refined`` /
+        ``localization_top1_positive`` of the re-ranked top-1)."""
         from data.vigor import VigorPanoramas
         from helper.offsets import predict_offsets, refined_localization
 
@@ -290,7 +291,8 @@ class VigorTask:
         offsets = run.model.regress_offset
         results = evaluate_retrieval(street, satellite, positive, top1p=run.train.top1p, semi_positive=semi,
                                      street_latlon=index.street_gps, satellite_latlon=index.satellite_gps,
-                                     return_top1=offsets, progress=env.is_main, top_k=rerank.rerank)
+                                     return_top1=offsets, progress=env.is_main,
+                                     similarity=distributed.unwrap(model).similarity, top_k=rerank.rerank)
         if offsets:
             top1 = results.pop("top1")
             offset = predict_offsets(distributed.unwrap(model), street, satellite, top1) * (TILE_SIDE / 2)

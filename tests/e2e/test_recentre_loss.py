@@ -117,3 +117,24 @@ def test_without_offset_labels_it_is_one_clear_error(tmp_path):
     assert out.returncode != 0 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert lines[0].startswith("error: --offsets_csv file not found") and "--lambda_recentre" in lines[0]
     assert not results_dir.exists()
+
+
+@pytest.mark.parametrize("flat", [{"transform": "none"}, {"transform": "affine"}, {"transform": "composed_affine"},
+                                  {"transform": "tps", "lambda_l1": 1.0}, {"transform": "polar", "head": "dsm"},
+                                  {"transform": "polar", "loss": "infonce"}])
+def test_every_block_head_and_loss_takes_the_term(worlds, flat):
+    """One CVUSA batch: the term adds to the objective and, back-propagated alone, trains the
+    satellite branch (finite, non-zero gradients) through every block, head and loss."""
+    run = _run(worlds, "cvusa", lambda_recentre=WEIGHT, **flat)
+    train_set = get_task("cvusa").train_dataset(run)
+    batch = default_collate([train_set[i] for i in range(4)])
+    torch.manual_seed(0)
+    model = build_model(run.model)
+    total, retrieval, l1 = compute_loss(Objective.of(run, train_set.tile_side), model, batch, CPU, hard_ratio=1.0)
+    assert (l1 is not None) == ("lambda_l1" in flat)
+    term = total - retrieval - (run.model.lambda_l1 * l1 if l1 is not None else 0.0)
+    assert torch.isfinite(term) and term > 0
+    term.backward()
+    grads = [p.grad for p in model.satellite_backbone.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0

@@ -43,10 +43,13 @@ def world(tmp_path_factory):
     common = ["--data_root", os.path.join(root, "data"), "--results_dir", runs, *FLAGS]
     train_main("vigor", [*common, "--name", "offset", "--regress_offset"])
     train_main("vigor", [*common, "--name", "plain"])
-    state = load_checkpoint(os.path.join(runs, "offset", "last.pth"))
-    save_checkpoint(os.path.join(runs, "offset", "zero.pth"), {**state, "model": _zero_offsets(state["model"])})
+    train_main("vigor", [*common, "--name", "dsm", "--regress_offset", "--head", "dsm"])
+    for name in ("offset", "dsm"):
+        state = load_checkpoint(os.path.join(runs, name, "last.pth"))
+        save_checkpoint(os.path.join(runs, name, "zero.pth"), {**state, "model": _zero_offsets(state["model"])})
     return {"zero": os.path.join(runs, "offset", "zero.pth"), "trained": os.path.join(runs, "offset", "last.pth"),
-            "plain": os.path.join(runs, "plain", "last.pth"), "tmp": root}
+            "plain": os.path.join(runs, "plain", "last.pth"), "dsm_zero": os.path.join(runs, "dsm", "zero.pth"),
+            "tmp": root}
 
 
 def _evaluate(checkpoint: str, path: str, *extra: str) -> dict:
@@ -76,6 +79,17 @@ def test_zero_offsets_reproduce_the_original_results_and_only_add_a_block(world)
 
 
 @pytest.mark.parametrize("score", ["sum", "recentred"])
+def test_a_dsm_head_with_zero_offsets_keeps_its_results(world, score):
+    """The dsm head ranks by its own similarity (max over column shifts) in the first pass and in the
+    re-ranking alike, so zero offsets keep every figure."""
+    results = _evaluate(world["dsm_zero"], os.path.join(world["tmp"], f"dsm_{score}.json"), "--rerank", str(K),
+                        "--rerank_score", score)
+    block = results.pop("rerank")
+    assert block["street_to_satellite"] == results["street_to_satellite"]
+    assert block["localization"] == results["localization"]
+
+
+@pytest.mark.parametrize("score", ["sum", "recentred"])
 def test_zero_offsets_reproduce_every_rank_and_top1_exactly(world, score):
     """Function level: the re-embedded satellites equal the original descriptors up to float noise
     (checked to be far below the gaps between candidates), so every rank and top-1 is the same
@@ -98,9 +112,9 @@ def test_zero_offsets_reproduce_every_rank_and_top1_exactly(world, score):
     assert torch.equal(reranked.top1_offset, torch.zeros_like(reranked.top1_offset))
     candidates = candidates_of(ranking.topk, ranking.ranks, positive)
     sims = (street @ satellite.t()).gather(1, candidates)
-    scores, _ = rescore(model, street, satellite, candidates, satellites, CPU, 7, 0, score)
-    scale = 2 if score == "sum" else 1
-    noise, gap = float((scores - scale * sims).abs().max()), float((sims[:, :-1] - sims[:, 1:]).abs().min())
+    assert torch.allclose(ranking.topk_similarity, sims, atol=1e-6)  # the ranking's own similarities
+    scores, _ = rescore(model, street, satellite, candidates, satellites, CPU, 7, 0)
+    noise, gap = float((scores - sims).abs().max()), float((sims[:, :-1] - sims[:, 1:]).abs().min())
     assert noise < 1e-5 and 10 * noise < gap  # the premise: float noise far below the gaps between candidates
     assert torch.equal(reranked.ranks, ranking.ranks)
     assert torch.equal(reranked.ranks_excluding, ranking.ranks_excluding)
@@ -133,8 +147,7 @@ def test_rescoring_embeds_the_satellite_shifted_onto_the_predicted_point(world):
     model, index, satellites, satellite = _constant_head(world["zero"])
     street = satellite[torch.as_tensor(index.positive)]  # any unit vectors serve as queries
     candidates = torch.arange(6).view(2, 3)
-    scores, offsets = rescore(model, street[:2], satellite, candidates, satellites, CPU, 4, 0, "recentred")
-    summed, _ = rescore(model, street[:2], satellite, candidates, satellites, CPU, 4, 0, "sum")
+    scores, offsets = rescore(model, street[:2], satellite, candidates, satellites, CPU, 4, 0)
     assert torch.equal(offsets, torch.tensor([0.25, -0.125]).expand(2, 3, 2))
     images = move_images({"satellite": torch.stack([satellites[j]["satellite"] for j in range(6)])}, "satellite",
                          CPU.device)
@@ -142,10 +155,27 @@ def test_rescoring_embeds_the_satellite_shifted_onto_the_predicted_point(world):
     shifted[:, :, :-8, :-4] = images[:, :, 8:, 4:]  # output (r, c) reads input (r + 8, c + 4)
     with torch.no_grad():
         want = (street[:2].repeat_interleave(3, dim=0) * model.encode_satellite(shifted)[0]).sum(dim=1).view(2, 3)
-    original = (street[:2, None, :] * satellite[candidates]).sum(dim=2)
     assert torch.allclose(scores, want, atol=1e-4)
-    assert not torch.allclose(scores, original, atol=1e-3)
-    assert torch.allclose(summed, want + original, atol=1e-4)
+    assert not torch.allclose(scores, (street[:2, None, :] * satellite[candidates]).sum(dim=2), atol=1e-3)
+
+
+def test_the_sum_score_orders_by_the_original_plus_the_recentred_similarity(world):
+    """``--rerank_score``: with the constant head, the re-ranked top-1 is the candidate of highest
+    original + re-centred similarity (sum), or of highest re-centred similarity alone; both
+    differ from the original order here, so the two rules are told apart."""
+    model, index, satellites, satellite = _constant_head(world["zero"])
+    street = satellite[torch.as_tensor(index.positive)]  # queries equal to their positive's descriptor
+    positive = torch.as_tensor(index.positive)
+    ranking = streaming_ranks(street, satellite, positive, top_k=K)
+    candidates = candidates_of(ranking.topk, ranking.ranks, positive)
+    recentred, _ = rescore(model, street, satellite, candidates, satellites, CPU, 7, 0)
+    for score, want in (("sum", recentred + ranking.topk_similarity), ("recentred", recentred)):
+        reranked = rerank_candidates(model, street, satellite, ranking, positive, satellites, CPU, 7, 0, score)
+        assert torch.equal(reranked.top1, candidates.gather(1, want.argmax(dim=1, keepdim=True))[:, 0]), score
+    sum_top1 = rerank_candidates(model, street, satellite, ranking, positive, satellites, CPU, 7, 0, "sum").top1
+    alone_top1 = rerank_candidates(model, street, satellite, ranking, positive, satellites, CPU, 7, 0,
+                                   "recentred").top1
+    assert not torch.equal(sum_top1, alone_top1)
 
 
 def test_given_query_offsets_replace_the_head(world):
@@ -154,11 +184,10 @@ def test_given_query_offsets_replace_the_head(world):
     model, index, satellites, satellite = _constant_head(world["zero"])
     street = satellite[torch.as_tensor(index.positive)][:2]
     candidates = torch.arange(6).view(2, 3)
-    predicted, _ = rescore(model, street, satellite, candidates, satellites, CPU, 4, 0, "recentred")
+    predicted, _ = rescore(model, street, satellite, candidates, satellites, CPU, 4, 0)
     given = torch.tensor([[0.25, -0.125], [0.0, 0.0]])
     model.offset_head = None  # given offsets need no head
-    scores, offsets = rescore(model, street, satellite, candidates, satellites, CPU, 4, 0, "recentred",
-                              query_offsets=given)
+    scores, offsets = rescore(model, street, satellite, candidates, satellites, CPU, 4, 0, query_offsets=given)
     assert torch.equal(offsets, given[:, None, :].expand(2, 3, 2))
     assert torch.allclose(scores[0], predicted[0], atol=1e-5)
     assert torch.allclose(scores[1], (street[1] * satellite[candidates[1]]).sum(dim=1), atol=1e-5)
