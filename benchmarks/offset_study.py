@@ -23,8 +23,8 @@ recipe's control):
   ``offcentre_offset_l1`` with the re-centred loss, also re-ranked.
 
 On the off-centre worlds every CVUSA-layout cell, and every VIGOR cell, is also re-ranked on the
-TRUE offsets (``benchmarks/rerank_true_offsets.py``, scored by the re-centred similarity): the
-ceiling a perfect offset head would reach.
+TRUE offsets (``benchmarks/rerank_true_offsets.py``, scored by the re-centred similarity): an
+oracle, what a perfect offset head would give.
 
 VIGOR layout (synthetic; its panoramas are off-centre by construction): ``polar``,
 ``polar_iou_offset`` (``--semi_positive iou --regress_offset``, also re-ranked),
@@ -34,9 +34,9 @@ reports the metre-level error of the queries whose top-1 is their positive, at t
 and refined by the offset.
 
 Writes the JSON file (``--out``), prints it as one JSON line and a Markdown table on stderr, and
-draws the means with their intervals (``--plot``).
+with ``--plot`` draws the means with their intervals.
 
-    python benchmarks/offset_study.py --keep /tmp/study                     # the whole study
+    python benchmarks/offset_study.py --keep /tmp/study --plot docs/images/offset_study.png  # the whole study
     python benchmarks/offset_study.py --cells polar,offcentre --offsets 0.4 --seeds 0,1,2
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ VIGOR_CITIES = ("NewYork", "Seattle")
 #: Suffix of a cell re-ranked with ``--rerank K --rerank_score`` each score (an offset head).
 RERANKED = {"sum": "+rerank", "recentred": "+rerank_recentred"}
 #: Off-centre CVUSA-layout cells and VIGOR cells are also re-ranked on the true offsets (no head needed),
-#: scored by the re-centred similarity alone: the ceiling that a perfect offset head would reach.
+#: scored by the re-centred similarity alone: the oracle of a perfect offset head.
 TRUE_RERANKED = "+rerank_true_offsets"
 TRUE_SCORE = "recentred"
 
@@ -259,7 +259,8 @@ def main() -> None:
     parser.add_argument("--vigor_train", type=int, default=150, help="VIGOR training panoramas per city")
     parser.add_argument("--vigor_test", type=int, default=60, help="VIGOR test panoramas per city")
     parser.add_argument("--vigor_epochs", type=int, default=20)
-    parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "images", "offset_study.png"))
+    parser.add_argument("--plot", help="also draw the plot to this PNG file (the README's: "
+                                       "docs/images/offset_study.png)")
     add_common_arguments(parser, train=800, test=400, epochs=12, out="offset_study_cpu.json")
     args = parser.parse_args()
     cells = [] if args.cells == "none" else names(args.cells, CVUSA_CELLS, "cells", parser)
@@ -299,12 +300,13 @@ def main() -> None:
                                                           for cell, plain in RECENTRED_PAIRS.items()})
                                       for layout, table in (("cvusa", cvusa), ("vigor", vigor))},
                "rerank_vs_ranked": {layout: drop_empty({cell + suffix: paired(table, cell + suffix, cell)
-                                                        for cell, (_, offset_head) in layout_cells.items() if offset_head
-                                                        for suffix in RERANKED.values()})
+                                                        for cell, (_, offset_head) in layout_cells.items()
+                                                        if offset_head for suffix in RERANKED.values()})
                                     for layout, table, layout_cells in (("cvusa", cvusa, CVUSA_CELLS),
                                                                         ("vigor", vigor, VIGOR_CELLS))}}
     print_table(summary)
-    plot(args.plot, summary)
+    if args.plot:
+        plot(args.plot, summary)
     write_json(args.out, summary)
 
 
