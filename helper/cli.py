@@ -109,18 +109,19 @@ def train_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
     env = distributed.setup(run.train.device)
     if run.train.amp != "none" and env.device.type != "cuda":
         raise UserError(f"--amp {run.train.amp} needs a CUDA device; none is available here")
+    exit_code = 0
     try:
         fit(run, get_task(dataset), env, resume, fresh, stamp)
     except Interrupted as stop:
         get_logger().warning("interrupted by signal %d; saved %s. Resume with: python train_%s.py --resume %s",
                              stop.signum, stop.checkpoint, dataset, stop.checkpoint)
-        distributed.cleanup()
-        sys.exit(128 + stop.signum)
+        exit_code = 128 + stop.signum
     except NonFiniteLoss as exc:
         get_logger().error("%s", exc)
-        distributed.cleanup()
-        sys.exit(3)
-    distributed.cleanup()
+        exit_code = 3
+    distributed.cleanup()  # outside the handlers: their traceback would keep the model alive
+    if exit_code:
+        sys.exit(exit_code)
 
 
 def results_path(args, run, task) -> str:
@@ -169,6 +170,7 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # checked before the evaluation
         write_json_atomic(path, results)
         print(f"results written to {path}", flush=True)
+    del model  # before the process group goes (distributed.cleanup)
     distributed.cleanup()
     return results
 
