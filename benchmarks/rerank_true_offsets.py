@@ -33,6 +33,7 @@ from helper.metrics import evaluate_retrieval  # noqa: E402
 from helper.offsets import predict_offsets  # noqa: E402
 from helper.rerank import RERANK_SCORES, RerankConfig, check_rerank_size, rerank_candidates  # noqa: E402
 from models import build_model  # noqa: E402
+from models.offset import normalise_delta  # noqa: E402
 
 
 def r1(ranks: torch.Tensor) -> float:
@@ -47,7 +48,7 @@ def cvusa_split(run: RunConfig, args, model, env) -> dict:
     desc = extract_features(model, dataset, env, ("street", "satellite"), run.train.eval_batch_size, args.workers)
     return {"street": desc["street"], "satellite": desc["satellite"], "positive": torch.arange(len(dataset)),
             "exclude": None, "satellites": CVUSASatellites(dataset),
-            "true": torch.as_tensor(dataset.deltas, dtype=torch.float32) / (dataset.tile_side / 2)}
+            "true": normalise_delta(torch.as_tensor(dataset.deltas, dtype=torch.float32), dataset.tile_side)}
 
 
 def vigor_split(run: RunConfig, args, model, env) -> dict:
@@ -62,7 +63,7 @@ def vigor_split(run: RunConfig, args, model, env) -> dict:
                                           args.workers)["satellite"],
             "positive": torch.as_tensor(index.positive), "exclude": torch.as_tensor(index.semi),
             "satellites": satellites,
-            "true": torch.as_tensor(index.deltas[:, 0], dtype=torch.float32) / (TILE_SIDE / 2)}
+            "true": normalise_delta(torch.as_tensor(index.deltas[:, 0], dtype=torch.float32), TILE_SIDE)}
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from helper.losses import (LogitScale, hard_ratio_schedule, infonce_loss, infonc
                            l1_guidance_loss, offset_regression_loss, semi_positive_iou_loss, soft_margin_triplet_loss,
                            triplet_loss_of_similarity)
 from helper.metrics import format_recalls
+from models.offset import normalise_delta
 
 
 class NonFiniteLoss(RuntimeError):
@@ -183,7 +184,7 @@ class Objective:
     def normalised_delta(self, batch: dict, device: torch.device) -> torch.Tensor:
         """The batch's label deltas over half the tile side (``B x 2`` float32): the offset head's
         target and the point :func:`geometry.affine.recentre` brings to the centre."""
-        return batch["delta"].to(device, torch.float32) / (self.tile_side / 2)
+        return normalise_delta(batch["delta"].to(device, torch.float32), self.tile_side)
 
     def parameters(self) -> list:
         return [] if self.logit_scale is None else list(self.logit_scale.parameters())

@@ -21,6 +21,7 @@ from helper.log import get_logger
 from helper.metrics import evaluate_retrieval
 from helper.rerank import RerankConfig, check_rerank_size, rerank_candidates, rerank_results
 from data.vigor_layout import TILE_SIDE
+from models.offset import delta_pixels
 
 VISUAL_SAMPLES = 4
 #: A training plan that leaves out more than this share of the panoramas is logged.
@@ -295,14 +296,14 @@ class VigorTask:
                                      similarity=distributed.unwrap(model).similarity, top_k=rerank.rerank)
         if offsets:
             top1 = results.pop("top1")
-            offset = predict_offsets(distributed.unwrap(model), street, satellite, top1) * (TILE_SIDE / 2)
+            offset = delta_pixels(predict_offsets(distributed.unwrap(model), street, satellite, top1), TILE_SIDE)
             results.update(refined_localization(index, top1, offset.cpu().numpy()))
         if rerank.rerank:
             reranked = rerank_candidates(model, street, satellite, results.pop("ranking"), positive, satellites,
                                          env, batch_size, workers, rerank.rerank_score, exclude=semi)
             block = rerank_results(reranked, rerank, results["top1p_k"], index.num_satellites, index.street_gps,
                                    index.satellite_gps)
-            offset = reranked.top1_offset * (TILE_SIDE / 2)
+            offset = delta_pixels(reranked.top1_offset, TILE_SIDE)
             block.update(refined_localization(index, reranked.top1, offset.cpu().numpy()))
             results["rerank"] = block
         split = "same_area_balanced_test" if run.data.mode == "same" else "pano_label_balanced"

@@ -36,6 +36,7 @@ from data.io import read_image
 from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, TILE_SIDE, parse_panorama_name
 from helper.metrics import haversine_m
 from localization.tiles import IMAGE_EXTENSIONS, TileReader
+from models.offset import delta_pixels
 
 #: Accepted width / height of a 360-degree panorama: 2:1 equirectangular up to a 5.5:1 strip.
 PANORAMA_ASPECT = (1.9, 6.0)
@@ -168,7 +169,7 @@ def refined_positions(loaded, index, street: np.ndarray, ids: np.ndarray, batch_
                                  torch.from_numpy(pairs.reshape(-1)).to(device)).cpu().numpy()
     centres = np.array([(t.lat, t.lon) for t in tiles], dtype=np.float64)[pairs.reshape(-1)]
     side_m = tile_side_m(index.manifest)
-    refined = panorama_gps(centres, normalised * (TILE_SIDE / 2), side_m / TILE_SIDE).reshape(*ids.shape, 2)
+    refined = panorama_gps(centres, delta_pixels(normalised, TILE_SIDE), side_m / TILE_SIDE).reshape(*ids.shape, 2)
     refined[ids < 0] = np.nan
     return refined
 

@@ -14,6 +14,18 @@ from torch import nn
 OFFSET_HIDDEN = 512
 
 
+def normalise_delta(delta, tile_side: float):
+    """Label deltas in pixels of a tile of side ``tile_side`` -> the head's normalised deltas
+    (tensor or array, any shape)."""
+    return delta / (tile_side / 2)
+
+
+def delta_pixels(normalised, tile_side: float):
+    """Normalised deltas -> label deltas in pixels of a tile of side ``tile_side`` (the inverse of
+    :func:`normalise_delta`)."""
+    return normalised * (tile_side / 2)
+
+
 class OffsetHead(nn.Module):
     """MLP ``[street_desc, satellite_desc] (B x 2D) -> 512 -> ReLU -> 2``: the pair's normalised delta.
 
