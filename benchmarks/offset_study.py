@@ -269,6 +269,10 @@ def main() -> None:
     offsets = [float(x) for x in args.offsets.split(",") if x]
     if any(offset <= 0 for offset in offsets):
         parser.error("--offsets are the off-centre worlds (> 0); the centred one trains --centred_cells")
+    if args.rerank < 1:
+        parser.error(f"--rerank is the number of candidates re-ranked per query (at least 1), got {args.rerank}")
+    if args.plot and os.path.isdir(args.plot):
+        parser.error(f"--plot {args.plot} is a folder; pass a file name such as {os.path.join(args.plot, 'study.png')}")
     work = work_folder(args, "offset_study_")
     cvusa: dict = {}
     vigor: dict = {}

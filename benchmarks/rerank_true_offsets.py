@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
+    if args.rerank < 1:
+        parser.error(f"--rerank is the number of candidates re-ranked per query (at least 1), got {args.rerank}")
     state = load_checkpoint(args.checkpoint)
     run = RunConfig.from_dict(state["config"], complete=True)
     if run.model.polar_files:
