@@ -23,7 +23,7 @@ recipe's control):
   ``offcentre_offset_l1`` with the re-centred loss, also re-ranked.
 
 On the off-centre worlds every CVUSA-layout cell, and every VIGOR cell, is also re-ranked on the
-TRUE offsets (``benchmarks/rerank_true_offsets.py``, scored by the re-centred similarity): an
+TRUE offsets (``experiments/rerank_true_offsets.py``, scored by the re-centred similarity): an
 oracle, what a perfect offset head would give.
 
 VIGOR layout (synthetic; its panoramas are off-centre by construction): ``polar``,
@@ -36,8 +36,8 @@ and refined by the offset.
 Writes the JSON file (``--out``), prints it as one JSON line and a Markdown table on stderr, and
 with ``--plot`` draws the means with their intervals.
 
-    python benchmarks/offset_study.py --keep /tmp/study --plot docs/images/offset_study.png  # the whole study
-    python benchmarks/offset_study.py --cells polar,offcentre --offsets 0.4 --seeds 0,1,2
+    python experiments/offset_study.py --keep /tmp/study --plot docs/images/offset_study.png  # the whole study
+    python experiments/offset_study.py --cells polar,offcentre --offsets 0.4 --seeds 0,1,2
 """
 from __future__ import annotations
 
@@ -48,9 +48,9 @@ import subprocess
 import sys
 from typing import Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import (ROOT, add_common_arguments, cvusa_world, finish, mean_interval, names, train,  # noqa: E402
+from experiments.harness import (ROOT, add_common_arguments, cvusa_world, finish, mean_interval, names, train,  # noqa: E402
                          vigor_world, work_folder, write_json)
 
 RECIPE = os.path.join(ROOT, "configs", "cvusa_offcentre.json")
@@ -104,11 +104,11 @@ def evaluate(args, run_dir: str, layout: str, data: str, score: Optional[str] = 
 
 
 def true_offsets(args, run_dir: str, data: str) -> dict:
-    """The output of ``benchmarks/rerank_true_offsets.py`` for the run (R@1 re-ranked on the true
+    """The output of ``experiments/rerank_true_offsets.py`` for the run (R@1 re-ranked on the true
     offsets by :data:`TRUE_SCORE`; with an offset head its error next to the mean offset's)."""
     out = os.path.join(run_dir, "study_true_offsets.json")
     if not os.path.exists(out):
-        line = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "rerank_true_offsets.py"),
+        line = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "rerank_true_offsets.py"),
                                "--checkpoint", os.path.join(run_dir, "best.pth"), "--data_root", data, "--rerank",
                                str(args.rerank), "--rerank_score", TRUE_SCORE, "--device", args.device,
                                "--workers", str(args.workers)],

@@ -10,8 +10,8 @@ epochs. It records the final epoch's street->satellite R@1 (one evaluation, afte
 epoch), writes a JSON file of the per-seed values and their means (``--out``), prints it as
 one JSON line and a Markdown table on stderr.
 
-    python benchmarks/recipe_experiment.py                # the whole grid below: 48 runs
-    python benchmarks/recipe_experiment.py --variants baseline,infonce,similarity --offsets 0 --keep DIR
+    python experiments/recipe_experiment.py                # the whole grid below: 48 runs
+    python experiments/recipe_experiment.py --variants baseline,infonce,similarity --offsets 0 --keep DIR
 
 Cost: a tiny-backbone run at the defaults takes about 40 s of CPU time (measured), so the 36
 tiny runs need about 15-25 min on 2 idle cores; ConvNeXt-T from random weights takes seconds per
@@ -27,9 +27,9 @@ import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import (add_common_arguments, cvusa_world, final_epoch, finish, names, train,  # noqa: E402
+from experiments.harness import (add_common_arguments, cvusa_world, final_epoch, finish, names, train,  # noqa: E402
                          work_folder, write_json)
 from scripts.demo import RUNS as BLOCKS  # noqa: E402  (the demo's none, polar and tps+L1 blocks)
 

@@ -7,8 +7,8 @@ synthetic CVUSA-layout world (`python -m data.synthetic --max_offset F`), trains
 backbone with each transform, evaluates with test_cvusa.py, and prints ONE JSON line with
 street->satellite R@1 / R@5 per (offset, transform), plus a Markdown table on stderr.
 
-    python benchmarks/offset_experiment.py                       # defaults below, ~20 min on 2 cores
-    python benchmarks/offset_experiment.py --offsets 0,0.5 --transforms polar,tps --epochs 4
+    python experiments/offset_experiment.py                       # defaults below, ~20 min on 2 cores
+    python experiments/offset_experiment.py --offsets 0,0.5 --transforms polar,tps --epochs 4
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import ROOT, add_common_arguments, cvusa_world, finish, names, train, work_folder  # noqa: E402
+from experiments.harness import ROOT, add_common_arguments, cvusa_world, finish, names, train, work_folder  # noqa: E402
 
 TRANSFORM_FLAGS = {
     "none": ["--transform", "none"],

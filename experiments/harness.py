@@ -43,8 +43,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, train: int, test: int,
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--keep", default=None, help="keep worlds and runs in this folder (and reuse finished ones)")
     if out is not None:
-        parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", out),
-                            help=f"the JSON file written (default: benchmarks/results/{out})")
+        parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", out),
+                            help=f"the JSON file written (default: experiments/results/{out})")
 
 
 def names(text: str, valid, what: str, parser: argparse.ArgumentParser) -> List[str]:

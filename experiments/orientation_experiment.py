@@ -14,8 +14,8 @@ A field of view below 360 applies ``--train_fov`` / ``--test_fov`` to every row.
 JSON line (R@1 and, for dsm, the heading error over correct top-1s, per seed and their mean)
 and a Markdown table on stderr.
 
-    python benchmarks/orientation_experiment.py            # defaults below, ~30 min on 2 cores
-    python benchmarks/orientation_experiment.py --seeds 0 --fovs 360 --transforms polar --epochs 4
+    python experiments/orientation_experiment.py            # defaults below, ~30 min on 2 cores
+    python experiments/orientation_experiment.py --seeds 0 --fovs 360 --transforms polar --epochs 4
 """
 from __future__ import annotations
 

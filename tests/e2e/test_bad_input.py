@@ -1,4 +1,4 @@
-"""Reliability, round 2: bad inputs through the real entry points (subprocesses).
+"""Bad inputs, busy folders and interrupted runs through the real entry points (subprocesses).
 
 Each case prepares its own folder, runs one entry script and checks the exit code, exactly
 one ``error:`` line on stderr without a traceback, and that the folder is exactly as before

@@ -8,7 +8,7 @@ on the head's predictions, as ``test_cvusa.py`` / ``test_vigor.py --rerank K`` d
 head's mean squared error on the positive pairs (normalised deltas) next to that of the best
 constant (the mean offset) and of zero. Prints one JSON line (VIGOR adds the hit rates).
 
-    python benchmarks/rerank_true_offsets.py --checkpoint RUN/best.pth --data_root WORLD [--rerank 10]
+    python experiments/rerank_true_offsets.py --checkpoint RUN/best.pth --data_root WORLD [--rerank 10]
 """
 from __future__ import annotations
 
