@@ -29,7 +29,6 @@ from common.errors import UserError
 from common.settings import check_settings, setting
 from data import io
 from data.io import list_subdirs
-from data.vigor_layout import lambda_offset_setting
 
 #: The training flags that read the offset labels (``--offsets_csv``).
 OFFSET_TERMS = "--regress_offset / --lambda_recentre"
@@ -324,10 +323,13 @@ class CVUSAConfig:
                                                     f"CSV of '{OFFSETS_HEADER}' rows (id = the aerial's file stem), "
                                                     "relative to data_root; real CVUSA has none, the synthetic "
                                                     "world written with --max_offset has offsets.csv")
-    lambda_offset: float = lambda_offset_setting()
 
     def __post_init__(self) -> None:
         check_settings(self)
+
+    def inert(self, offset_labels: bool) -> Dict[str, str]:
+        """``{setting: the flag that would make it act}``: the offset labels are read by the offset terms only."""
+        return {} if offset_labels else {"offsets_csv": OFFSET_TERMS.replace(" / ", " or ")}
 
     def check_sampling(self, sampling: str) -> None:
         """The batch sampling's data needs: ``gps`` reads ``--gps_csv``, nothing else does."""
