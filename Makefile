@@ -23,7 +23,7 @@ test-all: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) scripts/demo.py
 
-# CPU benchmarks (each prints one JSON line); GPU ones: see the README's performance table.
+# CPU benchmarks (each prints one JSON line); GPU ones: see docs/performance.md.
 bench: $(VENV)/.installed
 	$(PY) benchmarks/model_params.py
 	$(PY) benchmarks/bench_polar.py
