@@ -31,7 +31,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.harness import (add_common_arguments, cvusa_world, final_epoch, finish, names, train,  # noqa: E402
                          work_folder, write_json)
-from scripts.demo import RUNS as BLOCKS  # noqa: E402  (the demo's none, polar and tps+L1 blocks)
+
+#: The satellite blocks each configuration is trained with (those of ``make demo``, written here so
+#: that the recorded results stay reproducible whatever the demo runs).
+BLOCKS = {
+    "none": ["--transform", "none"],
+    "polar": ["--transform", "polar"],
+    "tps+L1": ["--transform", "tps", "--stn_init", "polar", "--lambda_l1", "1"],
+}
 
 #: One factor changed from the baseline. Similarity sampling keeps Sample4Geo's ratio of
 #: neighbours to batch (64 of a pool of 128 for batches of 128: two anchors per batch) at

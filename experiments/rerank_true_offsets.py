@@ -26,13 +26,12 @@ from data.cvusa import CVUSA, CVUSASatellites  # noqa: E402
 from data.vigor import VigorPanoramas, VigorSatellites  # noqa: E402
 from data.vigor_layout import TILE_SIDE  # noqa: E402
 from helper import distributed  # noqa: E402
-from helper.checkpoint import load_checkpoint, load_model_state  # noqa: E402
+from helper.checkpoint import model_from_checkpoint  # noqa: E402
 from helper.config import RunConfig  # noqa: E402
 from helper.engine import extract_features  # noqa: E402
 from helper.metrics import evaluate_retrieval  # noqa: E402
 from helper.offsets import predict_offsets  # noqa: E402
 from helper.rerank import RERANK_SCORES, RerankConfig, check_rerank_size, rerank_candidates  # noqa: E402
-from models import build_model  # noqa: E402
 from models.offset import normalise_delta  # noqa: E402
 
 
@@ -79,14 +78,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.rerank < 1:
         parser.error(f"--rerank is the number of candidates re-ranked per query (at least 1), got {args.rerank}")
-    state = load_checkpoint(args.checkpoint)
-    run = RunConfig.from_dict(state["config"], complete=True)
+    run, model, _ = model_from_checkpoint(args.checkpoint)
     if run.model.polar_files:
         raise UserError(f"{args.checkpoint} reads precomputed polar images (polar_files), which cannot be re-centred")
     run = run.replace(data_root=args.data_root, device=args.device, workers=args.workers, amp="none").resolved()
     env = distributed.setup(run.train.device)
-    model = build_model(run.model.replace(pretrained=False))
-    load_model_state(model, state["model"], args.checkpoint)
     model = distributed.wrap_model(model, env)
     split = (cvusa_split if run.dataset == "cvusa" else vigor_split)(run, args, model, env)
     street, satellite = split["street"].to(env.device), split["satellite"].to(env.device)

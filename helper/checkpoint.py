@@ -8,9 +8,10 @@ A checkpoint is a plain dict saved with ``torch.save`` and loadable with
 ``progress`` (the running sums of a mid-epoch stop), ``best_metric``, ``rng``
 (torch/CUDA/numpy/python states), ``git`` (commit).
 
-Versions: 1 (stored the ``--resume`` path in its config), 2 (no offset head, no semi-positive loss), 3
-(no CVUSA offset labels), 4 (current). :func:`load_checkpoint`
-migrates an older checkpoint's config (:func:`helper.config.migrate_config`).
+The version is :data:`helper.config.CONFIG_VERSION`; :func:`load_checkpoint` migrates an older
+checkpoint's config (:func:`helper.config.migrate_config`, where the versions are listed).
+:func:`model_from_checkpoint` is the one way to rebuild a model from a checkpoint: its stored
+config, migrated and validated, builds the model and the weights load strictly.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import os
 import pickle
 import random
 import subprocess
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ import torch
 from common.fileio import write_bytes_atomic
 from common.errors import UserError
 from helper.config import CONFIG_VERSION, RunConfig, migrate_config
+from models import build_model
 
 CHECKPOINT_VERSION = CONFIG_VERSION
 REQUIRED_KEYS = ("version", "config", "model", "epoch")
@@ -76,7 +78,14 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``, on CPU) or raise a clear UserError."""
+    """Load a checkpoint safely (``weights_only=True``, on CPU) or raise a clear UserError.
+
+    Its ``config`` is migrated to the current version and validated as a complete config."""
+    return _read_checkpoint(path)[0]
+
+
+def _read_checkpoint(path: str) -> Tuple[Dict[str, Any], RunConfig]:
+    """:func:`load_checkpoint`'s dict and the :class:`RunConfig` of its (migrated) config."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:
@@ -104,10 +113,10 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     if not isinstance(state["config"], dict):
         raise UserError(f"{path} has no settings dict under 'config'; it was not written by this code")
     state["config"] = migrate_config(state["config"], version)
-    RunConfig.from_dict(state["config"], source=f"checkpoint {path}", complete=True)
+    run = RunConfig.from_dict(state["config"], source=f"checkpoint {path}", complete=True)
     if not isinstance(state["model"], dict) or not isinstance(state["epoch"], int):
         raise UserError(f"{path} has no weights dict under 'model' or no epoch number; it is damaged")
-    return state
+    return state, run
 
 
 #: What a checkpoint must hold besides :data:`REQUIRED_KEYS` for ``--resume`` to continue it exactly.
@@ -136,3 +145,25 @@ def load_model_state(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
                 parts.append(f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})")
         raise UserError(f"the weights in {path} do not fit the model built from its config ({'; '.join(parts)})")
     model.load_state_dict(state_dict, strict=True)
+
+
+class CheckpointModel(NamedTuple):
+    """What :func:`model_from_checkpoint` returns."""
+
+    run: RunConfig  #: the checkpoint's config (migrated, validated; derived defaults not filled in)
+    model: torch.nn.Module  #: built from ``run.model``, weights loaded strictly; on the CPU, in train mode
+    state: Dict[str, Any]  #: the checkpoint dict as :func:`load_checkpoint` returns it
+
+
+def model_from_checkpoint(path: str) -> CheckpointModel:
+    """Rebuild the model a checkpoint describes and load its weights strictly.
+
+    Every problem a user can cause (missing or unreadable file, a config that does not
+    validate, weights that do not fit the model built from it) is a :class:`UserError`
+    naming ``path``. ImageNet weights are never fetched: the weights come from the checkpoint.
+    """
+    state, run = _read_checkpoint(path)
+    model = build_model(run.model.replace(pretrained=False))
+    load_model_state(model, state["model"], path)
+    return CheckpointModel(run, model, state)
+

@@ -136,19 +136,16 @@ def results_path(args, run, task) -> str:
 def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
     from common.fileio import check_output_file, write_json_atomic
     from helper import distributed
-    from helper.checkpoint import load_checkpoint, load_model_state
-    from helper.config import RunConfig
+    from helper.checkpoint import model_from_checkpoint
     from helper.log import setup_logging
     from helper.parser import parse_test_args
     from helper.rerank import RerankConfig, check_rerank
     from helper.tasks import get_task
-    from models import build_model
 
     args = parse_test_args(dataset, argv)
     if args.results_json:
         check_output_file(args.results_json, "--results_json")
-    state = load_checkpoint(args.checkpoint)
-    stored = RunConfig.from_dict(state["config"], source=f"checkpoint {args.checkpoint}")
+    stored, model, _ = model_from_checkpoint(args.checkpoint)
     if stored.dataset != dataset:
         raise UserError(f"{args.checkpoint} was trained on {stored.dataset}; use test_{stored.dataset}.py")
     overrides = {key: getattr(args, key) for key in args.explicit | {"device"}}
@@ -160,8 +157,6 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
     check_output_file(path, "the results file")
     env = distributed.setup(run.train.device)
     setup_logging(None, env.is_main)
-    model = build_model(run.model.replace(pretrained=False))  # the weights come from the checkpoint
-    load_model_state(model, state["model"], args.checkpoint)
     model = distributed.wrap_model(model, env)
     results = {"dataset": dataset, "checkpoint": os.path.abspath(args.checkpoint),
                "transform": run.model.transform,

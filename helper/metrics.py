@@ -28,23 +28,21 @@ Conventions (see ``docs/datasets.md``, "Evaluation rules"):
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable, Dict, Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from common.errors import UserError
+from geometry.earth import haversine_m
 from geometry.heading import heading_error
 
 __all__ = [
-    "EARTH_RADIUS_M",
     "LOCALIZATION_THRESHOLDS_M",
     "RankResult",
     "TOP1P_RULES",
     "evaluate_retrieval",
     "format_recalls",
-    "haversine_m",
     "localization_errors",
     "localization_summary",
     "orientation_summary",
@@ -56,8 +54,6 @@ __all__ = [
     "top1p_k",
 ]
 
-#: Earth radius of the official VIGOR meter-level evaluation, in metres.
-EARTH_RADIUS_M = 6_371_004.0
 #: Thresholds (metres) of the VIGOR meter-level table; "within" uses strict ``<``.
 LOCALIZATION_THRESHOLDS_M = (1, 5, 10, 25, 50)
 #: Thresholds (degrees) of the heading error table; "within" uses ``<=``.
@@ -449,28 +445,6 @@ def top1p_k(num_references: int, rule: str = "floor") -> int:
 
 
 # ----------------------------------------------------------------------------- localisation
-
-
-def haversine_m(lat1, lon1, lat2, lon2, radius: float = EARTH_RADIUS_M):
-    """Great-circle distance in metres between (lat1, lon1) and (lat2, lon2), in degrees.
-
-    Vectorised (broadcasting) in float64; torch tensors in -> float64 tensor out, anything else
-    -> numpy float64 array (or scalar). Haversine form (stable for small distances) on a
-    sphere of radius 6,371,004 m, the radius of the official VIGOR code (which uses the
-    mathematically equivalent spherical law of cosines).
-    """
-    if any(isinstance(v, torch.Tensor) for v in (lat1, lon1, lat2, lon2)):
-        xp = torch
-        args = [torch.as_tensor(v, dtype=torch.float64) for v in (lat1, lon1, lat2, lon2)]
-        dev = next(v.device for v in (lat1, lon1, lat2, lon2) if isinstance(v, torch.Tensor))
-        args = [a.to(dev) for a in args]
-    else:
-        xp = np
-        args = [np.asarray(v, dtype=np.float64) for v in (lat1, lon1, lat2, lon2)]
-    p1, l1, p2, l2 = (a * (math.pi / 180.0) for a in args)
-    h = xp.sin((p2 - p1) / 2) ** 2 + xp.cos(p1) * xp.cos(p2) * xp.sin((l2 - l1) / 2) ** 2
-    h = xp.clip(h, 0.0, 1.0)
-    return 2.0 * radius * xp.arcsin(xp.sqrt(h))
 
 
 def localization_errors(query_latlon: ArrayLike, reference_latlon: ArrayLike, top1: ArrayLike) -> np.ndarray:

@@ -1,12 +1,8 @@
 """Metre-level localisation refined by a predicted in-tile offset (VIGOR).
 
-Convention (the labels', docs/datasets.md): a delta ``(d0, d1)`` is the tile centre minus the
-panorama in pixels of the 640 tile; the panorama sits at row ``320 + d0``, column ``320 - d1``,
-so ``d0 > 0`` puts it **south** of the centre and ``d1 > 0`` **west**. In metres, with ``s``
-metres per label pixel, the panorama is ``-d0 * s`` north and ``-d1 * s`` east of the centre.
-GPS <-> metres is the local equirectangular projection at the tile centre on the sphere of the
-VIGOR evaluation (:data:`helper.metrics.EARTH_RADIUS_M`): ``lat = lat_c + north / R``,
-``lon = lon_c + east / (R cos lat_c)`` (radians).
+A label delta and the GPS of its panorama are related by :func:`geometry.earth.panorama_gps`
+(the convention and the local projection on the sphere of the VIGOR evaluation are in
+:mod:`geometry.earth`).
 
 Metres per label pixel are a property of each city's imagery, read off its labels
 (:func:`label_metres_per_pixel`): the median ratio of the panorama-to-tile-centre distance
@@ -22,23 +18,11 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from helper.metrics import EARTH_RADIUS_M, haversine_m, localization_summary
+from geometry.earth import gps_to_north_east, haversine_m, panorama_gps
+from helper.metrics import localization_summary
 
 #: Label offsets shorter than this (pixels) carry too little of the scale to estimate it.
 MIN_SCALE_DELTA_PX = 1.0
-
-
-def panorama_gps(tile_gps: np.ndarray, delta: np.ndarray, metres_per_pixel) -> np.ndarray:
-    """GPS ``(..., 2)`` (lat, lon degrees) of the panorama whose label delta to the tile centred
-    at ``tile_gps`` ``(..., 2)`` is ``delta`` ``(..., 2)`` pixels (see the module doc);
-    ``metres_per_pixel`` a scalar or broadcastable array. Float64."""
-    tile_gps = np.asarray(tile_gps, dtype=np.float64)
-    delta = np.asarray(delta, dtype=np.float64)
-    scale = np.asarray(metres_per_pixel, dtype=np.float64)
-    north, east = -delta[..., 0] * scale, -delta[..., 1] * scale
-    lat = tile_gps[..., 0] + np.degrees(north / EARTH_RADIUS_M)
-    lon = tile_gps[..., 1] + np.degrees(east / (EARTH_RADIUS_M * np.cos(np.radians(tile_gps[..., 0]))))
-    return np.stack([lat, lon], axis=-1)
 
 
 def label_metres_per_pixel(street_gps: np.ndarray, tile_gps: np.ndarray, delta: np.ndarray) -> float:
@@ -47,9 +31,7 @@ def label_metres_per_pixel(street_gps: np.ndarray, tile_gps: np.ndarray, delta: 
     street_gps = np.asarray(street_gps, dtype=np.float64)[:, None, :]
     tile_gps = np.asarray(tile_gps, dtype=np.float64)
     delta = np.asarray(delta, dtype=np.float64)
-    lat_c = np.radians(tile_gps[..., 0])
-    north = np.radians(street_gps[..., 0] - tile_gps[..., 0]) * EARTH_RADIUS_M
-    east = np.radians(street_gps[..., 1] - tile_gps[..., 1]) * EARTH_RADIUS_M * np.cos(lat_c)
+    north, east = gps_to_north_east(tile_gps[..., 0], tile_gps[..., 1], street_gps[..., 0], street_gps[..., 1])
     pixels = np.hypot(delta[..., 0], delta[..., 1])
     usable = pixels >= MIN_SCALE_DELTA_PX
     if not usable.any():

@@ -24,11 +24,10 @@ from common.errors import UserError
 from data.tensors import to_uint8_tensor
 from geometry.polar import polar_image_uint8
 from helper import distributed
-from helper.checkpoint import load_checkpoint, load_model_state
+from helper.checkpoint import model_from_checkpoint
 from helper.config import RunConfig
 from helper.engine import extract_features
 from localization.tiles import Tile, TileReader
-from models import build_model
 
 
 def weights_sha256(state_dict: Dict[str, torch.Tensor]) -> str:
@@ -39,13 +38,6 @@ def weights_sha256(state_dict: Dict[str, torch.Tensor]) -> str:
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode("utf-8"))
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def checkpoint_identity(path: str) -> Tuple[dict, str, RunConfig]:
-    """``(state, sha256 of its weights, its RunConfig)`` of a checkpoint (UserError if unreadable)."""
-    state = load_checkpoint(path)
-    run = RunConfig.from_dict(state["config"], source=f"checkpoint {path}")
-    return state, weights_sha256(state["model"]), run
 
 
 @dataclass
@@ -78,12 +70,10 @@ class LoadedModel:
 
 def load_model(path: str, device: str = "auto") -> LoadedModel:
     """Load ``path`` (strictly) onto ``device`` (auto/cpu/cuda), in eval mode."""
-    state, sha, run = checkpoint_identity(path)
-    model = build_model(run.model.replace(pretrained=False))  # the weights come from the checkpoint
-    load_model_state(model, state["model"], path)
+    run, model, state = model_from_checkpoint(path)
     env = distributed.DistEnv(0, 1, 0, distributed.resolve_device(device))
     model = distributed.wrap_model(model, env).eval()
-    return LoadedModel(path, sha, run, model, env)
+    return LoadedModel(path, weights_sha256(state["model"]), run, model, env)
 
 
 class TileImages(Dataset):

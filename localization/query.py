@@ -3,7 +3,7 @@
 Per query ``results.json`` holds ``{"query": path, "candidates": [{"rank", "tile", "lat", "lon",
 "similarity"}, ...]}``, best first, ``rank`` counting from 1; when the panorama's file name
 carries its GPS (VIGOR's ``<id>,<lat>,<lon>,.jpg``) also ``true_lat``/``true_lon`` and, per
-candidate, ``distance_m`` (great circle, :func:`helper.metrics.haversine_m`). A model with the
+candidate, ``distance_m`` (great circle, :func:`geometry.earth.haversine_m`). A model with the
 ``dsm`` head is searched over circular shifts (:func:`search_over_shifts`) and adds per
 candidate ``heading_deg``, the heading of the best shift. A model with an offset head
 (``--regress_offset``) adds per candidate the refined position ``lat_refined`` /
@@ -34,7 +34,7 @@ from common.errors import UserError
 from common.fileio import write_bytes_atomic, write_json_atomic
 from data.io import read_image
 from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, TILE_SIDE, parse_panorama_name
-from helper.metrics import haversine_m
+from geometry.earth import haversine_m, panorama_gps
 from localization.tiles import IMAGE_EXTENSIONS, TileReader
 from models.offset import delta_pixels
 
@@ -155,7 +155,7 @@ def refined_positions(loaded, index, street: np.ndarray, ids: np.ndarray, batch_
     """``(queries, k, 2)`` lat/lon of every candidate's centre moved by the offset predicted for
     its pair (NaN where a query has fewer than k candidates)."""
     from helper.distributed import unwrap
-    from helper.offsets import panorama_gps, predict_offsets
+    from helper.offsets import predict_offsets
     from localization.embed import TileImages, embed
 
     rows = np.unique(ids[ids >= 0])

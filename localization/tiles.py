@@ -26,7 +26,7 @@ import numpy as np
 from common.errors import UserError
 from data.io import find_missing, missing_files_error, read_image, resize
 from data.vigor_layout import parse_satellite_name
-from helper.metrics import EARTH_RADIUS_M
+from geometry.earth import EARTH_RADIUS_M
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _MAGIC = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n")
@@ -180,7 +180,7 @@ class MosaicGeometry:
     Rows are linear in latitude for ``equirectangular`` (plate carree, EPSG:4326 exports) or
     in the Mercator ordinate ``ln tan(pi/4 + lat/2)`` for ``webmercator`` (EPSG:3857 web map
     exports). Metres per pixel are taken at the mosaic's centre latitude on a sphere of
-    radius :data:`helper.metrics.EARTH_RADIUS_M`; over a city-sized extent the scale varies
+    radius :data:`geometry.earth.EARTH_RADIUS_M`; over a city-sized extent the scale varies
     by well under 1%, which changes tile sizes, never tile centre GPS.
     """
 

@@ -39,7 +39,7 @@ semi-positives are the other three tiles containing the point, nearest first.
 Overlapping tiles are crops of one consistent mosaic: shared pixels are identical.
 
 GPS <-> metres: local equirectangular projection around a per-city origin (the world's
-north-west corner), earth radius 6,371,004 m (the VIGOR evaluation's radius).
+north-west corner), on the sphere of the VIGOR evaluation (:mod:`geometry.earth`).
 
 Every item draws from its own ``numpy`` generator seeded by (seed, layout, city, item),
 so the bytes written do not depend on the number of worker processes.
@@ -61,11 +61,11 @@ from common.fileio import write_bytes_atomic
 from data.io import write_image_atomic
 from data.synth.render import aerial_look, render_aerial, render_panorama, street_look
 from data.synth.scene import Scene, city_preset, make_city_scene, make_location_scene
+from geometry.earth import gps_to_north_east, north_east_to_gps
 from geometry.heading import columns_heading, crop_fov, roll_to_heading
 from common.errors import UserError
 from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, SAME_AREA_CITIES, TILE_SIDE
 
-EARTH_RADIUS_M = 6371004.0
 VIGOR_M_PER_PX = NOMINAL_METRES_PER_PIXEL  # at the 640 px tile
 VIGOR_TILE_M = TILE_SIDE * VIGOR_M_PER_PX
 VIGOR_STRIDE_M = VIGOR_TILE_M / 2
@@ -108,18 +108,14 @@ def size_spec(size) -> SizeSpec:
 
 def metres_to_gps(x: float, y: float, origin: Tuple[float, float]) -> Tuple[float, float]:
     """World (x east, y south) metres -> (lat, lon) degrees around ``origin`` = world (0, 0)."""
-    lat0, lon0 = origin
-    lat = lat0 - math.degrees(y / EARTH_RADIUS_M)
-    lon = lon0 + math.degrees(x / (EARTH_RADIUS_M * math.cos(math.radians(lat0))))
-    return lat, lon
+    lat, lon = north_east_to_gps(*origin, -y, x)
+    return float(lat), float(lon)
 
 
 def gps_to_metres(lat: float, lon: float, origin: Tuple[float, float]) -> Tuple[float, float]:
     """Inverse of :func:`metres_to_gps`."""
-    lat0, lon0 = origin
-    y = -math.radians(lat - lat0) * EARTH_RADIUS_M
-    x = math.radians(lon - lon0) * EARTH_RADIUS_M * math.cos(math.radians(lat0))
-    return x, y
+    north, east = gps_to_north_east(*origin, lat, lon)
+    return float(east), float(-north)
 
 
 def city_origin(city: str) -> Tuple[float, float]:

@@ -8,6 +8,7 @@ from torch.utils.data import DistributedSampler
 
 from data.samplers import DistributedShuffleSampler, VigorBatchSampler, gps_vectors, topk_neighbours
 from common.errors import UserError
+from geometry.earth import north_east_to_gps
 
 
 def grid_labels(n, gx, gy, seed=0):
@@ -360,7 +361,7 @@ def test_vigor_neighbour_batches_stay_conflict_free(similarity):
 def test_gps_vectors_rank_by_great_circle_distance_to_the_metre():
     base = np.array([47.6, -122.3])
     metres = np.array([0.0, 3.0, 1.0, 2.0, 500.0])  # east of base
-    latlon = np.stack([np.full(5, base[0]), base[1] + np.degrees(metres / (6371004.0 * np.cos(np.radians(base[0]))))], 1)
+    latlon = np.stack(north_east_to_gps(base[0], base[1], np.zeros(5), metres), 1)
     assert topk_neighbours(gps_vectors(latlon), 4)[0].tolist() == [2, 3, 1, 4]
 
 

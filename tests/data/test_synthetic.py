@@ -11,11 +11,11 @@ import pytest
 
 from data import synthetic as syn
 from common.errors import UserError
+from geometry.earth import EARTH_RADIUS_M, gps_to_north_east
 
 MAGENTA = (1.0, 0.0, 1.0)
 CYAN = (0.0, 1.0, 1.0)
 YELLOW = (1.0, 1.0, 0.0)
-EARTH_R = 6371004.0
 
 
 def _mask(image, rgb):
@@ -335,8 +335,7 @@ def test_vigor_labels_match_gps(vigor_dir):
             _, lat, lon = PANO_RE.match(fields[0]).groups()
             lat, lon = float(lat), float(lon)
             # metres from the panorama to every tile centre: (north, east)
-            north = np.radians(centres[:, 0] - lat) * EARTH_R
-            east = np.radians(centres[:, 1] - lon) * EARTH_R * math.cos(math.radians(lat))
+            north, east = gps_to_north_east(lat, lon, centres[:, 0], centres[:, 1])
             d0_all = north / 0.114          # centre north of the panorama -> panorama south -> d0 > 0
             d1_all = east / 0.114           # centre east of the panorama -> panorama west -> d1 > 0
             containing = set(np.nonzero((np.abs(d0_all) <= 320) & (np.abs(d1_all) <= 320))[0])
@@ -453,7 +452,7 @@ def test_generated_folders_load_with_the_project_loaders(tmp_path):
 def _pairwise_metres(points):
     """N x N distances (equirectangular) of (lat, lon) degrees, inf on the diagonal."""
     lat, lon = np.radians(np.asarray(points, dtype=np.float64)).T
-    dist = 6371004.0 * np.hypot(lat[:, None] - lat[None], (lon[:, None] - lon[None]) * np.cos(lat[:, None]))
+    dist = EARTH_RADIUS_M * np.hypot(lat[:, None] - lat[None], (lon[:, None] - lon[None]) * np.cos(lat[:, None]))
     np.fill_diagonal(dist, np.inf)
     return dist
 

@@ -13,7 +13,7 @@ from torch.utils.data import default_collate
 from data.cvusa import CVUSA
 from data.synthetic import generate_cvusa
 from helper import distributed
-from helper.checkpoint import load_checkpoint, load_model_state
+from helper.checkpoint import model_from_checkpoint
 from helper.cli import evaluate_main, train_main
 from helper.config import RunConfig
 from helper.objective import Objective, compute_loss
@@ -51,10 +51,7 @@ def test_train_learns_the_offsets_then_test_loads_strictly(offset_world, tmp_pat
     run_dir = os.path.join(results_dir, "run")
     config = json.load(open(os.path.join(run_dir, "config.json")))
     assert (config["regress_offset"], config["offsets_csv"], config["lambda_offset"]) == (True, "offsets.csv", 0.01)
-    state = load_checkpoint(os.path.join(run_dir, "last.pth"))
-    run = RunConfig.from_dict(state["config"], complete=True)
-    trained = build_model(run.model)
-    load_model_state(trained, state["model"], "last.pth")
+    run, trained, state = model_from_checkpoint(os.path.join(run_dir, "last.pth"))
     assert any(key.startswith("offset_head.") for key in state["model"])
     torch.manual_seed(run.train.seed)  # the weights the run started from (helper.engine.start_training)
     initial = build_model(run.model)

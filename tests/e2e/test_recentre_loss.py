@@ -14,7 +14,7 @@ from geometry.affine import recentre
 from helper import distributed
 from helper.checkpoint import load_checkpoint
 from helper.cli import evaluate_main, train_main
-from helper.config import RunConfig
+from helper.config import CONFIG_VERSION, RunConfig
 from helper.distributed import move_images
 from helper.objective import Objective, compute_loss
 from helper.losses import semi_positive_iou_loss, soft_margin_triplet_loss
@@ -92,7 +92,7 @@ def test_train_records_it_and_test_loads_the_checkpoint(worlds, tmp_path):
                          "--transform", "polar", "--batch_size", "4", "--n_epochs", "1", "--lambda_recentre", "1",
                          "--regress_offset"])
     config = json.load(open(os.path.join(runs, "rc", "config.json")))
-    assert config["lambda_recentre"] == 1.0 and config["version"] == 5
+    assert config["lambda_recentre"] == 1.0 and config["version"] == CONFIG_VERSION
     assert load_checkpoint(os.path.join(runs, "rc", "last.pth"))["config"]["lambda_recentre"] == 1.0
     results = evaluate_main("cvusa", ["--checkpoint", os.path.join(runs, "rc", "last.pth"), "--device", "cpu",
                                       "--workers", "0", "--rerank", "4"])

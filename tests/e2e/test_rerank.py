@@ -10,7 +10,7 @@ import torch
 from common.errors import UserError
 from data.synthetic import generate_vigor
 from helper import distributed
-from helper.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from helper.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from helper.cli import evaluate_main, format_table, train_main
 from helper.config import RunConfig
 from helper.engine import extract_features
@@ -96,10 +96,8 @@ def test_zero_offsets_reproduce_every_rank_and_top1_exactly(world, score):
     under either score (``sum``: twice the original similarity, up to that noise)."""
     from data.vigor import VigorPanoramas, VigorSatellites
 
-    state = load_checkpoint(world["zero"])
-    run = RunConfig.from_dict(state["config"]).replace(workers=0, device="cpu").resolved()
-    model = build_model(run.model)
-    load_model_state(model, state["model"], world["zero"])
+    stored, model, _ = model_from_checkpoint(world["zero"])
+    run = stored.replace(workers=0, device="cpu").resolved()
     index = run.data.index("test")
     satellites = VigorSatellites(index, sate_size=run.model.sate_size, pano_size=run.model.pano_size, normalise=False)
     street = extract_features(model, VigorPanoramas(index, pano_size=run.model.pano_size, normalise=False), CPU,
@@ -126,10 +124,8 @@ def _constant_head(checkpoint: str):
     head always predicts (0.25, -0.125), with its test satellites (uint8) and their descriptors."""
     from data.vigor import VigorSatellites
 
-    state = load_checkpoint(checkpoint)
-    run = RunConfig.from_dict(state["config"]).replace(workers=0, device="cpu").resolved()
-    model = build_model(run.model)
-    load_model_state(model, state["model"], checkpoint)
+    stored, model, _ = model_from_checkpoint(checkpoint)
+    run = stored.replace(workers=0, device="cpu").resolved()
     with torch.no_grad():
         model.offset_head.layers[2].bias.copy_(torch.tensor([0.25, -0.125]))
     model.eval()

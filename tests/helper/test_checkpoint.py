@@ -1,16 +1,20 @@
-"""Checkpoints: atomic writes, weights_only loads, refusal of pickled code, strict weights."""
+"""Checkpoints: atomic writes, weights_only loads, refusal of pickled code, strict weights, and
+the one way to rebuild a model from a checkpoint (:func:`helper.checkpoint.model_from_checkpoint`)."""
 import os
+import sys
 
 import pytest
 import torch
 
-from helper.checkpoint import (CHECKPOINT_VERSION, load_checkpoint, load_model_state, rng_state,
-                               save_checkpoint, set_rng_state)
+from helper.checkpoint import (CHECKPOINT_VERSION, load_checkpoint, load_model_state, model_from_checkpoint,
+                               rng_state, save_checkpoint, set_rng_state)
 from common.errors import UserError
 from helper.config import RunConfig
 
 #: A complete stored config (a checkpoint records every setting).
 CONFIG = RunConfig.from_dict({"dataset": "cvusa"}).resolved().to_dict()
+#: A version-1 checkpoint (tests/fixtures/README.md): a tiny polar model, 32 weight tensors.
+FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "checkpoint_v1_cvusa.pth")
 
 
 def _state(model):
@@ -106,3 +110,81 @@ def test_rng_state_round_trip(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]
+
+
+def test_model_from_checkpoint_rebuilds_a_version_1_model_with_its_weights():
+    raw = torch.load(FIXTURE, weights_only=True)
+    run, model, state = model_from_checkpoint(FIXTURE)
+    assert raw["version"] == 1 and "resume" in raw["config"]  # the old layout, migrated:
+    assert run.to_dict() == state["config"] and "resume" not in state["config"]
+    assert (run.dataset, run.model.transform, run.model.backbone, run.model.attention_maps) == \
+        ("cvusa", "polar", "tiny", 2)
+    weights = model.state_dict()
+    assert sorted(weights) == sorted(raw["model"])
+    assert all(torch.equal(weights[key], raw["model"][key]) for key in raw["model"])
+
+
+def _refit(tmp_path, change: str) -> str:
+    """The fixture with one weight added, removed or reshaped."""
+    state = torch.load(FIXTURE, weights_only=True)
+    first = sorted(state["model"])[0]
+    if change == "extra":
+        state["model"]["extra.weight"] = torch.zeros(2)
+    elif change == "missing":
+        del state["model"][first]
+    else:
+        state["model"][first] = torch.zeros(3, 3)
+    path = str(tmp_path / f"{change}.pth")
+    torch.save(state, path)
+    return path
+
+
+WEIGHT_ERRORS = {"extra": "unexpected: extra.weight (1)", "missing": "missing: satellite_attention.bias1 (1)",
+                 "shape": "shape mismatch: satellite_attention.bias1 (1)"}
+
+
+@pytest.mark.parametrize("change", sorted(WEIGHT_ERRORS))
+def test_model_from_checkpoint_refuses_weights_that_do_not_fit(tmp_path, change):
+    path = _refit(tmp_path, change)
+    with pytest.raises(UserError) as error:
+        model_from_checkpoint(path)
+    assert str(error.value) == f"the weights in {path} do not fit the model built from its config " \
+                               f"({WEIGHT_ERRORS[change]})"
+
+
+def test_model_from_checkpoint_names_the_checkpoint_of_a_bad_config(tmp_path):
+    state = torch.load(FIXTURE, weights_only=True)
+    state["config"]["transform"] = "warp"
+    path = str(tmp_path / "bad.pth")
+    torch.save(state, path)
+    with pytest.raises(UserError, match=f"checkpoint {path}: .*warp"):
+        model_from_checkpoint(path)
+
+
+def _evaluate(path, tmp_path, monkeypatch):
+    from helper.cli import evaluate_main
+
+    evaluate_main("cvusa", ["--checkpoint", path, "--results_json", str(tmp_path / "r.json"), "--device", "cpu"])
+
+
+def _localize(path, tmp_path, monkeypatch):
+    from localization.embed import load_model
+
+    load_model(path, "cpu")
+
+
+def _rerank_true_offsets(path, tmp_path, monkeypatch):
+    from experiments.rerank_true_offsets import main
+
+    monkeypatch.setattr(sys, "argv", ["rerank_true_offsets.py", "--checkpoint", path, "--data_root", str(tmp_path)])
+    main()
+
+
+@pytest.mark.parametrize("caller", [_evaluate, _localize, _rerank_true_offsets], ids=lambda f: f.__name__[1:])
+def test_every_loader_refuses_an_extra_weight_the_same_way(tmp_path, monkeypatch, caller):
+    """test_*.py, localize.py and the true-offset study load through model_from_checkpoint."""
+    path = _refit(tmp_path, "extra")
+    with pytest.raises(UserError, match=r"^the weights in .* do not fit the model built from its config "
+                                        r"\(unexpected: extra.weight \(1\)\)$"):
+        caller(path, tmp_path, monkeypatch)
+    assert not (tmp_path / "r.json").exists()

@@ -1,5 +1,5 @@
 """helper.metrics against brute-force loops: strict ranks with ties, exclusions, several positives,
-chunk-size invariance, R@1% rules, both evaluation directions, hit rate and GPS distances."""
+chunk-size invariance, R@1% rules, both evaluation directions, hit rate and metre-level errors."""
 import math
 
 import numpy as np
@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from common.errors import UserError
+from geometry.earth import EARTH_RADIUS_M, haversine_m
 from helper.metrics import (
-    EARTH_RADIUS_M,
     evaluate_retrieval,
-    haversine_m,
     localization_errors,
     localization_summary,
     recall_at_k,
@@ -341,39 +340,6 @@ def test_evaluate_localization_uses_top1_satellite():
 
 
 # ----------------------------------------------------------------------------- localisation
-
-
-def test_haversine_known_distances():
-    one_degree = EARTH_RADIUS_M * math.pi / 180.0
-    assert one_degree == pytest.approx(111_195.0, abs=0.01)
-    assert float(haversine_m(0.0, 0.0, 1.0, 0.0)) == pytest.approx(one_degree, rel=1e-12)  # meridian
-    assert float(haversine_m(10.0, 20.0, 10.0, 20.0)) == 0.0
-    assert float(haversine_m(0.0, 0.0, 0.0, 1.0)) == pytest.approx(one_degree, rel=1e-12)  # equator
-    assert float(haversine_m(0.0, 0.0, 0.0, 180.0)) == pytest.approx(math.pi * EARTH_RADIUS_M, rel=1e-12)
-    assert float(haversine_m(90.0, 0.0, -90.0, 0.0)) == pytest.approx(math.pi * EARTH_RADIUS_M, rel=1e-12)
-    # 60 deg N, 1 deg of longitude: great circle slightly shorter than the parallel
-    d = float(haversine_m(60.0, 0.0, 60.0, 1.0))
-    assert d < one_degree * 0.5 and d == pytest.approx(one_degree * 0.5, rel=1e-4)
-
-
-def test_haversine_matches_official_law_of_cosines_and_vectorises():
-    rng = np.random.default_rng(0)
-    lat = rng.uniform(37.0, 48.0, 100)
-    lon = rng.uniform(-123.0, -73.0, 100)
-    lat2 = lat + rng.uniform(-0.01, 0.01, 100)
-    lon2 = lon + rng.uniform(-0.01, 0.01, 100)
-    ours = haversine_m(lat, lon, lat2, lon2)
-    a, b, c, e = (np.radians(v) for v in (lat, lon, lat2, lon2))
-    official = EARTH_RADIUS_M * np.arccos(np.sin(a) * np.sin(c) + np.cos(a) * np.cos(c) * np.cos(e - b))
-    assert ours.shape == (100,) and ours.dtype == np.float64
-    np.testing.assert_allclose(ours, official, atol=0.05)  # law of cosines: ~cm round-off
-    t = haversine_m(torch.tensor(lat), torch.tensor(lon), torch.tensor(lat2), torch.tensor(lon2))
-    assert isinstance(t, torch.Tensor) and t.dtype == torch.float64
-    np.testing.assert_allclose(t.numpy(), ours, rtol=1e-12)
-    # float32 inputs are promoted: 1e-5 deg offsets survive
-    t32 = haversine_m(torch.tensor([45.0], dtype=torch.float32), torch.tensor([7.0]),
-                      torch.tensor([45.00001], dtype=torch.float64), torch.tensor([7.0]))
-    assert float(t32[0]) == pytest.approx(1.11195, rel=1e-3)
 
 
 def test_localization_errors_and_summary():

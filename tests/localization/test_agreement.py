@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from data.vigor_layout import VigorIndex
+from geometry.earth import haversine_m
 from helper import tasks
 from helper.cli import evaluate_main
-from helper.metrics import evaluate_retrieval, haversine_m, localization_summary
+from helper.metrics import evaluate_retrieval, localization_summary
 from localization.cli import main
 
 from .conftest import CITIES

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import torch
 
+from geometry.earth import haversine_m
 from helper.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 from helper.config import RunConfig
-from helper.metrics import haversine_m
 from localization.cli import main
 from models import build_model
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common.errors import UserError
-from helper.metrics import EARTH_RADIUS_M
+from geometry.earth import EARTH_RADIUS_M
 from localization.tiles import MosaicGeometry, parse_bounds, tiles_from_csv, tiles_from_mosaic
 
 BOUNDS = (40.77, -74.0, 40.76, -73.98)  # N, W, S, E

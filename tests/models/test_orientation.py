@@ -1,6 +1,5 @@
 """The DSM head: exact heading recovery from rolled feature maps, streamed evaluation against a
 brute-force loop over shifts, the loss on its similarity matrix, and limited fields of view."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,10 +124,3 @@ def test_dsm_model_trains_through_its_similarity_and_takes_windows():
 def test_safa_head_refuses_a_window():
     with pytest.raises(UserError, match=r"street batch .* 32 x 128"):
         build_model(TINY)(torch.randn(1, 3, 32, 32), None)  # the dataset pads it (pad_fov)
-
-
-def test_numpy_and_torch_heading_errors_agree():
-    rng = np.random.default_rng(0)
-    a, b = rng.uniform(0, 360, 50), rng.uniform(0, 360, 50)
-    errors = heading_error(a, b)
-    assert errors.max() <= 180.0 and np.allclose(errors, heading_error(b, a))
