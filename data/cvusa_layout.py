@@ -97,29 +97,25 @@ def read_split_csv(path: str) -> List[Tuple[str, str, Optional[str]]]:
 #: Written by ``python -m data.synthetic --heading random`` / ``--fov DEG``: header
 #: ``id,heading_deg,fov_deg``; each panorama's heading and field of view (geometry.heading).
 HEADINGS_FILE = "headings.csv"
+HEADINGS_HEADER = "id,heading_deg,fov_deg"
 
 
 def read_headings(data_root: str) -> Dict[str, Tuple[float, float]]:
     """``{id: (heading_deg, fov_deg)}`` of ``<data_root>/headings.csv``; empty when there is none
-    (north-aligned full panoramas, as in the real CVUSA)."""
+    (north-aligned full panoramas, as in the real CVUSA). Read like :func:`read_gps_csv` (ids as
+    written): a row without a finite heading and a field of view in (0, 360] or an id listed
+    twice is a :class:`UserError` naming the file and line."""
     path = os.path.join(data_root, HEADINGS_FILE)
     if not os.path.isfile(path):
         return {}
-    out: Dict[str, Tuple[float, float]] = {}
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
-    for number, line in enumerate(lines[1:], 2):
-        fields = [field.strip() for field in line.split(",")]
-        if not line.strip():
-            continue
-        try:
-            heading, fov = float(fields[1]), float(fields[2])
-        except (IndexError, ValueError):
-            raise UserError(f"{path}:{number}: expected 'id,heading_deg,fov_deg', got {line!r}") from None
-        if not 0.0 < fov <= 360.0:
-            raise UserError(f"{path}:{number}: the field of view must lie in (0, 360] degrees, got {fov:g}")
-        out[fields[0]] = (heading % 360.0, fov)
-    return out
+    return _read_id_csv(path, HEADINGS_FILE, HEADINGS_HEADER, " with a finite heading and a field of view in (0, 360] "
+                        "degrees", _heading, "", key=str)
+
+
+def _heading(heading: float, fov: float) -> Tuple[float, float]:
+    if not (np.isfinite(heading) and 0.0 < fov <= 360.0):
+        raise ValueError
+    return heading % 360.0, fov
 
 
 def check_column_order(csv: str, aerial: Tuple[int, int], panorama: Tuple[int, int]) -> None:
@@ -203,14 +199,17 @@ def _gps_key(ident: str) -> str:
     return str(int(ident)) if ident.isdigit() else ident
 
 
-def _read_id_csv(path: str, flag: str, header: str, rule: str, parse, fix: str) -> Dict[str, Tuple[float, float]]:
-    """``{id: parse(a, b)}`` of the ``id,a,b`` CSV of ``flag``; ids as :func:`_gps_key` compares them.
+def _read_id_csv(path: str, flag: str, header: str, rule: str, parse, fix: str,
+                 key=None) -> Dict[str, Tuple[float, float]]:
+    """``{key(id): parse(a, b)}`` of the ``id,a,b`` CSV of ``flag``; ids as ``key`` (default
+    :func:`_gps_key`) compares them.
 
     The ``header`` line is optional; blank lines are skipped. A :class:`UserError` naming
     ``path:line`` refuses a row that is not an id and two numbers or that ``parse`` refuses (a
     ``ValueError``; ``rule`` says what it accepts), and an id listed twice; a missing file is
     one too, ending with ``fix``.
     """
+    key = key or _gps_key
     try:
         with open(path, encoding="utf-8-sig") as handle:
             lines = handle.read().splitlines()
@@ -230,12 +229,12 @@ def _read_id_csv(path: str, flag: str, header: str, rule: str, parse, fix: str) 
             value = parse(float(fields[1]), float(fields[2]))
         except ValueError:
             raise UserError(f"{path}:{number}: expected '{header}'{rule}, got {line.strip()!r}") from None
-        key = _gps_key(fields[0])
-        if key in first:
-            raise UserError(f"{path}:{number}: id {fields[0]} is listed again (first at line {first[key]}); "
+        ident = key(fields[0])
+        if ident in first:
+            raise UserError(f"{path}:{number}: id {fields[0]} is listed again (first at line {first[ident]}); "
                             f"each pair has one row: delete the repeated row")
-        first[key] = number
-        values[key] = value
+        first[ident] = number
+        values[ident] = value
     return values
 
 

@@ -125,3 +125,30 @@ def test_table_shows_the_heading_error():
     assert "median heading error 4.5 deg; <=10 deg 80.0%, <=30 deg 100.0%" in format_table(results)
     results["orientation"] = {"median_deg": None, "within_deg": {"10": None, "30": None}, "queries": 0}
     assert "no query has a correct top-1" in format_table(results)
+
+
+def _headings_world(tmp_path, rows, encoding="utf-8"):
+    """A 2 + 4 pair CVUSA world whose headings.csv has ``rows`` after its header."""
+    root = make_cvusa(str(tmp_path / "world"), n_train=2, n_val=4, side=64, pano_hw=(16, 96))
+    with open(os.path.join(root, "headings.csv"), "w", encoding=encoding) as handle:
+        handle.write("\n".join(["id,heading_deg,fov_deg", *rows]) + "\n")
+    return root
+
+
+FULL = [f"{i:07d},{10.0 * i},360" for i in range(1, 7)]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_non_finite_heading_is_refused_with_file_and_line(tmp_path, value):
+    root = _headings_world(tmp_path, [*FULL[:2], f"0000003,{value},360", *FULL[3:]])
+    path = os.path.join(root, "headings.csv")
+    with pytest.raises(UserError, match=rf"^{path}:4: expected 'id,heading_deg,fov_deg' with a finite heading and a "
+                                        r"field of view in \(0, 360\] degrees, got '0000003,"):
+        CVUSA(root, VAL, SATE, PANO)
+
+
+def test_repeated_heading_id_is_refused_like_the_other_id_files(tmp_path):
+    root = _headings_world(tmp_path, [*FULL, "0000004,90,360"])
+    with pytest.raises(UserError, match=r"headings.csv:8: id 0000004 is listed again \(first at line 5\)"):
+        read_headings(root)
+
