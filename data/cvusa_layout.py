@@ -103,8 +103,8 @@ HEADINGS_HEADER = "id,heading_deg,fov_deg"
 def read_headings(data_root: str) -> Dict[str, Tuple[float, float]]:
     """``{id: (heading_deg, fov_deg)}`` of ``<data_root>/headings.csv``; empty when there is none
     (north-aligned full panoramas, as in the real CVUSA). Read like :func:`read_gps_csv` (ids as
-    written): a row without a finite heading and a field of view in (0, 360] or an id listed
-    twice is a :class:`UserError` naming the file and line."""
+    written): a row without a finite heading and a field of view in (0, 360], an id listed twice
+    or text that is not UTF-8 is a :class:`UserError` naming the file and line."""
     path = os.path.join(data_root, HEADINGS_FILE)
     if not os.path.isfile(path):
         return {}
@@ -206,17 +206,14 @@ def _read_id_csv(path: str, flag: str, header: str, rule: str, parse, fix: str,
 
     The ``header`` line is optional; blank lines are skipped. A :class:`UserError` naming
     ``path:line`` refuses a row that is not an id and two numbers or that ``parse`` refuses (a
-    ``ValueError``; ``rule`` says what it accepts), and an id listed twice; a missing file is
-    one too, ending with ``fix``.
+    ``ValueError``; ``rule`` says what it accepts), and an id listed twice; a file that is not
+    UTF-8 is one too (:func:`data.io.read_text`), and a missing file, ending with ``fix``.
     """
     key = key or _gps_key
     try:
-        with open(path, encoding="utf-8-sig") as handle:
-            lines = handle.read().splitlines()
+        lines = io.read_text(path).splitlines()
     except FileNotFoundError:
         raise UserError(f"{flag} file not found: {path}; {fix}") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        raise UserError(f"cannot read {flag} file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     values: Dict[str, Tuple[float, float]] = {}
     first: Dict[str, int] = {}
     for number, line in enumerate(lines, 1):

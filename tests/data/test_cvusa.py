@@ -81,6 +81,13 @@ def test_bad_gps_rows_name_file_and_line(tmp_path, text, message):
     assert str(info.value).startswith(path) and message in str(info.value)
 
 
+def test_gps_csv_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = str(tmp_path / "gps.csv")
+    open(path, "wb").write("id,lat,lon\n1,40,-73\nS\u00e3o Paulo,-23.5,-46.6\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"gps.csv is not UTF-8 text \(byte 0xe3 on line 3\); save it as UTF-8$"):
+        read_gps_csv(path)
+
+
 def test_gps_csv_missing_file_or_pair(tmp_path):
     with pytest.raises(UserError, match="--gps_csv file not found: .*nope.csv"):
         read_gps_csv(str(tmp_path / "nope.csv"))

@@ -13,10 +13,10 @@ from data.cvusa import CVUSA, MEAN_COLOUR
 from data.cvusa_layout import read_headings
 from data.synth.layouts import generate_cvusa
 from geometry.heading import columns_heading, crop_fov, fov_width, heading_columns
-from helper.cli import format_table
+from helper.cli import format_table, train_main
 from helper.config import TEST_HEADING_SEED, RunConfig, migrate_config
 from helper.parser import build_test_parser, parse_train_config
-from tests.e2e.worlds import make_cvusa
+from tests.e2e.worlds import TINY_FLAGS, make_cvusa
 
 SATE, PANO = (32, 32), (16, 96)
 VAL = "splits/val-19zl.csv"
@@ -152,3 +152,17 @@ def test_repeated_heading_id_is_refused_like_the_other_id_files(tmp_path):
     with pytest.raises(UserError, match=r"headings.csv:8: id 0000004 is listed again \(first at line 5\)"):
         read_headings(root)
 
+
+def test_headings_encoding(tmp_path):
+    """A byte-order mark is fine; text that is not UTF-8 is one error naming the file and line."""
+    root = _headings_world(tmp_path, FULL, encoding="utf-8-sig")
+    assert read_headings(root)["0000002"] == (20.0, 360.0)
+    path = os.path.join(root, "headings.csv")
+    with open(path, "ab") as handle:
+        handle.write("0000007,1,360 \u00e9t\u00e9\n".encode("latin-1"))
+    message = rf"^{path} is not UTF-8 text \(byte 0xe9 on line 8\); save it as UTF-8$"
+    with pytest.raises(UserError, match=message):
+        CVUSA(root, VAL, SATE, PANO)
+    with pytest.raises(UserError, match=message):  # plain training reads it too: it says which panoramas are crops
+        train_main("cvusa", ["--data_root", root, "--results_dir", str(tmp_path / "runs"), *TINY_FLAGS])
+    assert not (tmp_path / "runs").exists()
