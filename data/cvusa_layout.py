@@ -241,10 +241,13 @@ def _position(lat: float, lon: float) -> Tuple[float, float]:
     return lat, lon
 
 
-def _offset(dx: float, dy: float) -> Tuple[float, float]:
-    if not (np.isfinite(dx) and np.isfinite(dy)):
-        raise ValueError
-    return dx, dy
+def _offset(half: float):
+    """The parser of offsets within ``half`` pixels of the aerial's centre (``inf``: any finite)."""
+    def parse(dx: float, dy: float) -> Tuple[float, float]:
+        if not (np.isfinite(dx) and np.isfinite(dy) and abs(dx) <= half and abs(dy) <= half):
+            raise ValueError
+        return dx, dy
+    return parse
 
 
 def read_gps_csv(path: str) -> Dict[str, Tuple[float, float]]:
@@ -259,10 +262,14 @@ def read_gps_csv(path: str) -> Dict[str, Tuple[float, float]]:
                         f"pass a CSV of '{GPS_HEADER}' rows (relative to --data_root or absolute)")
 
 
-def read_offsets_csv(path: str) -> Dict[str, Tuple[float, float]]:
+def read_offsets_csv(path: str, side: Optional[int] = None) -> Dict[str, Tuple[float, float]]:
     """``{id: (dx_px, dy_px)}`` of an offsets CSV (see the module doc), read like :func:`read_gps_csv`
-    (finite numbers); a missing file is a :class:`UserError` saying where offset labels come from."""
-    return _read_id_csv(path, "--offsets_csv", OFFSETS_HEADER, " with finite pixel offsets", _offset,
+    (finite numbers; given the aerial ``side`` S, each within S/2 of the centre: the camera inside the
+    aerial); a missing file is a :class:`UserError` saying where offset labels come from."""
+    half = float("inf") if side is None else side / 2
+    rule = " with finite pixel offsets" + ("" if side is None else
+                                           f" in [-{half:g}, {half:g}] (the camera inside the {side} x {side} aerial)")
+    return _read_id_csv(path, "--offsets_csv", OFFSETS_HEADER, rule, _offset(half),
                         f"{OFFSET_TERMS} learn from offset labels and CVUSA has no offset labels; synthetic "
                         f"worlds written with `python -m data.synthetic --layout cvusa --max_offset F` have them "
                         f"({DEFAULT_OFFSETS_CSV}). Pass --offsets_csv FILE (a CSV of '{OFFSETS_HEADER}' rows, "
@@ -290,11 +297,12 @@ def pair_positions(path: str, aerial_rels: Sequence[str], split_csv: str) -> np.
     return _pair_rows(read_gps_csv(path), path, aerial_rels, split_csv, "--gps_csv", "--sampling gps")
 
 
-def pair_deltas(path: str, aerial_rels: Sequence[str], split_csv: str) -> np.ndarray:
+def pair_deltas(path: str, aerial_rels: Sequence[str], split_csv: str, side: Optional[int] = None) -> np.ndarray:
     """(N, 2) label deltas ``(d0, d1) = (dy_px, -dx_px)`` of the pairs whose aerials are ``aerial_rels``
     from the offsets CSV ``path``: VIGOR's convention (:mod:`data.vigor`), in pixels of the written
-    aerial, so the camera sits at row ``S/2 + d0``, column ``S/2 - d1`` of an aerial of side ``S``."""
-    offsets = _pair_rows(read_offsets_csv(path), path, aerial_rels, split_csv, "--offsets_csv", OFFSET_TERMS)
+    aerial, so the camera sits at row ``S/2 + d0``, column ``S/2 - d1`` of an aerial of side ``S``
+    (given as ``side``: a row outside the aerial is refused, :func:`read_offsets_csv`)."""
+    offsets = _pair_rows(read_offsets_csv(path, side), path, aerial_rels, split_csv, "--offsets_csv", OFFSET_TERMS)
     return np.stack([offsets[:, 1], -offsets[:, 0]], axis=1)
 
 

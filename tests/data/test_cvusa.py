@@ -340,6 +340,16 @@ def test_offset_label_errors(tmp_path):
         handle.write("0000009,nan,2\n")
     with pytest.raises(UserError, match=r"offsets.csv:5: expected 'id,dx_px,dy_px' with finite pixel offsets"):
         CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88), offsets_csv="offsets.csv")
+    rows = open(os.path.join(root, "offsets.csv")).read().splitlines()[:-1]
+    for row in (["0000009,32,-32"], ["0000009,-32.5,0"], ["0000009,0,1e6"]):  # far outside: not a camera in it
+        (tmp_path / "range.csv").write_text("\n".join(rows + row) + "\n")
+        if row == ["0000009,32,-32"]:  # the edge of the 64-pixel aerial is still inside
+            CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88), offsets_csv=str(tmp_path / "range.csv"))
+            continue
+        with pytest.raises(UserError, match=rf"range.csv:5: expected 'id,dx_px,dy_px' with finite pixel offsets in "
+                                            rf"\[-32, 32\] \(the camera inside the 64 x 64 aerial\), got "
+                                            rf"'{row[0]}'$"):
+            CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88), offsets_csv=str(tmp_path / "range.csv"))
     (tmp_path / "one.csv").write_text("1,0,0\n")
     with pytest.raises(UserError, match=r"--offsets_csv .*one.csv has no row for id 0000002 .*train without "
                                         r"--regress_offset"):
