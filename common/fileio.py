@@ -39,13 +39,17 @@ def write_bytes_atomic(path: str, data: bytes, fsync: bool = False) -> None:
 
 
 def write_json_atomic(path: str, value: Any) -> None:
-    """``value`` as indented, key-sorted JSON (one trailing newline), written atomically."""
-    write_bytes_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    """``value`` as indented, key-sorted strict JSON (one trailing newline), written atomically.
+    A NaN or infinite number is a ``ValueError`` (a bug: undefined values are None, JSON null);
+    nothing is written then."""
+    write_bytes_atomic(path, (json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8"))
 
 
 def write_jsonl_atomic(path: str, rows: Iterable[dict]) -> None:
-    """Replace ``path`` by ``rows``, one key-sorted JSON object per line, atomically."""
-    write_bytes_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode("utf-8"))
+    """Replace ``path`` by ``rows``, one key-sorted strict JSON object per line, atomically (a NaN or
+    infinite number: as :func:`write_json_atomic`)."""
+    text = "".join(json.dumps(row, sort_keys=True, allow_nan=False) + "\n" for row in rows)
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def read_jsonl(path: str) -> List[dict]:

@@ -123,7 +123,7 @@ class CVUSA(Dataset):
             shape = "unreadable" if aerial is None else f"{aerial[0]} x {aerial[1]}"
             raise UserError(f"offset labels are in pixels of square aerial files, but {self.satellite_file(0)} is "
                             f"{shape}; {OFFSET_TERMS} need the raw aerials of {self.data_root}")
-        return pair_deltas(os.path.join(self.data_root, offsets_csv), self.satellite_paths, self.csv)
+        return pair_deltas(os.path.join(self.data_root, offsets_csv), self.satellite_paths, self.csv, aerial[0])
 
     def _recorded_headings(self, recorded: dict) -> list:
         """``(heading, fov)`` of every pair from ``headings.csv`` (``(0, 360)`` without one); one fov."""

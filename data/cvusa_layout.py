@@ -96,29 +96,25 @@ def read_split_csv(path: str) -> List[Tuple[str, str, Optional[str]]]:
 #: Written by ``python -m data.synthetic --heading random`` / ``--fov DEG``: header
 #: ``id,heading_deg,fov_deg``; each panorama's heading and field of view (geometry.heading).
 HEADINGS_FILE = "headings.csv"
+HEADINGS_HEADER = "id,heading_deg,fov_deg"
 
 
 def read_headings(data_root: str) -> Dict[str, Tuple[float, float]]:
     """``{id: (heading_deg, fov_deg)}`` of ``<data_root>/headings.csv``; empty when there is none
-    (north-aligned full panoramas, as in the real CVUSA)."""
+    (north-aligned full panoramas, as in the real CVUSA). Read like :func:`read_gps_csv` (ids as
+    written): a row without a finite heading and a field of view in (0, 360], an id listed twice
+    or text that is not UTF-8 is a :class:`UserError` naming the file and line."""
     path = os.path.join(data_root, HEADINGS_FILE)
     if not os.path.isfile(path):
         return {}
-    out: Dict[str, Tuple[float, float]] = {}
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
-    for number, line in enumerate(lines[1:], 2):
-        fields = [field.strip() for field in line.split(",")]
-        if not line.strip():
-            continue
-        try:
-            heading, fov = float(fields[1]), float(fields[2])
-        except (IndexError, ValueError):
-            raise UserError(f"{path}:{number}: expected 'id,heading_deg,fov_deg', got {line!r}") from None
-        if not 0.0 < fov <= 360.0:
-            raise UserError(f"{path}:{number}: the field of view must lie in (0, 360] degrees, got {fov:g}")
-        out[fields[0]] = (heading % 360.0, fov)
-    return out
+    return _read_id_csv(path, HEADINGS_FILE, HEADINGS_HEADER, " with a finite heading and a field of view in (0, 360] "
+                        "degrees", _heading, "", key=str)
+
+
+def _heading(heading: float, fov: float) -> Tuple[float, float]:
+    if not (np.isfinite(heading) and 0.0 < fov <= 360.0):
+        raise ValueError
+    return heading % 360.0, fov
 
 
 def check_column_order(csv: str, aerial: Tuple[int, int], panorama: Tuple[int, int]) -> None:
@@ -202,21 +198,21 @@ def _gps_key(ident: str) -> str:
     return str(int(ident)) if ident.isdigit() else ident
 
 
-def _read_id_csv(path: str, flag: str, header: str, rule: str, parse, fix: str) -> Dict[str, Tuple[float, float]]:
-    """``{id: parse(a, b)}`` of the ``id,a,b`` CSV of ``flag``; ids as :func:`_gps_key` compares them.
+def _read_id_csv(path: str, flag: str, header: str, rule: str, parse, fix: str,
+                 key=None) -> Dict[str, Tuple[float, float]]:
+    """``{key(id): parse(a, b)}`` of the ``id,a,b`` CSV of ``flag``; ids as ``key`` (default
+    :func:`_gps_key`) compares them.
 
     The ``header`` line is optional; blank lines are skipped. A :class:`UserError` naming
     ``path:line`` refuses a row that is not an id and two numbers or that ``parse`` refuses (a
-    ``ValueError``; ``rule`` says what it accepts), and an id listed twice; a missing file is
-    one too, ending with ``fix``.
+    ``ValueError``; ``rule`` says what it accepts), and an id listed twice; a file that is not
+    UTF-8 is one too (:func:`data.io.read_text`), and a missing file, ending with ``fix``.
     """
+    key = key or _gps_key
     try:
-        with open(path, encoding="utf-8-sig") as handle:
-            lines = handle.read().splitlines()
+        lines = io.read_text(path).splitlines()
     except FileNotFoundError:
         raise UserError(f"{flag} file not found: {path}; {fix}") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        raise UserError(f"cannot read {flag} file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     values: Dict[str, Tuple[float, float]] = {}
     first: Dict[str, int] = {}
     for number, line in enumerate(lines, 1):
@@ -229,12 +225,12 @@ def _read_id_csv(path: str, flag: str, header: str, rule: str, parse, fix: str) 
             value = parse(float(fields[1]), float(fields[2]))
         except ValueError:
             raise UserError(f"{path}:{number}: expected '{header}'{rule}, got {line.strip()!r}") from None
-        key = _gps_key(fields[0])
-        if key in first:
-            raise UserError(f"{path}:{number}: id {fields[0]} is listed again (first at line {first[key]}); "
+        ident = key(fields[0])
+        if ident in first:
+            raise UserError(f"{path}:{number}: id {fields[0]} is listed again (first at line {first[ident]}); "
                             f"each pair has one row: delete the repeated row")
-        first[key] = number
-        values[key] = value
+        first[ident] = number
+        values[ident] = value
     return values
 
 
@@ -244,10 +240,13 @@ def _position(lat: float, lon: float) -> Tuple[float, float]:
     return lat, lon
 
 
-def _offset(dx: float, dy: float) -> Tuple[float, float]:
-    if not (np.isfinite(dx) and np.isfinite(dy)):
-        raise ValueError
-    return dx, dy
+def _offset(half: float):
+    """The parser of offsets within ``half`` pixels of the aerial's centre (``inf``: any finite)."""
+    def parse(dx: float, dy: float) -> Tuple[float, float]:
+        if not (np.isfinite(dx) and np.isfinite(dy) and abs(dx) <= half and abs(dy) <= half):
+            raise ValueError
+        return dx, dy
+    return parse
 
 
 def read_gps_csv(path: str) -> Dict[str, Tuple[float, float]]:
@@ -262,10 +261,14 @@ def read_gps_csv(path: str) -> Dict[str, Tuple[float, float]]:
                         f"pass a CSV of '{GPS_HEADER}' rows (relative to --data_root or absolute)")
 
 
-def read_offsets_csv(path: str) -> Dict[str, Tuple[float, float]]:
+def read_offsets_csv(path: str, side: Optional[int] = None) -> Dict[str, Tuple[float, float]]:
     """``{id: (dx_px, dy_px)}`` of an offsets CSV (see the module doc), read like :func:`read_gps_csv`
-    (finite numbers); a missing file is a :class:`UserError` saying where offset labels come from."""
-    return _read_id_csv(path, "--offsets_csv", OFFSETS_HEADER, " with finite pixel offsets", _offset,
+    (finite numbers; given the aerial ``side`` S, each within S/2 of the centre: the camera inside the
+    aerial); a missing file is a :class:`UserError` saying where offset labels come from."""
+    half = float("inf") if side is None else side / 2
+    rule = " with finite pixel offsets" + ("" if side is None else
+                                           f" in [-{half:g}, {half:g}] (the camera inside the {side} x {side} aerial)")
+    return _read_id_csv(path, "--offsets_csv", OFFSETS_HEADER, rule, _offset(half),
                         f"{OFFSET_TERMS} learn from offset labels and CVUSA has no offset labels; synthetic "
                         f"worlds written with `python -m data.synthetic --layout cvusa --max_offset F` have them "
                         f"({DEFAULT_OFFSETS_CSV}). Pass --offsets_csv FILE (a CSV of '{OFFSETS_HEADER}' rows, "
@@ -293,11 +296,12 @@ def pair_positions(path: str, aerial_rels: Sequence[str], split_csv: str) -> np.
     return _pair_rows(read_gps_csv(path), path, aerial_rels, split_csv, "--gps_csv", "--sampling gps")
 
 
-def pair_deltas(path: str, aerial_rels: Sequence[str], split_csv: str) -> np.ndarray:
+def pair_deltas(path: str, aerial_rels: Sequence[str], split_csv: str, side: Optional[int] = None) -> np.ndarray:
     """(N, 2) label deltas ``(d0, d1) = (dy_px, -dx_px)`` of the pairs whose aerials are ``aerial_rels``
     from the offsets CSV ``path``: VIGOR's convention (:mod:`data.vigor`), in pixels of the written
-    aerial, so the camera sits at row ``S/2 + d0``, column ``S/2 - d1`` of an aerial of side ``S``."""
-    offsets = _pair_rows(read_offsets_csv(path), path, aerial_rels, split_csv, "--offsets_csv", OFFSET_TERMS)
+    aerial, so the camera sits at row ``S/2 + d0``, column ``S/2 - d1`` of an aerial of side ``S``
+    (given as ``side``: a row outside the aerial is refused, :func:`read_offsets_csv`)."""
+    offsets = _pair_rows(read_offsets_csv(path, side), path, aerial_rels, split_csv, "--offsets_csv", OFFSET_TERMS)
     return np.stack([offsets[:, 1], -offsets[:, 0]], axis=1)
 
 

@@ -1,4 +1,5 @@
-"""Image decoding and encoding shared by every dataset, and the up-front file checks (no torch).
+"""Image decoding and encoding shared by every dataset, the up-front file checks and label-file
+text reading (no torch).
 
 Images are returned as RGB ``uint8`` arrays ``H x W x 3`` (grey and RGBA inputs are
 converted). Truncated JPEG/PNG files are an error, not a half-grey image. When a target
@@ -7,6 +8,7 @@ whenever that still covers the target, then resized with area interpolation.
 """
 from __future__ import annotations
 
+import codecs
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -206,6 +208,26 @@ def write_image_atomic(path: str, image_rgb: np.ndarray, params: Sequence[int] =
     if not ok:
         raise RuntimeError(f"could not encode image for {path}")
     write_bytes_atomic(path, buffer.tobytes())
+
+
+def read_text(path: str) -> str:
+    """The text of the label file ``path``: UTF-8, a leading byte-order mark dropped. A file that is
+    not UTF-8 or cannot be read is a :class:`UserError` naming it (and the line of the first bad
+    byte); a missing file raises ``FileNotFoundError`` for the caller to explain."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    data = data[3:] if data.startswith(codecs.BOM_UTF8) else data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                        f"save it as UTF-8") from None
 
 
 def size_hw(value: Sequence[int], name: str) -> Tuple[int, int]:

@@ -66,18 +66,24 @@ class DistributedShuffleSampler(Sampler[int]):
         return self.num_samples
 
 
+SEARCH_NODES = 100_000
+"""Most branches one search for a batch through the end-of-epoch panoramas may visit (see
+:class:`VigorBatchSampler`); far beyond what VIGOR-like overlaps need."""
+
+
 class EpochPlan(NamedTuple):
     """One epoch of :class:`VigorBatchSampler`: global batches and what was left out.
 
-    ``batches``: global batches (lists of panorama indices). ``last_partial``: with
-    ``drop_last``, the greedy batch that could not be completed (every panorama of
-    ``dropped`` not in it shares a satellite with it); empty otherwise. ``dropped``: all
-    panoramas not in ``batches`` (``last_partial`` first).
+    ``batches``: global batches (lists of panorama indices). ``dropped``: the panoramas not in
+    ``batches`` (with ``drop_last``; empty otherwise), in the order they were set aside.
+    ``exhaustive``: whether every search for a batch through them ran to the end (see
+    :class:`VigorBatchSampler`); when True, no conflict-free global batch can be formed from
+    ``dropped``.
     """
 
     batches: List[List[int]]
-    last_partial: List[int]
     dropped: List[int]
+    exhaustive: bool = True
 
 
 class VigorBatchSampler(Sampler[List[int]]):
@@ -106,16 +112,23 @@ class VigorBatchSampler(Sampler[List[int]]):
       (positive or semi-positives) -- the official VIGOR rule;
     * no panorama appears twice; with ``drop_last=False`` every panorama appears exactly
       once (the last batches may then be smaller); with ``drop_last=True`` every emitted
-      global batch is full and the panoramas left out (``plan().dropped``) are exactly those
-      remaining when the random order is exhausted and one greedy pass over all remaining
-      panoramas cannot complete a batch (with VIGOR's sparse overlaps, fewer than a batch;
-      without conflicts, the last ``N mod global batch``);
+      global batch is full, and no conflict-free global batch can be formed from the
+      panoramas left out (``plan().dropped``; exact unless ``plan().exhaustive`` is False, see
+      below): with VIGOR's sparse overlaps fewer than a batch, without conflicts the last
+      ``N mod global batch``, and no batch at all only when no conflict-free global batch exists;
     * rank ``r`` receives ``global_batch[r * batch_size:(r + 1) * batch_size]``;
     * the batches depend only on ``(seed, epoch)`` and the neighbour tables.
 
     Greedy construction, O(N) per epoch when conflicts are rare: walk a random permutation;
     a panorama that conflicts with the batch being built goes to a deferred queue, which is
-    retried first when the next batch starts.
+    retried first when the next batch starts. With ``drop_last``, once the permutation is
+    exhausted and a batch cannot be completed, the remaining panoramas (that batch first, then
+    the deferred queue) are the *tail*: its first panorama gets a depth-first search through the
+    rest of the tail for a conflict-free global batch holding it (its first branch is the greedy
+    fill); a batch found is emitted and the search goes on with the next first panorama, else
+    that panorama is set aside (left out of the epoch). Hence no left-out panorama fits a batch
+    with other left-out ones. A search visiting more than :data:`SEARCH_NODES` branches stops and
+    sets its panorama aside with ``plan().exhaustive`` False.
 
     Hard-negative mining (after :meth:`set_hard_neighbours`): each global batch starts with
     the next unused panorama; then, breadth-first over the hard neighbours of the positive
@@ -271,12 +284,77 @@ class VigorBatchSampler(Sampler[List[int]]):
             if len(batch) == size:
                 batches.append(batch)
             elif not batch:
-                return EpochPlan(batches, [], [])
+                return EpochPlan(batches, [])
             elif self.drop_last:
-                rest = [i for i in deferred if not used[i]]
-                return EpochPlan(batches, batch, batch + rest)
+                return self._tail(batches, batch + [i for i in deferred if not used[i]])
             else:
                 batches.append(batch)
+
+    def _tail(self, batches: List[List[int]], tail: List[int]) -> EpochPlan:
+        """The plan completed from the end-of-epoch panoramas ``tail`` (see the class doc)."""
+        size = self.global_batch_size
+        dropped: List[int] = []
+        exhaustive = True
+        hopeless = set()  # satellite sets proven to fit no batch (the tail only shrinks)
+        while len(tail) >= size:
+            key = frozenset(self._sats[tail[0]])
+            batch, complete = (None, True) if key in hopeless else self._search(tail[0], tail[1:])
+            exhaustive &= complete
+            if batch is None:
+                if complete:
+                    hopeless.add(key)
+                dropped.append(tail[0])
+                tail = tail[1:]
+            else:
+                batches.append(batch)
+                members = set(batch)
+                tail = [i for i in tail if i not in members]
+        return EpochPlan(batches, dropped + tail, exhaustive)
+
+    def _search(self, first: int, others: List[int]) -> tuple:
+        """A conflict-free global batch of ``first`` and panoramas of ``others`` (depth-first,
+        in their order, so the first branch is the greedy fill), or None; and whether the search
+        ran to the end (at most :data:`SEARCH_NODES` branches).
+
+        Of panoramas with the same satellites only the first is tried (they are interchangeable
+        and conflict). A branch is pruned when its candidates (the later panoramas free of
+        conflict with the batch so far) are fewer than the panoramas missing or cannot supply
+        them (:meth:`_may_supply`)."""
+        size = self.global_batch_size
+        sets = {}
+        for i in [first, *others]:
+            sets.setdefault(frozenset(self._sats[i]), i)
+        sats = {i: key for key, i in sets.items()}
+        batch = [first]
+        stack = [([i for i in others if i in sats and sats[first].isdisjoint(sats[i])], 0)]
+        nodes = 0
+        while stack:
+            if len(batch) == size:
+                return batch, True
+            candidates, k = stack[-1]
+            need = size - len(batch)
+            if k == 0:
+                nodes += 1
+                if nodes > SEARCH_NODES:
+                    return None, False
+            if len(candidates) - k < need or (k == 0 and not self._may_supply(candidates, need, sats)):
+                stack.pop()
+                if stack:
+                    batch.pop()
+                continue
+            chosen = candidates[k]
+            stack[-1] = (candidates, k + 1)
+            batch.append(chosen)
+            stack.append(([i for i in candidates[k + 1:] if sats[chosen].isdisjoint(sats[i])], 0))
+        return None, True
+
+    def _may_supply(self, candidates: List[int], need: int, sats: dict) -> bool:
+        """Whether ``candidates`` (at least ``need``, satellite sets ``sats``) may hold ``need``
+        conflict-free panoramas: as many distinct positives (panoramas with the same positive
+        conflict) and satellites for ``need`` disjoint sets of their smallest size."""
+        if len({int(self.positive[i]) for i in candidates}) < need:
+            return False
+        return len(frozenset().union(*(sats[i] for i in candidates))) >= need * min(len(sats[i]) for i in candidates)
 
     def _take_with_positive(self, sat: int, batch: List[int], taken: set, used: bytearray) -> bool:
         """Add the first unused, conflict-free panorama whose positive is ``sat``; whether one was

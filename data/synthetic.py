@@ -90,15 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"VIGOR only: comma-separated city names, one world each "
                              f"(default {','.join(SAME_AREA_CITIES)})")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="worker processes (default: all CPU cores)")
+                        help="worker processes; 0 = the main process only (default: all CPU cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers < 0:
+        raise UserError(f"--workers must be 0 (the main process) or more, got {args.workers}")
     check_output_dir(args.out, "--out")
     entries = sorted(os.listdir(args.out)) if os.path.isdir(args.out) else []
     if entries and not args.overwrite:

@@ -19,6 +19,7 @@ import io
 import os
 import pickle
 import random
+import re
 import subprocess
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
@@ -86,6 +87,8 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
 
 def _read_checkpoint(path: str) -> Tuple[Dict[str, Any], RunConfig]:
     """:func:`load_checkpoint`'s dict and the :class:`RunConfig` of its (migrated) config."""
+    if os.path.isdir(path):
+        raise UserError(_folder_message(path))
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:
@@ -99,8 +102,9 @@ def _read_checkpoint(path: str) -> Tuple[Dict[str, Any], RunConfig]:
             f"({detail[:200]}). Only load checkpoints written by this code; never disable "
             f"weights_only for files from others") from None
     except Exception as exc:  # noqa: BLE001 - a file that is not a torch file can fail in almost any way
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file: {first})") from None
+        first = re.split(r"(?<=[.!?])\s", str(exc).strip(), maxsplit=1)[0].rstrip(".") or type(exc).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({os.path.getsize(path)} bytes): truncated, damaged or "
+                        f"not a torch file (torch: {first}). Copy or write it again, or pass another checkpoint") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise UserError(f"{path} is not a checkpoint of this project (expected keys {', '.join(REQUIRED_KEYS)}); "
                         f"a bare state_dict cannot say how to rebuild its model")
@@ -117,6 +121,17 @@ def _read_checkpoint(path: str) -> Tuple[Dict[str, Any], RunConfig]:
     if not isinstance(state["model"], dict) or not isinstance(state["epoch"], int):
         raise UserError(f"{path} has no weights dict under 'model' or no epoch number; it is damaged")
     return state, run
+
+
+def _folder_message(path: str) -> str:
+    """The error for a checkpoint path that is a folder (a run folder, usually): the .pth files in it."""
+    found = sorted(name for name in os.listdir(path) if name.endswith(".pth"))
+    if not found:
+        return (f"checkpoint {path} is a folder, not a file: it holds no .pth file; pass a checkpoint file (a run "
+                f"folder's best.pth or last.pth)")
+    example = os.path.join(path, "best.pth" if "best.pth" in found else found[0])
+    return (f"checkpoint {path} is a folder, not a file: pass a .pth file inside it, e.g. {example} (it holds "
+            f"{', '.join(found)})")
 
 
 #: What a checkpoint must hold besides :data:`REQUIRED_KEYS` for ``--resume`` to continue it exactly.

@@ -124,13 +124,44 @@ def train_main(dataset: str, argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(exit_code)
 
 
-def results_path(args, run, task) -> str:
-    """``--results_json``, or ``results_<checkpoint stem>_<split tag>.json`` next to the checkpoint
-    (so best/last and each split or VIGOR mode keep their own file)."""
+def evaluated_view(run, rerank) -> dict:
+    """The results JSON's ``view``: what an evaluation tested beyond its split (or VIGOR mode):
+    ``test_heading``, ``test_fov`` (of the street images), ``rerank`` (K, 0 = off) and
+    ``rerank_score`` (None without re-ranking)."""
+    return {"test_heading": run.train.test_heading, "test_fov": run.train.test_fov, "rerank": rerank.rerank,
+            "rerank_score": rerank.rerank_score if rerank.rerank else None}
+
+
+def view_suffix(view: dict) -> str:
+    """The results file name's part for ``view``: empty for the plain view (the defaults: north-aligned
+    360-degree panoramas, no re-ranking), else one part per setting that differs, e.g.
+    ``_heading-random_fov90_rerank10-recentred`` (the default score is not named)."""
+    import dataclasses
+
+    from helper.config import TrainConfig
+    from helper.rerank import RerankConfig
+
+    plain = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+    parts = []
+    if view["test_heading"] != plain["test_heading"]:
+        parts.append(f"heading-{view['test_heading']}")
+    if view["test_fov"] != plain["test_fov"]:
+        parts.append(f"fov{view['test_fov']:g}")
+    if view["rerank"]:
+        score = "" if view["rerank_score"] == RerankConfig().rerank_score else f"-{view['rerank_score']}"
+        parts.append(f"rerank{view['rerank']}{score}")
+    return "".join(f"_{part}" for part in parts)
+
+
+def results_path(args, run, task, view: dict) -> str:
+    """``--results_json``, or ``results_<checkpoint stem>_<split tag><view suffix>.json`` next to the
+    checkpoint (so best/last, each split or VIGOR mode and each view (:func:`view_suffix`) keep
+    their own file)."""
     if args.results_json:
         return args.results_json
     stem = os.path.splitext(os.path.basename(args.checkpoint))[0]
-    return os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"results_{stem}_{task.split_tag(run)}.json")
+    name = f"results_{stem}_{task.split_tag(run)}{view_suffix(view)}.json"
+    return os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), name)
 
 
 def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
@@ -153,14 +184,15 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
     run.refuse_inert({key: "" for key in args.explicit})
     check_rerank(run.model, args.rerank)
     task = get_task(dataset)
-    path = results_path(args, run, task)
+    rerank = RerankConfig(args.rerank, args.rerank_score)
+    view = evaluated_view(run, rerank)
+    path = results_path(args, run, task, view)
     check_output_file(path, "the results file")
     env = distributed.setup(run.train.device)
     setup_logging(None, env.is_main)
     model = distributed.wrap_model(model, env)
     results = {"dataset": dataset, "checkpoint": os.path.abspath(args.checkpoint),
-               "transform": run.model.transform,
-               **task.evaluate(run, model, env, rerank=RerankConfig(args.rerank, args.rerank_score))}
+               "transform": run.model.transform, "view": view, **task.evaluate(run, model, env, rerank=rerank)}
     if env.is_main:
         print(format_table(results), flush=True)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # checked before the evaluation
@@ -178,7 +210,10 @@ def format_table(results: dict) -> str:
     if "hit_rate" in street_to_satellite:
         header += f"{'hit':>8}"
     lines = [f"{results['dataset']} {results.get('split', '')}: {results['queries']} queries, "
-             f"{results['references']} references, R@1% uses k = {results['top1p_k']}", header]
+             f"{results['references']} references, R@1% uses k = {results['top1p_k']}"]
+    if "view" in results:
+        lines.append(view_line(results["view"]))
+    lines.append(header)
     rerank = results.get("rerank")
     rows = [(direction, results.get(direction)) for direction in ("street_to_satellite", "satellite_to_street")]
     if rerank:
@@ -198,6 +233,13 @@ def format_table(results: dict) -> str:
     if "orientation" in results:
         lines.append(orientation_line(results["orientation"]))
     return "\n".join(lines)
+
+
+def view_line(view: dict) -> str:
+    """The line of :func:`format_table` that says which view was tested (:func:`evaluated_view`)."""
+    heading = "north-aligned" if view["test_heading"] == "none" else f"{view['test_heading']} headings"
+    rerank = f"re-ranked top {view['rerank']} by {view['rerank_score']}" if view["rerank"] else "no re-ranking"
+    return f"view: {heading}, {view['test_fov']:g}-degree panoramas; {rerank}"
 
 
 def _localization_lines(results: dict) -> list:

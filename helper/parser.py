@@ -92,7 +92,7 @@ def build_test_parser(dataset: str) -> argparse.ArgumentParser:
 def load_config_file(path: str) -> Dict[str, Any]:
     """The JSON object of a ``--config`` file (a :class:`UserError` for anything else)."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark is fine
             values = json.load(handle)
     except FileNotFoundError:
         raise UserError(f"--config file not found: {path}") from None

@@ -6,6 +6,7 @@ else and names no dataset's keys.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Dict, Protocol
 
@@ -202,6 +203,13 @@ class _EpochBatchSampler(BatchSampler):
         self.sampler.set_epoch(epoch)
 
 
+def _unproven(exhaustive: bool) -> str:
+    """The caveat for a batch plan whose search was cut short (:data:`data.samplers.SEARCH_NODES`)."""
+    from data.samplers import SEARCH_NODES
+
+    return "" if exhaustive else f" (as far as a search of {SEARCH_NODES} branches per panorama tells)"
+
+
 class VigorTask:
     """VIGOR: same-area or cross-area; conflict-free batches; hit rate and metre-level error."""
 
@@ -253,16 +261,25 @@ class VigorTask:
 
         batch_sampler = sampler(run.train.batch_size)
         plan = batch_sampler.plan(0)
+        size, exhaustive = batch_sampler.global_batch_size, plan.exhaustive
         if not plan.batches:
-            fits = next((b for b in range(run.train.batch_size - 1, 1, -1) if sampler(b).plan(0).batches), None)
+            fits = None
+            for smaller in range(run.train.batch_size - 1, 1, -1):
+                smaller_plan = sampler(smaller).plan(0)
+                exhaustive &= smaller_plan.exhaustive
+                if smaller_plan.batches:
+                    fits = smaller
+                    break
             advice = f"use --batch_size {fits} or less" if fits else "no batch size of 2 or more fits"
             raise UserError(f"--batch_size {run.train.batch_size} forms no training batch: the "
-                            f"{index.num_panoramas} training panoramas cannot fill a global batch of "
-                            f"{batch_sampler.global_batch_size} without two sharing a satellite; {advice}")
-        if len(plan.dropped) > DROPPED_WARNING_FRACTION * index.num_panoramas:
-            get_logger().warning("each epoch leaves out about %d of %d training panoramas (batches cannot share "
-                                 "a satellite); a smaller --batch_size keeps more", len(plan.dropped),
-                                 index.num_panoramas)
+                            f"{index.num_panoramas} training panoramas cannot fill a global batch of {size} without "
+                            f"two sharing a satellite{_unproven(exhaustive)}; {advice}")
+        if plan.dropped:
+            many = len(plan.dropped) > DROPPED_WARNING_FRACTION * index.num_panoramas
+            get_logger().log(logging.WARNING if many else logging.INFO,
+                             "each epoch leaves out about %d of %d training panoramas: they cannot fill another "
+                             "global batch of %d without two sharing a satellite%s", len(plan.dropped),
+                             index.num_panoramas, size, _unproven(exhaustive))
         if run.train.sampling == "gps":
             _gps_batches(run, batch_sampler, index.satellite_gps, env)
         return batch_sampler

@@ -81,6 +81,13 @@ def test_bad_gps_rows_name_file_and_line(tmp_path, text, message):
     assert str(info.value).startswith(path) and message in str(info.value)
 
 
+def test_gps_csv_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = str(tmp_path / "gps.csv")
+    open(path, "wb").write("id,lat,lon\n1,40,-73\nS\u00e3o Paulo,-23.5,-46.6\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"gps.csv is not UTF-8 text \(byte 0xe3 on line 3\); save it as UTF-8$"):
+        read_gps_csv(path)
+
+
 def test_gps_csv_missing_file_or_pair(tmp_path):
     with pytest.raises(UserError, match="--gps_csv file not found: .*nope.csv"):
         read_gps_csv(str(tmp_path / "nope.csv"))
@@ -333,6 +340,16 @@ def test_offset_label_errors(tmp_path):
         handle.write("0000009,nan,2\n")
     with pytest.raises(UserError, match=r"offsets.csv:5: expected 'id,dx_px,dy_px' with finite pixel offsets"):
         CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88), offsets_csv="offsets.csv")
+    rows = open(os.path.join(root, "offsets.csv")).read().splitlines()[:-1]
+    for row in (["0000009,32,-32"], ["0000009,-32.5,0"], ["0000009,0,1e6"]):  # far outside: not a camera in it
+        (tmp_path / "range.csv").write_text("\n".join(rows + row) + "\n")
+        if row == ["0000009,32,-32"]:  # the edge of the 64-pixel aerial is still inside
+            CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88), offsets_csv=str(tmp_path / "range.csv"))
+            continue
+        with pytest.raises(UserError, match=rf"range.csv:5: expected 'id,dx_px,dy_px' with finite pixel offsets in "
+                                            rf"\[-32, 32\] \(the camera inside the 64 x 64 aerial\), got "
+                                            rf"'{row[0]}'$"):
+            CVUSA(root, "splits/train-19zl.csv", (64, 64), (16, 88), offsets_csv=str(tmp_path / "range.csv"))
     (tmp_path / "one.csv").write_text("1,0,0\n")
     with pytest.raises(UserError, match=r"--offsets_csv .*one.csv has no row for id 0000002 .*train without "
                                         r"--regress_offset"):

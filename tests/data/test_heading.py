@@ -13,10 +13,10 @@ from data.cvusa import CVUSA, MEAN_COLOUR
 from data.cvusa_layout import read_headings
 from data.synth.layouts import generate_cvusa
 from geometry.heading import columns_heading, crop_fov, fov_width, heading_columns
-from helper.cli import format_table
+from helper.cli import format_table, train_main
 from helper.config import TEST_HEADING_SEED, RunConfig, migrate_config
 from helper.parser import build_test_parser, parse_train_config
-from tests.e2e.worlds import make_cvusa
+from tests.e2e.worlds import TINY_FLAGS, make_cvusa
 
 SATE, PANO = (32, 32), (16, 96)
 VAL = "splits/val-19zl.csv"
@@ -125,3 +125,44 @@ def test_table_shows_the_heading_error():
     assert "median heading error 4.5 deg; <=10 deg 80.0%, <=30 deg 100.0%" in format_table(results)
     results["orientation"] = {"median_deg": None, "within_deg": {"10": None, "30": None}, "queries": 0}
     assert "no query has a correct top-1" in format_table(results)
+
+
+def _headings_world(tmp_path, rows, encoding="utf-8"):
+    """A 2 + 4 pair CVUSA world whose headings.csv has ``rows`` after its header."""
+    root = make_cvusa(str(tmp_path / "world"), n_train=2, n_val=4, side=64, pano_hw=(16, 96))
+    with open(os.path.join(root, "headings.csv"), "w", encoding=encoding) as handle:
+        handle.write("\n".join(["id,heading_deg,fov_deg", *rows]) + "\n")
+    return root
+
+
+FULL = [f"{i:07d},{10.0 * i},360" for i in range(1, 7)]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_non_finite_heading_is_refused_with_file_and_line(tmp_path, value):
+    root = _headings_world(tmp_path, [*FULL[:2], f"0000003,{value},360", *FULL[3:]])
+    path = os.path.join(root, "headings.csv")
+    with pytest.raises(UserError, match=rf"^{path}:4: expected 'id,heading_deg,fov_deg' with a finite heading and a "
+                                        r"field of view in \(0, 360\] degrees, got '0000003,"):
+        CVUSA(root, VAL, SATE, PANO)
+
+
+def test_repeated_heading_id_is_refused_like_the_other_id_files(tmp_path):
+    root = _headings_world(tmp_path, [*FULL, "0000004,90,360"])
+    with pytest.raises(UserError, match=r"headings.csv:8: id 0000004 is listed again \(first at line 5\)"):
+        read_headings(root)
+
+
+def test_headings_encoding(tmp_path):
+    """A byte-order mark is fine; text that is not UTF-8 is one error naming the file and line."""
+    root = _headings_world(tmp_path, FULL, encoding="utf-8-sig")
+    assert read_headings(root)["0000002"] == (20.0, 360.0)
+    path = os.path.join(root, "headings.csv")
+    with open(path, "ab") as handle:
+        handle.write("0000007,1,360 \u00e9t\u00e9\n".encode("latin-1"))
+    message = rf"^{path} is not UTF-8 text \(byte 0xe9 on line 8\); save it as UTF-8$"
+    with pytest.raises(UserError, match=message):
+        CVUSA(root, VAL, SATE, PANO)
+    with pytest.raises(UserError, match=message):  # plain training reads it too: it says which panoramas are crops
+        train_main("cvusa", ["--data_root", root, "--results_dir", str(tmp_path / "runs"), *TINY_FLAGS])
+    assert not (tmp_path / "runs").exists()

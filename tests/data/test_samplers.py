@@ -105,12 +105,7 @@ def test_vigor_batches_conflict_free_and_complete(world_size, batch_size):
         seen += batch
     assert len(seen) == len(set(seen))                                  # at most once
     assert sorted(seen + plan.dropped) == list(range(len(positive)))    # the rest is accounted for
-    assert len(plan.dropped) < size                                     # sparse overlaps: < one batch
-    # exact drop rule: the last greedy batch could not be completed by any dropped panorama
-    assert len(plan.last_partial) < size and plan.dropped[:len(plan.last_partial)] == plan.last_partial
-    assert_conflict_free(plan.last_partial, sets)
-    used = set().union(*(sets[i] for i in plan.last_partial)) if plan.last_partial else set()
-    assert all(not used.isdisjoint(sets[i]) for i in plan.dropped[len(plan.last_partial):])
+    assert len(plan.dropped) < size and plan.exhaustive                 # sparse overlaps: < one batch
 
 
 def test_vigor_batches_without_drop_last_cover_everything_once():
@@ -135,13 +130,78 @@ def test_vigor_batches_adversarial_all_share_one_satellite():
     semi = np.arange(1, 3 * n + 1).reshape(n, 3)
     dropping = VigorBatchSampler(positive, semi, 4)
     assert len(dropping) == 0 and list(dropping) == []
-    assert sorted(dropping.plan().dropped) == list(range(n)) and len(dropping.plan().last_partial) == 1
+    assert sorted(dropping.plan().dropped) == list(range(n)) and dropping.plan().exhaustive
     keeping = VigorBatchSampler(positive, semi, 4, drop_last=False)
     assert sorted(b[0] for b in keeping) == list(range(n)) and all(len(b) == 1 for b in keeping)
     with pytest.raises(ValueError, match="drop_last"):
         VigorBatchSampler(positive, semi, 4, world_size=2, drop_last=False)
     with pytest.raises(UserError, match="lower --batch_size"):
         VigorBatchSampler(positive, semi, 5, world_size=2)
+
+
+def _has_batch(panoramas, size, sets):
+    """Brute force: whether ``size`` of ``panoramas`` can form a conflict-free batch."""
+    return any(all(sets[a].isdisjoint(sets[b]) for a, b in itertools.combinations(group, 2))
+               for group in itertools.combinations(panoramas, size))
+
+
+@pytest.mark.parametrize("case", range(60))
+def test_vigor_plan_leaves_out_no_formable_batch(case):
+    """Small crowded worlds (a few tiles, many panoramas): the plan's batches are full, conflict-free and
+    disjoint, and no conflict-free global batch can be formed from the panoramas it leaves out (checked by
+    brute force over every subset) -- the plan keeps going past a batch the greedy pass cannot fill."""
+    rng = np.random.default_rng(case)
+    grid = int(rng.integers(3, 6))
+    n = int(rng.integers(4, 13))
+    batch_size, world_size = (int(rng.integers(2, 5)), 1) if case % 3 else (int(rng.integers(1, 3)), 2)
+    size = batch_size * world_size
+    if n < size:
+        n = size
+    positive, semi = grid_labels(n, grid, grid, seed=case)
+    sets = sat_sets(positive, semi)
+    joined, sampler = global_batches(positive, semi, batch_size, world_size, epoch=case % 4, seed=case)
+    plan = sampler.plan()
+    assert joined == plan.batches and plan.exhaustive
+    flat = [i for b in plan.batches for i in b]
+    assert len(flat) == len(set(flat)) and sorted(flat + plan.dropped) == list(range(n))
+    for batch in plan.batches:
+        assert len(batch) == size
+        assert_conflict_free(batch, sets)
+    assert not _has_batch(plan.dropped, size, sets)
+    # in particular: no batch at all only when no conflict-free global batch exists
+    assert bool(plan.batches) == _has_batch(range(n), size, sets)
+
+
+def test_vigor_plan_sets_aside_the_panorama_that_blocks_the_tail():
+    """Panorama 0 conflicts with 1, 2 and 3, which are mutually free. Whichever comes first in the random
+    order, every epoch forms the batch {1, 2, 3} and leaves out 0 (the greedy pass starting at 0 cannot
+    fill a batch of 3)."""
+    positive = np.array([0, 1, 2, 3])
+    semi = np.array([[1, 2, 3], [-1, -1, -1], [-1, -1, -1], [-1, -1, -1]])
+    sampler = VigorBatchSampler(positive, semi, 3)
+    for epoch in range(12):
+        plan = sampler.plan(epoch)
+        assert sorted(plan.batches[0]) == [1, 2, 3] and plan.dropped == [0] and plan.exhaustive
+
+
+def test_vigor_plan_says_when_a_search_was_cut_short(monkeypatch):
+    """With a search limit of one branch, some crowded plans cannot prove their left-outs fit no batch:
+    they say so (``exhaustive`` False) and still hold only full, conflict-free, disjoint batches."""
+    monkeypatch.setattr("data.samplers.SEARCH_NODES", 1)
+    cut = 0
+    for seed in range(20):
+        positive, semi = grid_labels(12, 4, 4, seed=seed)
+        sets = sat_sets(positive, semi)
+        plan = VigorBatchSampler(positive, semi, 3, seed=seed).plan()
+        cut += not plan.exhaustive
+        flat = [i for b in plan.batches for i in b]
+        assert len(flat) == len(set(flat)) and sorted(flat + plan.dropped) == list(range(12))
+        for batch in plan.batches:
+            assert len(batch) == 3
+            assert_conflict_free(batch, sets)
+        if plan.exhaustive:
+            assert not _has_batch(plan.dropped, 3, sets)
+    assert cut > 0
 
 
 def test_vigor_semi_padding_is_ignored():

@@ -395,11 +395,24 @@ def test_cli_writes_and_rejects_bad_flags(tmp_path):
         ["--layout", "cvusa", "--out", out, "--train", "0", "--test", "0"],
         ["--layout", "cvusa", "--out", out, "--train", "-1", "--test", "1"],
         ["--layout", "vigor", "--out", out, "--train", "1", "--test", "1", "--cities", "New York"],
-        ["--layout", "cvusa", "--out", out, "--train", "1", "--test", "1", "--workers", "0"],
+        ["--layout", "cvusa", "--out", out, "--train", "1", "--test", "1", "--workers", "-1"],
     ]
     for argv in bad:
         with pytest.raises(UserError):
             syn.main(argv + ["--quiet"])
+
+
+def test_cli_workers_0_is_the_main_process(tmp_path):
+    """--workers 0 means the main process, as everywhere else; the bytes are those of any other count."""
+    outputs = []
+    for workers in ("0", "1"):
+        out = tmp_path / workers
+        syn.main(["--layout", "cvusa", "--out", str(out), "--train", "1", "--test", "1", "--seed", "2",
+                  "--workers", workers, "--quiet"])
+        outputs.append({str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+    assert outputs[0] == outputs[1] and len(outputs[0]) >= 8
+    with pytest.raises(UserError, match=r"^--workers must be 0 \(the main process\) or more, got -2$"):
+        syn.main(["--layout", "cvusa", "--out", str(tmp_path / "x"), "--train", "1", "--test", "1", "--workers", "-2"])
 
 
 # ------------------------------------------------------------------ full size

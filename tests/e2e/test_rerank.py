@@ -63,6 +63,7 @@ def test_zero_offsets_reproduce_the_original_results_and_only_add_a_block(world)
     plain = _evaluate(world["zero"], os.path.join(tmp, "plain.json"))
     results = _evaluate(world["zero"], os.path.join(tmp, "rerank.json"), "--rerank", str(K))
     block = results.pop("rerank")
+    assert results.pop("view") == {**plain.pop("view"), "rerank": K, "rerank_score": "sum"}  # the view says so
     assert "rerank" not in plain and results == plain  # every other key as without --rerank
     assert set(block) == {"k", "score", "seconds", "street_to_satellite", "localization", "localization_refined",
                           "localization_top1_positive"}

@@ -52,3 +52,37 @@ def make_cvusa(root: str, n_train: int, n_val: int, seed: int = 0, side: int = 9
 
 TINY_FLAGS = ["--backbone", "tiny", "--no-pretrained", "--sate_size", "64,64", "--pano_size", "32,176",
               "--device", "cpu", "--workers", "0"]
+
+
+def make_vigor(root: str, cells, seed: int = 0, grid: int = 4, side: int = 64, pano_hw=(32, 64)) -> str:
+    """Write a VIGOR-layout folder of random images: per city (``cells``: city -> list of tile-grid
+    cells ``(row, col)``, one panorama each) a ``grid`` x ``grid`` tile grid and a panorama at a
+    random point of each given cell, i.e. covered by tiles ``row..row+1`` x ``col..col+1``.
+    Every panorama is in ``pano_label_balanced.txt`` and in ``same_area_balanced_train.txt``."""
+    from data.synth.layouts import _label_line, city_origin, metres_to_gps, tile_centre
+
+    rng = np.random.default_rng(seed)
+    for city, city_cells in cells.items():
+        origin = city_origin(city)
+        tiles = []
+        for row in range(grid):
+            for col in range(grid):
+                x, y = tile_centre(row, col)
+                name = "satellite_%r_%r.png" % metres_to_gps(x, y, origin)
+                _write(os.path.join(root, city, "satellite", name), smooth_aerial(rng, side))
+                tiles.append((name, x, y))
+        labels = []
+        for k, (row, col) in enumerate(city_cells):
+            (x0, y0), (x1, y1) = tile_centre(row, col), tile_centre(row + 1, col + 1)
+            x, y = rng.uniform(x0 + 0.5, x1 - 0.5), rng.uniform(y0 + 0.5, y1 - 0.5)
+            name = "%s%05d,%r,%r,.jpg" % (city[:1] * 17, k, *metres_to_gps(x, y, origin))
+            pano = rng.integers(0, 256, size=(*pano_hw, 3), dtype=np.uint8)
+            _write(os.path.join(root, city, "panorama", name), pano)
+            labels.append(_label_line(name, x, y, tiles, grid))
+        splits = os.path.join(root, "splits", city)
+        os.makedirs(splits, exist_ok=True)
+        for file_name, lines in (("satellite_list.txt", [t[0] for t in tiles]), ("pano_label_balanced.txt", labels),
+                                 ("same_area_balanced_train.txt", labels), ("same_area_balanced_test.txt", labels)):
+            with open(os.path.join(splits, file_name), "w") as handle:
+                handle.write("\n".join(lines) + "\n")
+    return root

@@ -57,14 +57,38 @@ def test_not_a_checkpoint(tmp_path, content):
         load_checkpoint(str(path))
 
 
-def test_truncated_checkpoint(tmp_path):
+@pytest.mark.parametrize("keep", [0.5, 0.002])
+def test_truncated_checkpoint(tmp_path, keep):
+    """The message is whole sentences: what, why (torch's own first sentence, never cut), how to fix."""
     path = str(tmp_path / "last.pth")
     save_checkpoint(path, _state(torch.nn.Linear(64, 64)))
     data = open(path, "rb").read()
+    size = int(len(data) * keep)
     with open(path, "wb") as handle:
-        handle.write(data[: len(data) // 2])
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+        handle.write(data[:size])
+    with pytest.raises(UserError) as info:
         load_checkpoint(path)
+    message = str(info.value)
+    start = f"{path} is not a readable checkpoint ({size} bytes): truncated, damaged or not a torch file (torch: "
+    end = "). Copy or write it again, or pass another checkpoint"
+    assert message.startswith(start) and message.endswith(end)
+    reason = message[len(start):-len(end)]
+    assert reason in ("PytorchStreamReader failed reading zip archive: failed finding central directory",
+                      "[Errno 22] Invalid argument"), reason
+
+
+def test_a_folder_is_not_a_checkpoint(tmp_path):
+    """--checkpoint / --resume given the run folder: say so and name the checkpoints inside it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(UserError, match=rf"^checkpoint {run} is a folder, not a file: it holds no \.pth file; pass "
+                                        r"a checkpoint file \(a run folder's best.pth or last.pth\)$"):
+        load_checkpoint(str(run))
+    for name in ("last.pth", "best.pth", "log.txt"):
+        (run / name).write_bytes(b"")
+    with pytest.raises(UserError, match=rf"^checkpoint {run} is a folder, not a file: pass a \.pth file inside it, "
+                                        rf"e.g. {run}/best.pth \(it holds best.pth, last.pth\)$"):
+        load_checkpoint(str(run))
 
 
 def test_bare_state_dict_and_missing_file(tmp_path):

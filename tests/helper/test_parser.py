@@ -48,6 +48,15 @@ def test_vigor_flags():
     assert cfg["pano_size"] == [320, 640] and cfg["sate_size"] == [320, 320]
 
 
+def test_config_file_with_a_byte_order_mark(tmp_path):
+    """Editors on Windows save UTF-8 with a BOM: the file reads like any other."""
+    path = tmp_path / "cfg.json"
+    path.write_text('{"batch_size": 7, "transform": "polar"}', encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    cfg = parse_train_config("cvusa", ["--config", str(path)])
+    assert (cfg["batch_size"], cfg["transform"]) == (7, "polar")
+
+
 def test_config_file_then_command_line(tmp_path):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"transform": "affine", "lr": 0.001, "batch_size": 7}))
