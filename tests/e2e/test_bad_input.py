@@ -36,7 +36,7 @@ def slow_train(seconds):
 
 
 # train_cvusa.py whose loss is NaN from the first step
-NAN_TRAIN = ["-c", "import sys; import helper.engine as e; loss = e.soft_margin_triplet_loss; "
+NAN_TRAIN = ["-c", "import sys; import helper.objective as e; loss = e.soft_margin_triplet_loss; "
              "e.soft_margin_triplet_loss = lambda *a, **k: loss(*a, **k) * float('nan'); "
              "from helper.cli import train_main; from common.errors import run_main; "
              "run_main(lambda: train_main('cvusa', sys.argv[1:]))"]

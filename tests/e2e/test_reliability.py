@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import helper.engine
+import helper.objective
 import helper.tasks
 from helper.cli import train_main
 from common.errors import UserError
@@ -103,7 +104,7 @@ def test_sigkill_mid_epoch_loses_only_the_current_epoch(cvusa_root, tmp_path, re
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cvusa_root, tmp_path, monkeypatch):
-    real = helper.engine.soft_margin_triplet_loss
+    real = helper.objective.soft_margin_triplet_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -111,7 +112,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(cvusa_root, tmp_pa
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 11 else loss  # epoch 2, step 3
 
-    monkeypatch.setattr(helper.engine, "soft_margin_triplet_loss", poisoned)
+    monkeypatch.setattr(helper.objective, "soft_margin_triplet_loss", poisoned)
     results_dir = str(tmp_path)
     with pytest.raises(helper.engine.NonFiniteLoss, match=r"epoch 2, step 3 of 8"):
         helper.engine.fit(_config(cvusa_root, results_dir, "nan", 3), helper.tasks.get_task("cvusa"), _env())
