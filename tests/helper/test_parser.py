@@ -129,6 +129,10 @@ def test_explicit_test_flags_even_when_equal_to_the_defaults():
 def test_config_file_never_resumes_and_checks_choices(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"resume": "old/last.pth", "transform": "tps"}))
+    with pytest.raises(UserError, match="only reads settings and starts a new run; to continue that run pass "
+                                        "--resume old/last.pth"):
+        parse_train_config("cvusa", ["--config", str(path)])
+    path.write_text(json.dumps({"resume": None, "transform": "tps"}))  # as version-1 config.json files hold it
     cfg = parse_train_config("cvusa", ["--config", str(path)])
     assert cfg["resume"] is None and cfg["transform"] == "tps"
     path.write_text(json.dumps({"amp": "fp32"}))

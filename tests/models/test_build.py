@@ -45,8 +45,6 @@ def test_missing_keys_build_the_default_architecture():
         ({"attention_maps": 0}, "attention_maps must be"),
         ({"stn_init": "random"}, "is not one of identity, polar"),
         ({"transform": "affine", "stn_init": "polar"}, "only for --transform tps"),
-        ({"transform": "polar", "lambda_l1": 1.0}, "needs an STN transform"),
-        ({"transform": "affine", "tps_bounded": True}, "only applies to --transform tps"),
         ({"tps_span": 1.5}, "tps_span"),
         ({"pretrained": "yes"}, "pretrained must be true or false"),
     ],
