@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("panoramas", nargs="*", metavar="PANORAMA", help="360-degree panorama images")
     query.add_argument("--queries", metavar="DIR", help="query every .jpg/.jpeg/.png image of this folder")
     query.add_argument("-k", type=int, default=5, help="candidates per query (default: 5)")
-    query.add_argument("--out", default="localize_results", help="output folder (default: localize_results)")
+    query.add_argument("--out", default="localize_results",
+                       help="output folder, replaced as a whole by each query (new, empty or holding a previous "
+                            "query's outputs) (default: localize_results)")
     query.add_argument("--checkpoint", help="the checkpoint that built the index, when it moved (default: the "
                                             "path recorded in the index)")
     query.add_argument("--nprobe", type=int, help="ivf/ivfpq: lists searched per query (default: the index's)")

@@ -206,35 +206,37 @@ def test_an_edited_tile_list_says_rebuild_once(world, flat_index, tmp_path, caps
     assert err.count("rebuild the index") == 1, err
 
 
-def test_absurd_sizes_are_refused(world, flat_index, tmp_path, capsys, no_model):
+@pytest.mark.parametrize("case", ["1x1 tile", "stride", "projection", "8x4 panorama"])
+def test_absurd_sizes_are_refused(world, flat_index, tmp_path, capsys, no_model, case):
     from localization.tiles import MosaicGeometry
 
-    cv2.imwrite(str(tmp_path / "dot.png"), np.zeros((1, 1, 3), np.uint8))
-    (tmp_path / "tiles.csv").write_text("dot.png,40.7,-73.9\n")
     out = str(tmp_path / "index")
-    code, _, err = run_cli(index_args(world, out, "--tiles", str(tmp_path / "tiles.csv")), capsys)
-    assert_user_error(code, err, "1 x 1 pixels")
-
-    cv2.imwrite(str(tmp_path / "map.png"), np.zeros((256, 256, 3), np.uint8))
-    code, _, err = run_cli(index_args(world, out, "--mosaic", str(tmp_path / "map.png"), "--bounds",
-                                      "40.7700,-74.0000,40.7691,-73.9988", "--tile_m", "50", "--stride_m", "0.5"),
-                           capsys)
-    assert_user_error(code, err, "--stride_m 0.5")
-    geometry = MosaicGeometry((40.77, -74.0, 40.7691, -73.9988), 256, 256)
-    mx, my = geometry.metres_per_pixel()
-    count = (int((256 - 50 / my) / (0.5 / my) + 1e-9) + 1) * (int((256 - 50 / mx) / (0.5 / mx) + 1e-9) + 1)
-    assert f"cuts {count} tiles" in err and count > 9000
-
-    code, _, err = run_cli(index_args(world, out, "--satellites", *world["satellites"], "--projection",
-                                      "webmercator"), capsys)
-    assert_user_error(code, err, "--projection only applies to --mosaic")
+    if case == "1x1 tile":
+        cv2.imwrite(str(tmp_path / "dot.png"), np.zeros((1, 1, 3), np.uint8))
+        (tmp_path / "tiles.csv").write_text("dot.png,40.7,-73.9\n")
+        code, _, err = run_cli(index_args(world, out, "--tiles", str(tmp_path / "tiles.csv")), capsys)
+        assert_user_error(code, err, "1 x 1 pixels")
+    elif case == "stride":
+        cv2.imwrite(str(tmp_path / "map.png"), np.zeros((256, 256, 3), np.uint8))
+        code, _, err = run_cli(index_args(world, out, "--mosaic", str(tmp_path / "map.png"), "--bounds",
+                                          "40.7700,-74.0000,40.7691,-73.9988", "--tile_m", "50", "--stride_m", "0.5"),
+                               capsys)
+        assert_user_error(code, err, "--stride_m 0.5")
+        mx, my = MosaicGeometry((40.77, -74.0, 40.7691, -73.9988), 256, 256).metres_per_pixel()
+        count = (int((256 - 50 / my) / (0.5 / my) + 1e-9) + 1) * (int((256 - 50 / mx) / (0.5 / mx) + 1e-9) + 1)
+        assert f"cuts {count} tiles" in err and count > 9000
+    elif case == "projection":
+        code, _, err = run_cli(index_args(world, out, "--satellites", *world["satellites"], "--projection",
+                                          "webmercator"), capsys)
+        assert_user_error(code, err, "--projection only applies to --mosaic")
+    else:
+        tiny = str(tmp_path / "tiny,40.7,-73.9,.png")
+        cv2.imwrite(tiny, np.zeros((4, 8, 3), np.uint8))
+        code, _, err = run_cli(["query", "--index", flat_index, "--out", str(tmp_path / "q"), "--device", "cpu",
+                                tiny], capsys)
+        assert_user_error(code, err, "8 x 4 pixels")
+        assert not os.path.exists(str(tmp_path / "q"))
     assert not os.path.exists(out)
-
-    tiny = str(tmp_path / "tiny,40.7,-73.9,.png")
-    cv2.imwrite(tiny, np.zeros((4, 8, 3), np.uint8))
-    code, _, err = run_cli(["query", "--index", flat_index, "--out", str(tmp_path / "q"), "--device", "cpu", tiny],
-                           capsys)
-    assert_user_error(code, err, "8 x 4 pixels")
 
 
 @pytest.mark.parametrize("header", ["path,lon,lat", "lat,lon,path", "Path, Lat, Lon"])

@@ -1,4 +1,5 @@
 """Re-running `localize.py index`: other parameters, changed or broken tiles, repeats, interruptions, locks."""
+import contextlib
 import json
 import os
 import shutil
@@ -105,22 +106,24 @@ def test_dot_files_beside_the_tiles_are_skipped(world, own_tiles, tmp_path, caps
     assert _manifest(out)["count"] == 25
 
 
-def test_repeated_tiles_are_refused(world, own_tiles, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["folder twice", "CSV row twice", "same GPS as .png and .jpg"])
+def test_repeated_tiles_are_refused(world, own_tiles, tmp_path, capsys, case):
     out = str(tmp_path / "index")
-    code, _, err = run_cli(index_args(world, out, "--satellites", own_tiles, own_tiles + "/"), capsys)
-    assert_user_error(code, err, "given twice")
-
     name = sorted(os.listdir(own_tiles))[0]
-    listing = tmp_path / "tiles.csv"
-    listing.write_text(f"satellite/{name},40.7,-73.9\nsatellite/{name},40.7,-73.9\n")
-    code, _, err = run_cli(index_args(world, out, "--tiles", str(listing)), capsys)
-    assert_user_error(code, err, "listed twice")
-    assert "rows 1 and 2" in err
-
-    shutil.copyfile(os.path.join(own_tiles, name), os.path.join(own_tiles, name[:-4] + ".jpg"))
-    code, _, err = run_cli(index_args(world, out, "--satellites", own_tiles), capsys)
-    assert_user_error(code, err, "same GPS")
-    assert name in err and name[:-4] + ".jpg" in err
+    if case == "folder twice":
+        code, _, err = run_cli(index_args(world, out, "--satellites", own_tiles, own_tiles + "/"), capsys)
+        assert_user_error(code, err, "given twice")
+    elif case == "CSV row twice":
+        listing = tmp_path / "tiles.csv"
+        listing.write_text(f"satellite/{name},40.7,-73.9\nsatellite/{name},40.7,-73.9\n")
+        code, _, err = run_cli(index_args(world, out, "--tiles", str(listing)), capsys)
+        assert_user_error(code, err, "listed twice")
+        assert "rows 1 and 2" in err
+    else:
+        shutil.copyfile(os.path.join(own_tiles, name), os.path.join(own_tiles, name[:-4] + ".jpg"))
+        code, _, err = run_cli(index_args(world, out, "--satellites", own_tiles), capsys)
+        assert_user_error(code, err, "same GPS")
+        assert name in err and name[:-4] + ".jpg" in err
     assert not os.path.exists(out)
 
 
@@ -151,8 +154,10 @@ def test_ctrl_c_in_index_is_one_line_exit_130_and_resumable(world, own_tiles, tm
 def test_a_second_build_into_a_folder_in_use_is_refused(world, own_tiles, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "index")
     restore = _interrupt_second_chunk(monkeypatch)
-    run_cli(index_args(world, out, "--satellites", own_tiles, "--chunk", "8"), capsys)
+    with contextlib.suppress(KeyboardInterrupt):  # (exit 130 above: SystemExit, caught by run_cli)
+        run_cli(index_args(world, out, "--satellites", own_tiles, "--chunk", "8"), capsys)
     restore()
+    assert os.path.isdir(os.path.join(out, "building"))
     lock = lock_folder(out, "index folder")  # the first build still running
     try:
         code, _, err = run_cli(index_args(world, out, "--satellites", own_tiles, "--chunk", "8"), capsys)
