@@ -1,8 +1,9 @@
 """The ``localize.py`` command line: ``index`` (build a tile index) and ``query`` (localise panoramas).
 
-Both check their ``--out`` before any work. Ctrl-C (SIGINT) ends either with one line on
-stderr and exit code 130: ``index`` keeps the tiles embedded so far (the same command
-resumes), ``query`` writes nothing (a previous result in ``--out`` stays as it was).
+Both check their ``--out`` before any work. Ctrl-C (SIGINT) or SIGTERM ends either with one
+line on stderr and exit code 128 + the signal (130, 143): ``index`` keeps the tiles embedded
+so far (the same command resumes), ``query`` writes nothing (a previous result in ``--out``
+stays as it was).
 """
 from __future__ import annotations
 
@@ -110,16 +111,28 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for flag in ("batch_size", "chunk"):
         _positive(getattr(args, flag, None), f"--{flag}")
     check_output_dir(args.out, "--out")
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if args.command == "index":
             _index(args)
         else:
             _query(args)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as stop:
+        signum = int(signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT)
         done = (f"the tiles embedded so far are kept in {args.out}: run the same command again to resume"
                 if args.command == "index" else f"nothing was written to {args.out}")
-        print(f"interrupted by signal {int(signal.SIGINT)}; {done}", file=sys.stderr, flush=True)
-        sys.exit(128 + int(signal.SIGINT))
+        print(f"interrupted by signal {signum}; {done}", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised where the program is, so that it unwinds like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
 
 
 def _index(args) -> None:

@@ -279,24 +279,24 @@ def _differences(out: str, manifest: dict, checkpoint: dict, tiles: Sequence[Til
     found = []
     other = manifest["checkpoint"]
     if other["sha256"] != checkpoint["sha256"]:
-        found.append(f"another checkpoint ({other['path']}, weights {_short(other['sha256'])}; this one: "
+        found.append(f"it was built by another checkpoint ({other['path']}, weights {_short(other['sha256'])}; this one: "
                      f"{checkpoint['path']}, weights {_short(checkpoint['sha256'])}: refusing to mix checkpoints "
                      f"in one index)")
     old_kind = next((k for k in _SOURCES if k in manifest["source"]), None)
     new_kind = next(k for k in _SOURCES if k in source)
     if old_kind != new_kind:
-        found.append(f"--{old_kind}, not --{new_kind}")
+        found.append(f"--{old_kind} (this build: --{new_kind})")
     for key in ("tile_m", "stride_m", "bounds", "projection"):
         old, new = manifest["source"].get(key), source.get(key)
         if old != new and not (isinstance(old, float) and isinstance(new, float) and math.isclose(old, new)):
-            found.append(f"{_FLAGS[key]} {_value(old) if old is not None else '(none)'}, not "
-                         f"{_value(new) if new is not None else '(none)'}")
+            found.append(f"{_FLAGS[key]} {_value(old) if old is not None else '(none)'} (this build: "
+                         f"{_value(new) if new is not None else '(none)'})")
     built = IndexSpec(**manifest["index"])
     if built.kind != spec.kind:
-        found.append(f"--index {built.kind}, not {spec.kind}")
+        found.append(f"--index {built.kind} (this build: {spec.kind})")
     else:
         wanted = spec.resolved(len(tiles), manifest["dim"])
-        found += [f"{_FLAGS[key]} {old}, not {new}" for key, old in asdict(built).items()
+        found += [f"{_FLAGS[key]} {old} (this build: {new})" for key, old in asdict(built).items()
                   if old != (new := getattr(wanted, key))]
     changes = tile_changes(_stored_tiles(out, manifest), tiles)
     if changes:
@@ -325,9 +325,10 @@ def _finished(out: str, checkpoint: dict, tiles: Sequence[Tile], spec: IndexSpec
         if not found:
             return True
         if not rebuild:
-            raise UserError(f"{out} already holds an index built with {'; '.join(found)}; pass --rebuild to replace "
-                            f"it (it stays usable until the new one is complete), or choose another --out")
-        log(f"rebuilding {out}: its index was built with {'; '.join(found)}")
+            raise UserError(f"{out} already holds an index that differs from this build: {'; '.join(found)}; pass "
+                            f"--rebuild to replace it (it stays usable until the new one is complete), or choose "
+                            f"another --out")
+        log(f"rebuilding {out}, whose index differs from this build: {'; '.join(found)}")
     elif [name for name in os.listdir(out) if name not in (BUILDING, LOCK)]:
         raise UserError(f"--out {out} is not empty and holds no index; choose a new or empty folder")
     return False

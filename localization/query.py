@@ -20,8 +20,8 @@ about twice as wide as high (equirectangular 2:1 as VIGOR, up to a horizon strip
 photo, say) is refused. Every panorama's header is checked before any work.
 
 Memory: panoramas are decoded one batch at a time at the model's size, and again one at a time
-(full resolution) for their picture, so memory does not grow with the number of queries
-beyond the descriptors and the results (a few kB per query).
+(at most :data:`PICTURE_WIDTH` pixels wide) for their picture, so memory does not grow with
+the number of queries beyond the descriptors and the results (a few kB per query).
 
 Outputs are all-or-nothing: they are written into a staging folder beside ``--out`` that then
 replaces ``--out`` as a whole (a previous query's outputs there are replaced, never mixed with
@@ -51,6 +51,8 @@ from models.offset import delta_pixels
 
 #: Accepted width / height of a 360-degree panorama: 2:1 equirectangular up to a 5.5:1 strip.
 PANORAMA_ASPECT = (1.9, 6.0)
+#: A query's picture shows its panorama at most this many pixels wide (the figure draws it smaller).
+PICTURE_WIDTH = 2048
 
 
 def panorama_files(paths: Sequence[str], folder: Optional[str]) -> List[str]:
@@ -257,7 +259,7 @@ def _write_outputs(index, results: List[dict], ids, out: str, pictures: bool) ->
             all_latlon = np.array([(t.lat, t.lon) for t in index.tiles], dtype=np.float64)
             for result, rows in zip(results, ids):
                 shown = [reader(index.tiles[int(r)]) for r in rows[:len(result["candidates"])][:MAX_TILES_SHOWN]]
-                png = query_figure(read_image(result["query"]), os.path.basename(result["query"]), shown,
+                png = query_figure(_picture_panorama(result["query"]), os.path.basename(result["query"]), shown,
                                    result["candidates"], all_latlon,
                                    (result["true_lat"], result["true_lon"]) if "true_lat" in result else None)
                 write_bytes_atomic(os.path.join(staging, result["figure"]), png)
@@ -267,6 +269,14 @@ def _write_outputs(index, results: List[dict], ids, out: str, pictures: bool) ->
         _replace_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _picture_panorama(path: str) -> np.ndarray:
+    """The panorama as a query's picture shows it: at most :data:`PICTURE_WIDTH` pixels wide."""
+    height, width = check_image_file(path, "panorama", "pass a 360-degree panorama")
+    if width <= PICTURE_WIDTH:
+        return read_image(path)
+    return read_image(path, (max(1, round(height * PICTURE_WIDTH / width)), PICTURE_WIDTH))
 
 
 def _replace_folder(new: str, out: str) -> None:

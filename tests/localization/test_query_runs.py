@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import signal
 import tracemalloc
 
 import cv2
@@ -78,9 +79,9 @@ def test_a_second_query_into_the_same_out_replaces_the_first_as_a_whole(world, f
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("previous", [False, True])
+@pytest.mark.parametrize("previous, signum", [(False, signal.SIGINT), (True, signal.SIGINT), (False, signal.SIGTERM)])
 def test_ctrl_c_in_query_is_one_line_exit_130_and_writes_nothing(world, flat_index, tmp_path, monkeypatch, capsys,
-                                                                 previous):
+                                                                 previous, signum):
     import localization.maps as maps
 
     out = str(tmp_path / "out")
@@ -92,12 +93,12 @@ def test_ctrl_c_in_query_is_one_line_exit_130_and_writes_nothing(world, flat_ind
     def draw_then_stop(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # Ctrl-C after the first picture
+            os.kill(os.getpid(), signum)  # Ctrl-C (or a SIGTERM) after the first picture
         return real(*args, **kwargs)
 
     monkeypatch.setattr(maps, "query_figure", draw_then_stop)
     code, _, err = run_cli(_query(flat_index, out, *_panoramas(world, 3)), capsys)
-    assert "nothing was written" in final_line(code, err, 130)
+    assert "nothing was written" in final_line(code, err, 128 + signum)
     if previous:
         assert {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)} == before
     else:

@@ -48,7 +48,7 @@ def test_a_finished_index_rerun_with_other_parameters_is_refused_then_rebuilt(wo
     before = _manifest(out)
     code, _, err = run_cli(index_args(world, out, "--satellites", own_tiles, *flags), capsys)
     assert_user_error(code, err, f"{named} {old}")
-    assert f"not {new}" in err and "--rebuild" in err
+    assert f"(this build: {new})" in err and "--rebuild" in err
     assert _manifest(out) == before  # untouched
     printed = _build(world, out, capsys, *flags, "--rebuild", tiles=own_tiles)
     assert "rebuilding" in printed
