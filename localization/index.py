@@ -279,9 +279,9 @@ def _differences(out: str, manifest: dict, checkpoint: dict, tiles: Sequence[Til
     found = []
     other = manifest["checkpoint"]
     if other["sha256"] != checkpoint["sha256"]:
-        found.append(f"it was built by another checkpoint ({other['path']}, weights {_short(other['sha256'])}; this one: "
-                     f"{checkpoint['path']}, weights {_short(checkpoint['sha256'])}: refusing to mix checkpoints "
-                     f"in one index)")
+        found.append(f"it was built by another checkpoint ({other['path']}, weights {_short(other['sha256'])}; "
+                     f"this one: {checkpoint['path']}, weights {_short(checkpoint['sha256'])}: refusing to mix "
+                     f"checkpoints in one index)")
     old_kind = next((k for k in _SOURCES if k in manifest["source"]), None)
     new_kind = next(k for k in _SOURCES if k in source)
     if old_kind != new_kind:
@@ -305,9 +305,9 @@ def _differences(out: str, manifest: dict, checkpoint: dict, tiles: Sequence[Til
 
 
 def _stored_tiles(out: str, manifest: dict) -> List[Tile]:
-    rows = json.loads(Path(_verify(out, TILES, manifest)).read_text(encoding="utf-8"))
+    path = Path(_verify(out, TILES, manifest))  # outside the try: its UserError is a ValueError too
     try:
-        return [Tile.from_dict(row) for row in rows]
+        return [Tile.from_dict(row) for row in json.loads(path.read_text(encoding="utf-8"))]
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{os.path.join(out, TILES)} is not a tile list ({exc}); rebuild the index with "
                         f"localize.py index --rebuild") from None
