@@ -94,11 +94,12 @@ def check_output_file(path: str, what: str) -> None:
     check_output_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {what}")
 
 
-def lock_folder(folder: str, what: str) -> int:
+def lock_folder(folder: str, what: str, fix: str = "choose another --name") -> int:
     """Claim ``folder`` (which must exist) for this process: an exclusive ``flock`` on
     ``<folder>/.lock`` (holding the owner's pid), kept until :func:`unlock` or the process ends
     (the OS releases it when a process dies, so a killed run never blocks the next).
-    Another live holder is a :class:`UserError` naming its pid. Returns the lock's descriptor."""
+    Another live holder is a :class:`UserError` naming its pid and ending with ``fix``. Returns the
+    lock's descriptor."""
     path = os.path.join(folder, ".lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -107,7 +108,7 @@ def lock_folder(folder: str, what: str) -> int:
         owner = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
         raise UserError(f"{what} {folder} is in use by another process (pid {owner}); wait for it to finish, "
-                        f"or choose another --name") from None
+                        f"or {fix}") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode("ascii"))
     return fd

@@ -1,15 +1,26 @@
-"""The ``localize.py`` command line: ``index`` (build a tile index) and ``query`` (localise panoramas)."""
+"""The ``localize.py`` command line: ``index`` (build a tile index) and ``query`` (localise panoramas).
+
+Both check their ``--out`` before any work. Ctrl-C (SIGINT) or SIGTERM ends either with one
+line on stderr and exit code 128 + the signal (130, 143): ``index`` keeps the tiles embedded
+so far (the same command resumes), ``query`` writes nothing (a previous result in ``--out``
+stays as it was).
+"""
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
+import sys
 from typing import Optional, Sequence
 
 from common.errors import UserError
+from common.fileio import check_output_dir
 from common.system import usable_cpus
 from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, TILE_SIDE
 from helper.config import DEVICES
 from localization.index import REFINE_BITS, IndexSpec
+from localization.tiles import PROJECTIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "a FAISS index folder (resumable; refuses to mix checkpoints).")
     index.add_argument("--checkpoint", required=True, help="trained checkpoint (train_vigor.py / train_cvusa.py)")
     index.add_argument("--out", required=True, help="index folder to write (new, empty, or an interrupted build)")
+    index.add_argument("--rebuild", action="store_true",
+                       help="replace the index in --out when it was built from other tiles, parameters or "
+                            "checkpoint (without it such a re-run is refused, naming what differs); the old index "
+                            "stays usable until the new one is complete")
     source = index.add_mutually_exclusive_group(required=True)
     source.add_argument("--satellites", nargs="+", metavar="DIR",
                         help="folder(s) of VIGOR-style tiles satellite_<lat>_<lon>.png (centre GPS in the name)")
@@ -38,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{TILE_SIDE * NOMINAL_METRES_PER_PIXEL:.2f} m; --tiles: unknown, no refined positions)")
     index.add_argument("--stride_m", type=float, help="--mosaic: distance between tile centres in metres "
                                                       "(half the tile side gives VIGOR's half overlap)")
-    index.add_argument("--projection", default="equirectangular", choices=("equirectangular", "webmercator"),
+    index.add_argument("--projection", choices=PROJECTIONS,
                        help="--mosaic: rows linear in latitude (EPSG:4326 export) or in the Mercator ordinate "
-                            "(EPSG:3857 web map export) (default: equirectangular)")
+                            f"(EPSG:3857 web map export, latitudes within +-85.0511) (default: {PROJECTIONS[0]})")
     index.add_argument("--index", default="flat", choices=("flat", "ivf", "ivfpq"),
                        help="flat = exact inner product; ivf / ivfpq = approximate, for millions of tiles "
                             "(see the README's table) (default: flat)")
@@ -70,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("panoramas", nargs="*", metavar="PANORAMA", help="360-degree panorama images")
     query.add_argument("--queries", metavar="DIR", help="query every .jpg/.jpeg/.png image of this folder")
     query.add_argument("-k", type=int, default=5, help="candidates per query (default: 5)")
-    query.add_argument("--out", default="localize_results", help="output folder (default: localize_results)")
+    query.add_argument("--out", default="localize_results",
+                       help="output folder, replaced as a whole by each query (new, empty or holding a previous "
+                            "query's outputs) (default: localize_results)")
     query.add_argument("--checkpoint", help="the checkpoint that built the index, when it moved (default: the "
                                             "path recorded in the index)")
     query.add_argument("--nprobe", type=int, help="ivf/ivfpq: lists searched per query (default: the index's)")
@@ -93,10 +110,29 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     for flag in ("batch_size", "chunk"):
         _positive(getattr(args, flag, None), f"--{flag}")
-    if args.command == "index":
-        _index(args)
-    else:
-        _query(args)
+    check_output_dir(args.out, "--out")
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        if args.command == "index":
+            _index(args)
+        else:
+            _query(args)
+    except (KeyboardInterrupt, _Terminated) as stop:
+        signum = int(signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT)
+        done = (f"the tiles embedded so far are kept in {args.out}: run the same command again to resume"
+                if args.command == "index" else f"nothing was written to {args.out}")
+        print(f"interrupted by signal {signum}; {done}", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised where the program is, so that it unwinds like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
 
 
 def _index(args) -> None:
@@ -104,7 +140,7 @@ def _index(args) -> None:
     from localization.embed import load_model
     from localization.index import build_index
 
-    mosaic_flags = [f for f in ("bounds", "stride_m") if getattr(args, f) is not None]
+    mosaic_flags = [f for f in ("bounds", "stride_m", "projection") if getattr(args, f) is not None]
     if args.mosaic is None and mosaic_flags:
         raise UserError(f"--{mosaic_flags[0]} only applies to --mosaic")
     _positive(args.tile_m, "--tile_m")
@@ -119,12 +155,14 @@ def _index(args) -> None:
             raise UserError("--mosaic needs --bounds N,W,S,E, --tile_m M and --stride_m M")
         _positive(args.stride_m, "--stride_m")
         bounds = sources.parse_bounds(args.bounds)
-        tiles = sources.tiles_from_mosaic(args.mosaic, bounds, args.tile_m, args.stride_m, args.projection)
+        projection = args.projection or PROJECTIONS[0]
+        tiles = sources.tiles_from_mosaic(args.mosaic, bounds, args.tile_m, args.stride_m, projection)
         source = {"mosaic": args.mosaic, "bounds": list(bounds), "tile_m": args.tile_m, "stride_m": args.stride_m,
-                  "projection": args.projection}
+                  "projection": projection}
     print(f"{len(tiles)} tiles", flush=True)
     loaded = load_model(args.checkpoint, args.device)
-    build_index(loaded, tiles, args.out, spec, source, args.batch_size, max(0, args.workers), args.chunk)
+    build_index(loaded, tiles, args.out, spec, source, args.batch_size, max(0, args.workers), args.chunk,
+                args.rebuild)
 
 
 def _query(args) -> None:
@@ -132,5 +170,8 @@ def _query(args) -> None:
 
     if args.panoramas and args.queries:
         raise UserError("give panoramas or --queries DIR, not both")
+    if args.queries and os.path.realpath(args.out) == os.path.realpath(args.queries):
+        raise UserError(f"--out {args.out} is the --queries folder: its result pictures would be queried next "
+                        f"time; choose another --out")
     localise(args.index, panorama_files(args.panoramas, args.queries), args.out, args.k, args.checkpoint,
              args.device, args.batch_size, args.nprobe, args.pictures)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from common.errors import UserError
+from data.io import read_image
 from data.tensors import to_uint8_tensor
 from geometry.polar import polar_image_uint8
 from helper import distributed
@@ -102,17 +103,19 @@ class TileImages(Dataset):
         return {"satellite": to_uint8_tensor(image), "index": int(i)}
 
 
-class PanoramaInputs(Dataset):
-    """``{"street": 3 x H x W uint8, "index": i}`` for panoramas already decoded at the model's size."""
+class PanoramaFiles(Dataset):
+    """``{"street": 3 x H x W uint8, "index": i}`` for panorama files, each decoded when its batch is
+    formed, at the model's size ``size`` (H, W) exactly as the evaluation datasets read it."""
 
-    def __init__(self, images: List[np.ndarray]) -> None:
-        self.images = images
+    def __init__(self, paths: Sequence[str], size: Sequence[int]) -> None:
+        self.paths = list(paths)
+        self.size = tuple(size)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        return {"street": to_uint8_tensor(self.images[i]), "index": int(i)}
+        return {"street": to_uint8_tensor(read_image(self.paths[i], self.size)), "index": int(i)}
 
 
 def embed(loaded: LoadedModel, dataset: Dataset, key: str, batch_size: int, workers: int, desc: str) -> np.ndarray:

@@ -4,14 +4,21 @@ An index folder holds, once complete::
 
     manifest.json   format, checkpoint identity (path, SHA-256 of its weights, config), index
                     kind and parameters, count, dimension, source, SHA-256 of the two files below
-    tiles.json      one record per tile, in index order (name, path, lat, lon[, box])
+    tiles.json      one record per tile, in index order (name, path, lat, lon[, box], size,
+                    mtime_ns: the stamp of its file when indexed)
     index.faiss     the serialised FAISS index of the satellite-branch descriptors
 
-``manifest.json`` is written last, so a folder without it is never taken for an index. While
-building, descriptors are saved chunk by chunk under ``building/`` (each file written
-atomically, with ``building/plan.json`` naming the checkpoint and the tiles); an interrupted
-build resumes from the chunks it finished, and ``building/`` is removed at the end. A build
-refuses a folder that holds (part of) an index from another checkpoint or other tiles.
+``manifest.json`` is written last, so a folder without it is never taken for an index. A
+build locks the folder (``.lock``), so a second build into it is refused while the first
+runs. While building, descriptors are saved chunk by chunk under ``building/`` (each file
+written atomically with the keys of its tiles, :func:`tile_key`; ``building/plan.json``
+names the checkpoint); an interrupted or failed build resumes from every tile it finished
+whose record and file stamp are unchanged, and ``building/`` is removed at the end.
+
+Re-running a build into a finished index: the same checkpoint, tiles (file stamps included),
+source settings and resolved index parameters leave it as it is ("nothing to do"); anything
+else is refused, naming each difference (old and new value, which tile files changed), unless
+``--rebuild`` replaces it (the old index stays usable until the new manifest is written).
 
 Index kinds (similarity = inner product of L2-normalised descriptors = cosine):
 
@@ -36,6 +43,7 @@ import math
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -43,11 +51,12 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from common.errors import UserError
-from common.fileio import write_bytes_atomic, write_json_atomic
+from common.errors import UserError, user_message
+from common.fileio import lock_folder, unlock, write_bytes_atomic, write_json_atomic
 from localization.tiles import Tile
 
 MANIFEST, TILES, INDEX_FILE, BUILDING, PLAN = "manifest.json", "tiles.json", "index.faiss", "building", "plan.json"
+LOCK = ".lock"  # held by the build writing the folder (common.fileio.lock_folder)
 FORMAT = 1
 INDEX_KINDS = ("flat", "ivf", "ivfpq")
 REFINE_BITS = (8, 4, 0)
@@ -217,117 +226,271 @@ def _read_json(path: str, what: str):
     except FileNotFoundError:
         raise UserError(f"{what} is missing: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{what} is corrupt: {path} ({exc}); rebuild the index with localize.py index") from None
+        raise UserError(f"{what} is corrupt: {path} ({exc}); rebuild the index with localize.py index "
+                        f"--rebuild") from None
 
 
 def _short(sha: str) -> str:
     return sha[:12]
 
 
-def _check_out_folder(out: str, checkpoint: dict, tiles_sha: str, spec: IndexSpec) -> bool:
-    """Whether ``out`` already holds this very index (True: nothing to do); a UserError when it
-    holds something else. Never writes."""
-    if not os.path.exists(out):
-        return False
-    if not os.path.isdir(out):
-        raise UserError(f"--out {out} exists and is not a folder")
-    manifest_path, plan_path = os.path.join(out, MANIFEST), os.path.join(out, BUILDING, PLAN)
-    fix = "choose another --out or delete that folder"
-    for path, what in ((manifest_path, "an index"), (plan_path, "an interrupted index build")):
-        if not os.path.exists(path):
-            continue
-        stored = _read_json(path, "index manifest" if path == manifest_path else "index build plan")
-        other = stored.get("checkpoint", {})
-        if other.get("sha256") != checkpoint["sha256"]:
-            raise UserError(f"{out} holds {what} of another checkpoint ({other.get('path')}, weights "
-                            f"{_short(str(other.get('sha256')))}; this one: {checkpoint['path']}, weights "
-                            f"{_short(checkpoint['sha256'])}); refusing to mix checkpoints in one index: {fix}")
-        if stored.get("tiles_sha256") != tiles_sha:
-            raise UserError(f"{out} holds {what} of other tiles (another source or changed files); refusing to "
-                            f"mix them: {fix}")
-        if path == manifest_path:
-            if stored.get("index", {}).get("kind") != spec.kind:
-                raise UserError(f"{out} already holds a complete '{stored['index']['kind']}' index of these "
-                                f"tiles; {fix} to build a '{spec.kind}' one")
+def _describe(names: Sequence[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def tile_changes(old: Sequence[Tile], new: Sequence[Tile]) -> Optional[str]:
+    """What differs between the tiles of an index and ``new`` (changed files, added, removed, order),
+    or None when they are the same. Stamps unknown to an index of an earlier release are not compared."""
+    before = {t.place: t for t in old}
+    after = {t.place for t in new}
+    changed = [t.path for t in new if t.place in before and t.size is not None and before[t.place].size is not None
+               and (t.size, t.mtime_ns) != (before[t.place].size, before[t.place].mtime_ns)]
+    added = [t.path for t in new if t.place not in before]
+    removed = [t.path for t in old if t.place not in after]
+    parts = []
+    if changed:
+        parts.append(f"{len(changed)} of {len(new)} tile files changed since the index was built (other size or "
+                     f"modification time: {_describe(changed)})")
+    if added:
+        parts.append(f"{len(added)} tiles added ({_describe(added)})")
+    if removed:
+        parts.append(f"{len(removed)} tiles removed ({_describe(removed)})")
+    if not parts and [t.place for t in old] != [t.place for t in new]:
+        parts.append("the same tiles in another order")
+    return "; ".join(parts) or None
+
+
+#: How the index parameters and the source settings are named on the command line.
+_FLAGS = {"kind": "--index", "nlist": "--nlist", "nprobe": "--nprobe", "pq_m": "--pq_m", "refine": "--refine",
+          "refine_bits": "--refine_bits", "tile_m": "--tile_m", "stride_m": "--stride_m", "bounds": "--bounds",
+          "projection": "--projection"}
+_SOURCES = ("satellites", "tiles", "mosaic")
+
+
+def _value(value) -> str:
+    if isinstance(value, list):
+        return ",".join(_value(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _differences(out: str, manifest: dict, checkpoint: dict, tiles: Sequence[Tile], spec: IndexSpec,
+                 source: dict) -> List[str]:
+    """What the finished index in ``out`` was built with that differs from this build ([] = the same)."""
+    found = []
+    other = manifest["checkpoint"]
+    if other["sha256"] != checkpoint["sha256"]:
+        found.append(f"it was built by another checkpoint ({other['path']}, weights {_short(other['sha256'])}; "
+                     f"this one: {checkpoint['path']}, weights {_short(checkpoint['sha256'])}: refusing to mix "
+                     f"checkpoints in one index)")
+    old_kind = next((k for k in _SOURCES if k in manifest["source"]), None)
+    new_kind = next(k for k in _SOURCES if k in source)
+    if old_kind != new_kind:
+        found.append(f"--{old_kind} (this build: --{new_kind})")
+    for key in ("tile_m", "stride_m", "bounds", "projection"):
+        old, new = manifest["source"].get(key), source.get(key)
+        if old != new and not (isinstance(old, float) and isinstance(new, float) and math.isclose(old, new)):
+            found.append(f"{_FLAGS[key]} {_value(old) if old is not None else '(none)'} (this build: "
+                         f"{_value(new) if new is not None else '(none)'})")
+    built = IndexSpec(**manifest["index"])
+    if built.kind != spec.kind:
+        found.append(f"--index {built.kind} (this build: {spec.kind})")
+    else:
+        wanted = spec.resolved(len(tiles), manifest["dim"])
+        found += [f"{_FLAGS[key]} {old} (this build: {new})" for key, old in asdict(built).items()
+                  if old != (new := getattr(wanted, key))]
+    changes = tile_changes(_stored_tiles(out, manifest), tiles)
+    if changes:
+        found.append(changes)
+    return found
+
+
+def _stored_tiles(out: str, manifest: dict) -> List[Tile]:
+    path = Path(_verify(out, TILES, manifest))  # outside the try: its UserError is a ValueError too
+    try:
+        return [Tile.from_dict(row) for row in json.loads(path.read_text(encoding="utf-8"))]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{os.path.join(out, TILES)} is not a tile list ({exc}); rebuild the index with "
+                        f"localize.py index --rebuild") from None
+
+
+def _finished(out: str, checkpoint: dict, tiles: Sequence[Tile], spec: IndexSpec, source: dict,
+              rebuild: bool, log) -> bool:
+    """Whether ``out`` already holds this very index (True: nothing to do). Another finished index
+    there is a UserError naming what differs, or (``rebuild``) is to be replaced; a folder that holds
+    neither an index nor a build is refused. Never writes."""
+    manifest_path = os.path.join(out, MANIFEST)
+    if os.path.exists(manifest_path):
+        manifest = _checked_manifest(manifest_path)
+        found = _differences(out, manifest, checkpoint, tiles, spec, source)
+        if not found:
             return True
-        return False
-    if os.listdir(out):
+        if not rebuild:
+            raise UserError(f"{out} already holds an index that differs from this build: {'; '.join(found)}; pass "
+                            f"--rebuild to replace it (it stays usable until the new one is complete), or choose "
+                            f"another --out")
+        log(f"rebuilding {out}, whose index differs from this build: {'; '.join(found)}")
+    elif [name for name in os.listdir(out) if name not in (BUILDING, LOCK)]:
         raise UserError(f"--out {out} is not empty and holds no index; choose a new or empty folder")
     return False
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
+def _save_chunk(path: str, keys: Sequence[str], array: np.ndarray) -> None:
+    """Descriptors with the keys of their tiles (:func:`tile_key`), one atomic ``.npz`` file."""
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
+    np.savez(buffer, keys=np.array(keys, dtype="S64"), descriptors=array)
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def _load_chunk(path: str, rows: int, dim: Optional[int]) -> Optional[np.ndarray]:
-    """A finished chunk, or None when absent or unusable (it is then embedded again)."""
+def _read_chunk(path: str):
+    """``(keys, descriptors)`` of a saved chunk, or None when it is unusable (embedded again then)."""
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+        with np.load(path, allow_pickle=False) as stored:
+            keys, array = [k.decode("ascii") for k in stored["keys"]], stored["descriptors"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-    if array.dtype != np.float32 or array.ndim != 2 or array.shape[0] != rows or (dim and array.shape[1] != dim):
+    if array.dtype != np.float32 or array.ndim != 2 or array.shape[0] != len(keys):
         return None
-    return array
+    return keys, array
+
+
+def tile_key(tile: Tile) -> str:
+    """A tile's identity in a build: SHA-256 of its record, file stamp included."""
+    return _sha256(json.dumps(tile.as_dict(), sort_keys=True).encode("utf-8"))
+
+
+class _Embedded:
+    """The descriptors finished by earlier (interrupted or failed) builds in ``building``, by tile key."""
+
+    def __init__(self, building: str) -> None:
+        self.where = {}
+        for name in sorted(os.listdir(building)):
+            if name.startswith("chunk_") and name.endswith(".npz"):
+                path = os.path.join(building, name)
+                for row, key in enumerate((_read_chunk(path) or ([], None))[0]):
+                    self.where[key] = (path, row)
+        self._cached = (None, None)
+
+    def get(self, key: str) -> Optional[np.ndarray]:
+        if key not in self.where:
+            return None
+        path, row = self.where[key]
+        if self._cached[0] != path:
+            self._cached = (path, _read_chunk(path)[1])
+        return self._cached[1][row]
+
+
+def _start_building(building: str, checkpoint: dict, chunk: int, rebuild: bool, out: str) -> int:
+    """Create ``building/`` with its plan (or adopt an interrupted build's: its chunk size); returns the
+    chunk size. An interrupted build of another checkpoint is refused (``rebuild``: discarded)."""
+    plan_path = os.path.join(building, PLAN)
+    if os.path.exists(plan_path):
+        plan = _read_json(plan_path, "index build plan")
+        other = plan.get("checkpoint", {}) if isinstance(plan, dict) else {}
+        if other.get("sha256") != checkpoint["sha256"] or plan.get("format") != FORMAT:
+            if not rebuild:
+                raise UserError(f"{out} holds an interrupted index build of another checkpoint ({other.get('path')}, "
+                                f"weights {_short(str(other.get('sha256')))}; this one: {checkpoint['path']}, "
+                                f"weights {_short(checkpoint['sha256'])}); refusing to mix checkpoints in one "
+                                f"index: pass --rebuild to discard it, or choose another --out")
+            shutil.rmtree(building)
+        else:
+            chunk = int(plan.get("chunk", chunk))
+    os.makedirs(building, exist_ok=True)
+    write_json_atomic(plan_path, {"format": FORMAT, "checkpoint": checkpoint, "chunk": chunk})
+    return chunk
 
 
 def build_index(loaded, tiles: List[Tile], out: str, spec: IndexSpec, source: dict, batch_size: int = 32,
-                workers: int = 0, chunk: int = 2048, log=print) -> dict:
+                workers: int = 0, chunk: int = 2048, rebuild: bool = False, log=print) -> dict:
     """Embed ``tiles`` with the satellite branch of ``loaded`` and write the index folder ``out``.
 
-    Resumes an interrupted build of the same checkpoint and tiles; returns the manifest.
+    ``out`` is locked while building (:func:`common.fileio.lock_folder`). Resumes from the tiles
+    that interrupted or failed builds of the same checkpoint embedded (by tile key: unchanged
+    tiles keep their descriptors even when others were added, removed or changed). A finished
+    index of this very build is left as it is; another is refused, naming what differs, unless
+    ``rebuild``. Returns the manifest.
     """
-    from localization.embed import TileImages, embed
-
-    started = time.perf_counter()
     spec.check_count(len(tiles))
     checkpoint = loaded.identity()
-    tiles_sha = tiles_sha256(tiles)
-    if _check_out_folder(out, checkpoint, tiles_sha, spec):
-        log(f"{out} already holds this index ({len(tiles)} tiles, {spec.kind}); nothing to do")
-        return _read_json(os.path.join(out, MANIFEST), "index manifest")
-    building = os.path.join(out, BUILDING)
-    os.makedirs(building, exist_ok=True)
-    plan = {"format": FORMAT, "checkpoint": checkpoint, "tiles_sha256": tiles_sha, "count": len(tiles),
-            "chunk": chunk}
-    plan_path = os.path.join(building, PLAN)
-    if os.path.exists(plan_path):
-        chunk = int(_read_json(plan_path, "index build plan").get("chunk", chunk))
-        plan["chunk"] = chunk
-    write_json_atomic(plan_path, plan)
+    created = not os.path.exists(out)
+    os.makedirs(out, exist_ok=True)
+    lock = lock_folder(out, "index folder", "choose another --out")
+    try:
+        if _finished(out, checkpoint, tiles, spec, source, rebuild, log):
+            log(f"{out} already holds this index ({len(tiles)} tiles, {spec.kind}, the same parameters and "
+                f"unchanged tile files); nothing to do")
+            return _read_json(os.path.join(out, MANIFEST), "index manifest")
+        return _build(loaded, tiles, out, spec, source, batch_size, workers, chunk, rebuild, log)
+    finally:
+        os.remove(os.path.join(out, LOCK))
+        unlock(lock)
+        if created and not os.listdir(out):
+            os.rmdir(out)
 
-    size = loaded.satellite_size
-    polar = loaded.run.model.polar_files
-    paths, sizes, dim, resumed = [], [], None, 0
-    bar = tqdm(total=len(tiles), desc="embedding tiles", unit="tile", dynamic_ncols=True)
-    for number, start in enumerate(range(0, len(tiles), chunk)):
-        rows = tiles[start:start + chunk]
-        path = os.path.join(building, f"chunk_{number:06d}.npy")
-        part = _load_chunk(path, len(rows), dim)
-        if part is None:
-            part = embed(loaded, TileImages(rows, size, polar), "satellite", batch_size, workers, desc="batches")
-            _save_npy(path, part)
-        else:
+
+def _embed_chunks(loaded, tiles: List[Tile], building: str, chunk: int, batch_size: int, workers: int, bar):
+    """Save the descriptors of ``tiles`` in ``building``, ``chunk`` tiles a file named by their keys,
+    embedding only the tiles no earlier build finished. Returns ``(chunk paths, their sizes, tiles
+    resumed)``. A tile that cannot be read is a UserError that says the finished chunks are kept."""
+    from localization.embed import TileImages, embed
+
+    embedded = _Embedded(building)
+    keys = [tile_key(t) for t in tiles]
+    paths, sizes, resumed = [], [], 0
+    for start in range(0, len(tiles), chunk):
+        rows, row_keys = tiles[start:start + chunk], keys[start:start + chunk]
+        path = os.path.join(building, f"chunk_{_sha256(''.join(row_keys).encode('ascii'))[:16]}.npz")
+        stored = _read_chunk(path) if os.path.exists(path) else None
+        if stored is not None and stored[0] == row_keys:
             resumed += len(rows)
-        dim = part.shape[1]
+        else:
+            known = [embedded.get(key) for key in row_keys]
+            missing = [i for i, vector in enumerate(known) if vector is None]
+            resumed += len(rows) - len(missing)
+            try:
+                new = embed(loaded, TileImages([rows[i] for i in missing], loaded.satellite_size,
+                                               loaded.run.model.polar_files), "satellite", batch_size, workers,
+                            desc="batches") if missing else None
+            except UserError as exc:
+                raise UserError(f"{user_message(exc)} ({start} of {len(tiles)} tiles embedded so far are kept in "
+                                f"{building}: fix or remove that tile and run the command again)") from None
+            width = new.shape[1] if new is not None else len(next(v for v in known if v is not None))
+            part = np.empty((len(rows), width), dtype=np.float32)
+            for i, vector in enumerate(known):
+                if vector is not None:
+                    part[i] = vector
+            if missing:
+                part[missing] = new
+            _save_chunk(path, row_keys, part)
         paths.append(path)
         sizes.append(len(rows))
         bar.update(len(rows))
-    bar.close()
+    return paths, sizes, resumed
+
+
+def _build(loaded, tiles: List[Tile], out: str, spec: IndexSpec, source: dict, batch_size: int, workers: int,
+           chunk: int, rebuild: bool, log) -> dict:
+    started = time.perf_counter()
+    checkpoint = loaded.identity()
+    building = os.path.join(out, BUILDING)
+    chunk = _start_building(building, checkpoint, chunk, rebuild, out)
+    with tqdm(total=len(tiles), desc="embedding tiles", unit="tile", dynamic_ncols=True) as bar:
+        paths, sizes, resumed = _embed_chunks(loaded, tiles, building, chunk, batch_size, workers, bar)
     if resumed:
         log(f"resumed: {resumed} of {len(tiles)} tiles were embedded by the interrupted build")
+    dim = _read_chunk(paths[0])[1].shape[1]
     spec = spec.resolved(len(tiles), dim)
-    descriptors = Chunks(sizes, dim, lambda number: np.load(paths[number], mmap_mode="r", allow_pickle=False))
+    descriptors = Chunks(sizes, dim, lambda number: _read_chunk(paths[number])[1])
     index_bytes = serialise(make_index(spec, descriptors))
     tiles_bytes = (json.dumps([t.as_dict() for t in tiles], indent=0) + "\n").encode("utf-8")
     lats, lons = [t.lat for t in tiles], [t.lon for t in tiles]
-    manifest = {"format": FORMAT, "checkpoint": checkpoint, "tiles_sha256": tiles_sha, "count": len(tiles),
+    manifest = {"format": FORMAT, "checkpoint": checkpoint, "tiles_sha256": tiles_sha256(tiles), "count": len(tiles),
                 "dim": int(dim), "index": asdict(spec), "source": source,
                 "extent": {"north": max(lats), "south": min(lats), "west": min(lons), "east": max(lons)},
                 "files": {TILES: _sha256(tiles_bytes), INDEX_FILE: _sha256(index_bytes)},
                 "faiss": _faiss().__version__}
+    if os.path.exists(os.path.join(out, MANIFEST)):  # --rebuild: an unfinished build until the new manifest
+        os.remove(os.path.join(out, MANIFEST))
     write_bytes_atomic(os.path.join(out, TILES), tiles_bytes)
     write_bytes_atomic(os.path.join(out, INDEX_FILE), index_bytes)
     write_json_atomic(os.path.join(out, MANIFEST), manifest)  # last: the folder is now an index
@@ -362,10 +525,10 @@ def _verify(folder: str, name: str, manifest: dict) -> str:
                 digest.update(block)
     except OSError as exc:
         problem = "is missing" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc.strerror})"
-        raise UserError(f"index file {problem}: {path}; rebuild the index with localize.py index") from None
+        raise UserError(f"index file {problem}: {path}; rebuild the index with localize.py index --rebuild") from None
     if digest.hexdigest() != manifest.get("files", {}).get(name):
         raise UserError(f"index file is corrupt (its checksum differs from {MANIFEST}): {path}; rebuild the index "
-                        "with localize.py index")
+                        "with localize.py index --rebuild")
     return path
 
 
@@ -379,25 +542,61 @@ def load_index(folder: str, nprobe: Optional[int] = None) -> LoadedIndex:
             raise UserError(f"{folder} holds an unfinished index build; rerun the same localize.py index command "
                             "to finish it")
         raise UserError(f"{folder} is not an index folder (no {MANIFEST}); build one with localize.py index")
-    manifest = _read_json(manifest_path, "index manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"{manifest_path} is not an index manifest of format {FORMAT}; rebuild the index")
-    try:
-        rows = json.loads(Path(_verify(folder, TILES, manifest)).read_text(encoding="utf-8"))
-        tiles = [Tile.from_dict(row) for row in rows]
-        spec = IndexSpec(**manifest["index"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{folder} has an unreadable manifest or tile list ({exc}); rebuild the index") from None
+    manifest = _checked_manifest(manifest_path)
+    tiles = _stored_tiles(folder, manifest)
+    spec = IndexSpec(**manifest["index"])
     path = _verify(folder, INDEX_FILE, manifest)
     faiss = _faiss()
     try:
         index = faiss.read_index(path)  # straight from the file: memory holds the index once
     except RuntimeError:
-        raise UserError(f"{os.path.join(folder, INDEX_FILE)} is not a readable FAISS index; rebuild it") from None
-    if index.ntotal != len(tiles) or index.ntotal != manifest.get("count") or index.d != manifest.get("dim"):
+        raise UserError(f"{path} is not a readable FAISS index; rebuild the index with localize.py index "
+                        f"--rebuild") from None
+    if index.ntotal != len(tiles) or index.ntotal != manifest["count"] or index.d != manifest["dim"]:
         raise UserError(f"{folder}: the index holds {index.ntotal} {index.d}-d vectors but the manifest lists "
-                        f"{manifest.get('count')} {manifest.get('dim')}-d tiles; rebuild the index")
+                        f"{manifest['count']} {manifest['dim']}-d tiles; rebuild the index with localize.py index "
+                        f"--rebuild")
+    kind = _KIND_OF_CLASS.get(type(faiss.downcast_index(index)).__name__)
+    if kind != spec.kind:
+        raise UserError(f"{path} holds a '{kind}' index but {manifest_path} says '{spec.kind}': the manifest was "
+                        f"edited; rebuild the index with localize.py index --rebuild")
     if nprobe:
         spec = spec.with_nprobe(nprobe)
     set_search_params(index, spec)
     return LoadedIndex(folder, manifest, tiles, index, spec)
+
+
+#: The index kind of each FAISS class :func:`make_index` builds.
+_KIND_OF_CLASS = {"IndexFlatIP": "flat", "IndexIVFFlat": "ivf", "IndexIVFPQ": "ivfpq", "IndexRefine": "ivfpq"}
+#: What a manifest must hold (key, type); ``index`` holds :class:`IndexSpec`'s fields.
+_MANIFEST_KEYS = ((("checkpoint",), dict), (("checkpoint", "path"), str), (("checkpoint", "sha256"), str),
+                  (("count",), int), (("dim",), int), (("index",), dict), (("index", "kind"), str),
+                  (("source",), dict), (("files",), dict), (("files", TILES), str), (("files", INDEX_FILE), str))
+
+
+def _checked_manifest(path: str) -> dict:
+    """The manifest at ``path`` after checking its format and the keys and types the tools read; a
+    UserError naming the file and the first problem (a damaged or hand-edited manifest) otherwise."""
+    manifest = _read_json(path, "index manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path} is not an index manifest of format {FORMAT}; rebuild the index with localize.py "
+                        f"index --rebuild")
+    problem = None
+    for keys, kind in _MANIFEST_KEYS:
+        key, name = ".".join(keys), keys[-1]
+        holder = manifest[keys[0]] if len(keys) > 1 else manifest
+        if name not in holder:
+            problem = f"has no '{key}'"
+        elif not isinstance(holder[name], kind) or isinstance(holder[name], bool):
+            problem = f"'{key}' must be a {kind.__name__ if kind is not dict else 'JSON object'}"
+        if problem:
+            break
+    if problem is None:
+        try:
+            IndexSpec(**manifest["index"])
+        except (TypeError, UserError) as exc:
+            problem = f"has unusable index parameters ({user_message(exc) if isinstance(exc, UserError) else exc})"
+    if problem:
+        raise UserError(f"index manifest {path} {problem}: it was edited or damaged; rebuild the index with "
+                        f"localize.py index --rebuild")
+    return manifest

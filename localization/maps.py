@@ -104,5 +104,6 @@ def query_figure(panorama: np.ndarray, title: str, tiles: Sequence[np.ndarray], 
     ax.set_title("index extent", fontsize=9)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
+    fig.clear()  # drops the images at once: a closed figure may wait in a reference cycle until gc runs
     plt.close(fig)
     return buffer.getvalue()

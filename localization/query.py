@@ -13,33 +13,46 @@ metres (the index's ``tile_m``; unknown for ``--tiles`` built without ``--tile_m
 positions then). The candidates' tiles are re-embedded from their images for it, exactly as the
 index was built, so it works with every index kind.
 
-Panoramas: any size; each is resized to the model's panorama size exactly as the evaluation
-datasets do. A 360-degree panorama is at least about twice as wide as high (equirectangular
-2:1 as VIGOR, up to a horizon strip like CVUSA's 5.5:1): an image whose width / height lies
-outside :data:`PANORAMA_ASPECT` (a 4:3 or 16:9 photo, say) is refused.
+Panoramas: any size from :data:`data.io.MIN_IMAGE_SIDE` pixels a side; each is resized to the
+model's panorama size exactly as the evaluation datasets do. A 360-degree panorama is at least
+about twice as wide as high (equirectangular 2:1 as VIGOR, up to a horizon strip like CVUSA's
+5.5:1): an image whose width / height lies outside :data:`PANORAMA_ASPECT` (a 4:3 or 16:9
+photo, say) is refused. Every panorama's header is checked before any work.
 
-Nothing is written until every panorama has been read and embedded; each file is written
-atomically.
+Memory: panoramas are decoded one batch at a time at the model's size, and again one at a time
+(at most :data:`PICTURE_WIDTH` pixels wide) for their picture, so memory does not grow with
+the number of queries beyond the descriptors and the results (a few kB per query).
+
+Outputs are all-or-nothing: they are written into a staging folder beside ``--out`` that then
+replaces ``--out`` as a whole (a previous query's outputs there are replaced, never mixed with
+the new ones; a folder holding other files is refused up front). The index refers to tiles by
+path: the candidates' tiles are read back for the pictures and the refined positions, so they
+must still be where, and as, they were indexed (checked before anything is written).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from common.errors import UserError
-from common.fileio import write_bytes_atomic, write_json_atomic
+from common.fileio import check_output_dir, write_bytes_atomic, write_json_atomic
 from data.io import read_image
 from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, TILE_SIDE, parse_panorama_name
 from geometry.earth import haversine_m, panorama_gps
-from localization.tiles import IMAGE_EXTENSIONS, TileReader
+from localization.maps import MAX_TILES_SHOWN
+from localization.tiles import TileReader, check_image_file, image_names
 from models.offset import delta_pixels
 
 #: Accepted width / height of a 360-degree panorama: 2:1 equirectangular up to a 5.5:1 strip.
 PANORAMA_ASPECT = (1.9, 6.0)
+#: A query's picture shows its panorama at most this many pixels wide (the figure draws it smaller).
+PICTURE_WIDTH = 2048
 
 
 def panorama_files(paths: Sequence[str], folder: Optional[str]) -> List[str]:
@@ -47,8 +60,7 @@ def panorama_files(paths: Sequence[str], folder: Optional[str]) -> List[str]:
     if folder is not None:
         if not os.path.isdir(folder):
             raise UserError(f"--queries folder not found: {folder}")
-        paths = sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                       if name.lower().endswith(IMAGE_EXTENSIONS))
+        paths = [os.path.join(folder, name) for name in image_names(folder)]
         if not paths:
             raise UserError(f"--queries folder {folder} holds no .jpg/.jpeg/.png panorama")
     if not paths:
@@ -56,11 +68,10 @@ def panorama_files(paths: Sequence[str], folder: Optional[str]) -> List[str]:
     return list(paths)
 
 
-def read_panorama(path: str, size: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
-    """``(full image, model input at size)``, both RGB uint8; a UserError for an unreadable file or
-    an image that is not a 360-degree panorama."""
-    full = read_image(path)
-    height, width = full.shape[:2]
+def check_panorama(path: str) -> None:
+    """A UserError unless ``path`` is a JPEG/PNG file (:func:`localization.tiles.check_image_file`)
+    shaped like a 360-degree panorama; nothing is decoded."""
+    height, width = check_image_file(path, "panorama", "pass a 360-degree panorama")
     ratio = width / height
     low, high = PANORAMA_ASPECT
     if not low <= ratio <= high:
@@ -69,7 +80,6 @@ def read_panorama(path: str, size: Sequence[int]) -> Tuple[np.ndarray, np.ndarra
                         f"a CVUSA-style horizon strip about 5.5:1); a normal photo covers a limited field of "
                         f"view, which localize.py does not handle yet (test_cvusa.py --test_fov evaluates the "
                         f"dsm head on such crops)")
-    return full, read_image(path, size)  # exactly the evaluation datasets' input
 
 
 def true_position(path: str) -> Optional[Tuple[float, float]]:
@@ -199,57 +209,124 @@ def _result(index, panorama: str, sims, rows, refined, headings, figure: Optiona
     return result
 
 
-def _write_outputs(index, results: List[dict], fulls, ids, out: str, pictures: bool) -> None:
-    """The PNGs (with ``pictures``), results.csv, results.geojson and results.json, atomically."""
-    from localization.maps import MAX_TILES_SHOWN, query_figure, results_csv, results_geojson
+#: The files a query writes besides its pictures (whose names results.json lists).
+RESULT_FILES = ("results.json", "results.csv", "results.geojson")
 
-    os.makedirs(out, exist_ok=True)
-    if pictures:
-        reader = TileReader()
-        all_latlon = np.array([(t.lat, t.lon) for t in index.tiles], dtype=np.float64)
-        for result, full, rows in zip(results, fulls, ids):
-            shown = [reader(index.tiles[int(r)]) for r in rows[:len(result["candidates"])][:MAX_TILES_SHOWN]]
-            png = query_figure(full, os.path.basename(result["query"]), shown, result["candidates"], all_latlon,
-                               (result["true_lat"], result["true_lon"]) if "true_lat" in result else None)
-            write_bytes_atomic(os.path.join(out, result["figure"]), png)
-    write_bytes_atomic(os.path.join(out, "results.csv"), results_csv(results))
-    write_json_atomic(os.path.join(out, "results.geojson"), results_geojson(results))
-    write_json_atomic(os.path.join(out, "results.json"), results)
+
+def check_out_folder(out: str) -> None:
+    """A UserError unless ``out`` is new, empty or holds only a previous query's outputs (which the
+    new ones replace as a whole), and the folder around it lets a staging folder be renamed into it."""
+    check_output_dir(os.path.dirname(os.path.abspath(out)), "the folder of --out")
+    if not os.path.isdir(out):
+        return
+    ours = set(RESULT_FILES)
+    try:
+        with open(os.path.join(out, "results.json"), encoding="utf-8") as handle:
+            ours.update(r["figure"] for r in json.load(handle) if isinstance(r, dict) and "figure" in r)
+    except (OSError, ValueError, TypeError):
+        pass
+    others = sorted(set(os.listdir(out)) - ours)
+    if others:
+        raise UserError(f"--out {out} holds files that are not the outputs of a previous query "
+                        f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}), which the new outputs would "
+                        f"replace; choose a new or empty --out")
+
+
+def check_tiles_on_disk(index, rows: np.ndarray) -> None:
+    """A UserError unless every tile among ``rows`` is still the file that was indexed."""
+    for row in np.unique(rows[rows >= 0]):
+        tile = index.tiles[int(row)]
+        problem = tile.stamp_differs()
+        if problem:
+            raise UserError(f"the index refers to tiles by path, and tile {tile.name} ({tile.path}) {problem}; "
+                            f"put the tiles back where and as they were indexed, rebuild the index with "
+                            f"localize.py index --rebuild, or query with --no-pictures (and without refined "
+                            f"positions) to use the index alone")
+
+
+def _write_outputs(index, results: List[dict], ids, out: str, pictures: bool) -> None:
+    """The PNGs (with ``pictures``; each panorama read again, one at a time), results.csv,
+    results.geojson and results.json into a staging folder, which then replaces ``out``."""
+    from localization.maps import query_figure, results_csv, results_geojson
+
+    parent, name = os.path.split(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".{name}.partial{os.getpid()}")
+    try:
+        os.mkdir(staging)
+        if pictures:
+            reader = TileReader()
+            all_latlon = np.array([(t.lat, t.lon) for t in index.tiles], dtype=np.float64)
+            for result, rows in zip(results, ids):
+                shown = [reader(index.tiles[int(r)]) for r in rows[:len(result["candidates"])][:MAX_TILES_SHOWN]]
+                png = query_figure(_picture_panorama(result["query"]), os.path.basename(result["query"]), shown,
+                                   result["candidates"], all_latlon,
+                                   (result["true_lat"], result["true_lon"]) if "true_lat" in result else None)
+                write_bytes_atomic(os.path.join(staging, result["figure"]), png)
+        write_bytes_atomic(os.path.join(staging, "results.csv"), results_csv(results))
+        write_json_atomic(os.path.join(staging, "results.geojson"), results_geojson(results))
+        write_json_atomic(os.path.join(staging, "results.json"), results)
+        _replace_folder(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _picture_panorama(path: str) -> np.ndarray:
+    """The panorama as a query's picture shows it: at most :data:`PICTURE_WIDTH` pixels wide."""
+    height, width = check_image_file(path, "panorama", "pass a 360-degree panorama")
+    if width <= PICTURE_WIDTH:
+        return read_image(path)
+    return read_image(path, (max(1, round(height * PICTURE_WIDTH / width)), PICTURE_WIDTH))
+
+
+def _replace_folder(new: str, out: str) -> None:
+    """Put folder ``new`` in the place of ``out`` (two renames; the old one is then deleted)."""
+    old = None
+    if os.path.exists(out):
+        old = f"{new}.old"
+        os.rename(out, old)
+    try:
+        os.rename(new, out)
+    except OSError as exc:
+        if old is not None:
+            os.rename(old, out)
+        raise UserError(f"cannot write --out {out}: {exc.strerror or exc}") from None
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, checkpoint: Optional[str] = None,
              device: str = "auto", batch_size: int = 16, nprobe: Optional[int] = None, pictures: bool = True,
              log=print) -> List[dict]:
     """Query ``panoramas`` against the index in ``index_dir``; write the results into ``out``."""
-    from localization.embed import PanoramaInputs, embed
+    from localization.embed import PanoramaFiles, embed
     from localization.index import load_index
 
     if k < 1:
         raise UserError(f"-k must be >= 1, got {k}")
+    check_out_folder(out)
+    for panorama in panoramas:
+        check_panorama(panorama)
     index = load_index(index_dir, nprobe)
     loaded = _model_of(index, index_dir, checkpoint, device)
-    fulls, inputs = [], []
-    for panorama in panoramas:
-        full, model_input = read_panorama(panorama, loaded.pano_size)
-        fulls.append(full)
-        inputs.append(model_input)
-    descriptors = embed(loaded, PanoramaInputs(inputs), "street", batch_size, 0, desc="panoramas")
+    descriptors = embed(loaded, PanoramaFiles(panoramas, loaded.pano_size), "street", batch_size, 0,
+                        desc="panoramas")
     headings = [None] * len(panoramas)
     if loaded.correlation is None:
         similarities, ids = index.search(descriptors, k)
     else:
         similarities, ids, headings = search_over_shifts(index, descriptors, min(k, len(index.tiles)),
                                                          loaded.correlation)
-    refined = [None] * len(panoramas)
-    if loaded.run.model.regress_offset:
-        if tile_side_m(index.manifest) is None:
-            log("the model has an offset head but the index does not know its tiles' side in metres (build it "
-                "with --tile_m): no refined positions")
-        else:
-            refined = refined_positions(loaded, index, descriptors, ids, batch_size)
+    refine = loaded.run.model.regress_offset and tile_side_m(index.manifest) is not None
+    if loaded.run.model.regress_offset and not refine:
+        log("the model has an offset head but the index does not know its tiles' side in metres (build it "
+            "with --tile_m): no refined positions")
+    if pictures or refine:  # their tiles are read back: the pictures show the first MAX_TILES_SHOWN
+        check_tiles_on_disk(index, ids if refine else ids[:, :MAX_TILES_SHOWN])
+    refined = refined_positions(loaded, index, descriptors, ids, batch_size) if refine else [None] * len(panoramas)
     figures = _figure_names(panoramas) if pictures else [None] * len(panoramas)
     results = [_result(index, *entry) for entry in zip(panoramas, similarities, ids, refined, headings, figures)]
-    _write_outputs(index, results, fulls, ids, out, pictures)
+    _write_outputs(index, results, ids, out, pictures)
     for result in results:
         best = result["candidates"][0]
         line = (f"{os.path.basename(result['query'])}: {best['tile']} ({best['lat']:.6f}, {best['lon']:.6f}) "
@@ -261,6 +338,16 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
         if "distance_m" in best:
             line += f", {best['distance_m']:.1f} m from the true position"
         log(line)
-    log(f"{len(results)} queries, top-{min(k, len(index.tiles))} written to {out} "
-        f"(results.json, results.csv, results.geojson{', one PNG per query' if pictures else ''})")
+    log(_summary(index, results, k, out, pictures))
     return results
+
+
+def _summary(index, results: List[dict], k: int, out: str, pictures: bool) -> str:
+    """The closing line: what was written, and how many candidates each query really has."""
+    most, wanted = max(len(r["candidates"]) for r in results), min(k, len(index.tiles))
+    files = f"results.json, results.csv, results.geojson{', one PNG per query' if pictures else ''}"
+    if most == wanted:
+        return f"{len(results)} queries, top-{most} written to {out} ({files})"
+    return (f"{len(results)} queries, up to {most} candidates per query (-k {k}) written to {out} ({files}); the "
+            f"{index.spec.kind} index found no more in the {index.spec.nprobe} of its {index.spec.nlist} lists it "
+            f"searched: raise --nprobe to search more")

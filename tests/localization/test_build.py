@@ -10,6 +10,7 @@ from localization import index as index_module
 from localization.cli import main
 
 from .conftest import run_cli
+from .test_errors import a_panorama
 
 
 def _descriptors(folder):
@@ -21,22 +22,23 @@ def test_interrupted_build_leaves_no_index_and_resumes(world, flat_index, tmp_pa
     out = str(tmp_path / "index")
     args = ["index", "--checkpoint", world["checkpoint"], "--out", out, "--satellites", *world["satellites"],
             "--device", "cpu", "--workers", "0", "--chunk", "16"]
-    real_save, saved = index_module._save_npy, []
+    real_save, saved = index_module._save_chunk, []
 
-    def save_then_stop(path, array):
+    def save_then_stop(path, keys, array):
         if saved:
-            raise KeyboardInterrupt  # interrupted while embedding the second chunk
-        real_save(path, array)
+            raise KeyboardInterrupt  # interrupted while saving the second chunk
+        real_save(path, keys, array)
         saved.append(path)
 
-    monkeypatch.setattr(index_module, "_save_npy", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(index_module, "_save_chunk", save_then_stop)
+    with pytest.raises(SystemExit) as stop:
         main(args)
+    assert stop.value.code == 130
     assert sorted(os.listdir(out)) == ["building"]  # no manifest, no index: never taken for an index
-    code, _, err = run_cli(["query", "--index", out, "--device", "cpu", "x.jpg"], capsys)
+    code, _, err = run_cli(["query", "--index", out, "--device", "cpu", a_panorama(world)], capsys)
     assert code == 2 and "unfinished index build" in err
 
-    monkeypatch.setattr(index_module, "_save_npy", real_save)
+    monkeypatch.setattr(index_module, "_save_chunk", real_save)
     main(args)
     printed = capsys.readouterr().out
     assert "resumed: 16 of 50 tiles" in printed

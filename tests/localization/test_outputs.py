@@ -131,8 +131,7 @@ def test_an_offset_head_refines_every_candidate_by_its_predicted_offset(world, t
 
 def test_a_dsm_checkpoint_ranks_by_the_best_circular_shift_and_writes_the_heading(world, tmp_path):
     """Index searches over the street map's rolls give the dsm head's own similarity over all tiles."""
-    from localization.embed import PanoramaInputs, TileImages, embed, load_model
-    from localization.query import read_panorama
+    from localization.embed import PanoramaFiles, TileImages, embed, load_model
     from localization.tiles import Tile
 
     checkpoint = _checkpoint(str(tmp_path / "dsm.pth"), world["root"], {"head": "dsm"})[0]
@@ -142,7 +141,7 @@ def test_a_dsm_checkpoint_ranks_by_the_best_circular_shift_and_writes_the_headin
     loaded = load_model(checkpoint, "cpu")  # the brute force: every tile, every shift
     tiles = [Tile.from_dict(row) for row in json.load(open(os.path.join(index, "tiles.json")))]
     satellite = embed(loaded, TileImages(tiles, loaded.satellite_size), "satellite", 16, 0, "tiles")
-    street = embed(loaded, PanoramaInputs([read_panorama(r["query"], loaded.pano_size)[1] for r in results]),
+    street = embed(loaded, PanoramaFiles([r["query"] for r in results], loaded.pano_size),
                    "street", 16, 0, "panoramas")
     sims, shifts = loaded.correlation(torch.from_numpy(street), torch.from_numpy(satellite))
     headings = loaded.correlation.heading(shifts, street.shape[1])
