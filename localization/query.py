@@ -219,8 +219,10 @@ def _write_outputs(index, results: List[dict], fulls, ids, out: str, pictures: b
 
 def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, checkpoint: Optional[str] = None,
              device: str = "auto", batch_size: int = 16, nprobe: Optional[int] = None, pictures: bool = True,
-             log=print) -> List[dict]:
-    """Query ``panoramas`` against the index in ``index_dir``; write the results into ``out``."""
+             log=print, view=None) -> List[dict]:
+    """Query ``panoramas`` against the index in ``index_dir``; write the results into ``out``.
+
+    ``view``: a :class:`localization.prior.QueryView` (GPS prior, field of view), already located."""
     from localization.embed import PanoramaInputs, embed
     from localization.index import load_index
 
@@ -228,14 +230,21 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
         raise UserError(f"-k must be >= 1, got {k}")
     index = load_index(index_dir, nprobe)
     loaded = _model_of(index, index_dir, checkpoint, device)
+    if view is not None:
+        view.check_model(loaded)
     fulls, inputs = [], []
     for panorama in panoramas:
-        full, model_input = read_panorama(panorama, loaded.pano_size)
+        if view is not None and view.fov is not None:
+            full, model_input = view.read(panorama, loaded.pano_size)
+        else:
+            full, model_input = read_panorama(panorama, loaded.pano_size)
         fulls.append(full)
         inputs.append(model_input)
     descriptors = embed(loaded, PanoramaInputs(inputs), "street", batch_size, 0, desc="panoramas")
-    headings = [None] * len(panoramas)
-    if loaded.correlation is None:
+    headings, searched = [None] * len(panoramas), None
+    if view is not None and view.brute_force:
+        similarities, ids, headings, searched = view.search(index, descriptors, k, loaded.correlation)
+    elif loaded.correlation is None:
         similarities, ids = index.search(descriptors, k)
     else:
         similarities, ids, headings = search_over_shifts(index, descriptors, min(k, len(index.tiles)),
@@ -249,6 +258,8 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
             refined = refined_positions(loaded, index, descriptors, ids, batch_size)
     figures = _figure_names(panoramas) if pictures else [None] * len(panoramas)
     results = [_result(index, *entry) for entry in zip(panoramas, similarities, ids, refined, headings, figures)]
+    for result, count in zip(results, searched or []):
+        result["searched"] = count
     _write_outputs(index, results, fulls, ids, out, pictures)
     for result in results:
         best = result["candidates"][0]
@@ -260,6 +271,8 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
             line += f", refined ({best['lat_refined']:.6f}, {best['lon_refined']:.6f})"
         if "distance_m" in best:
             line += f", {best['distance_m']:.1f} m from the true position"
+        if "searched" in result:
+            line += f" ({result['searched']} of {len(index.tiles)} tiles searched)"
         log(line)
     log(f"{len(results)} queries, top-{min(k, len(index.tiles))} written to {out} "
         f"(results.json, results.csv, results.geojson{', one PNG per query' if pictures else ''})")
