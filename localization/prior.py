@@ -117,6 +117,7 @@ class QueryView:
     prior: str = "none"
     fov: Optional[float] = None
     centres: List[Optional[Tuple[float, float]]] = field(default_factory=list)
+    searched_rows: List[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.prior not in PRIORS:
@@ -151,8 +152,9 @@ class QueryView:
                                     f"instead, or --prior exif_if_present to search every tile for such photos")
                 log(f"warning: {photo} has no EXIF GPS position; searching every tile for it")
 
-    def check_model(self, loaded) -> None:
-        """A limited field of view needs a head that takes windows."""
+    def prepare(self, index, loaded) -> None:
+        """Check the model takes this view and find each query's tiles, before anything is embedded."""
+        self.searched_rows = [self.rows(index.tiles, centre) for centre in self.centres] if self.brute_force else []
         model = loaded.run.model
         if self.fov is None or self.fov == FULL_CIRCLE:
             return
@@ -184,13 +186,14 @@ class QueryView:
         return rows
 
     def search(self, index, descriptors: np.ndarray, k: int, correlation):
-        """``(similarities, rows, headings or None per query, searched per query)``; rows -1 past the found."""
+        """``(similarities, rows, headings or None per query, searched per query)``; rows -1 past the found
+        (after :meth:`locate` and :meth:`prepare`)."""
         k = min(int(k), len(index.tiles))
         sims = np.full((len(descriptors), k), -np.inf, dtype=np.float32)
         ids = np.full((len(descriptors), k), -1, dtype=np.int64)
         headings, searched = [], []
         for number, street in enumerate(descriptors):
-            rows = self.rows(index.tiles, self.centres[number] if self.centres else None)
+            rows = self.searched_rows[number]
             found_sims, found_rows, found_headings = brute_force(index.index, street, rows, k, correlation)
             sims[number, :len(found_rows)], ids[number, :len(found_rows)] = found_sims, found_rows
             headings.append(found_headings)

@@ -66,9 +66,8 @@ def read_panorama(path: str, size: Sequence[int]) -> Tuple[np.ndarray, np.ndarra
     if not low <= ratio <= high:
         raise UserError(f"{path} is {width}x{height} (width/height {ratio:.2f}): not a 360-degree panorama. "
                         f"Expected width/height between {low:g} and {high:g} (an equirectangular panorama is 2:1, "
-                        f"a CVUSA-style horizon strip about 5.5:1); a normal photo covers a limited field of "
-                        f"view, which localize.py does not handle yet (test_cvusa.py --test_fov evaluates the "
-                        f"dsm head on such crops)")
+                        f"a CVUSA-style horizon strip about 5.5:1); for a photo of a limited field of view pass "
+                        f"--fov DEG (with a --head dsm checkpoint)")
     return full, read_image(path, size)  # exactly the evaluation datasets' input
 
 
@@ -231,7 +230,7 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
     index = load_index(index_dir, nprobe)
     loaded = _model_of(index, index_dir, checkpoint, device)
     if view is not None:
-        view.check_model(loaded)
+        view.prepare(index, loaded)
     fulls, inputs = [], []
     for panorama in panoramas:
         if view is not None and view.fov is not None:
