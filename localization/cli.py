@@ -171,8 +171,11 @@ def _index_geo(args) -> None:
     spec = IndexSpec(args.index, args.nlist, args.nprobe, args.pq_m, args.refine, args.refine_bits)
     loaded = load_model(args.checkpoint, args.device)
     tile_m = args.tile_m or training_tile_m(loaded.run)
+    origin = "--tile_m" if args.tile_m else f"the side of the checkpoint's {loaded.run.dataset} training tiles"
+    print(f"tile side {tile_m:g} m ({origin})", flush=True)
     tiles, source = tiles_from_geo(kind, paths if kind == "raster" else [paths], tile_m, args.stride_m or tile_m / 2,
                                    args.zoom)
+    source["tile_m_from"] = origin
     print(f"{len(tiles)} tiles ({source['skipped']} skipped: nodata or outside the source)", flush=True)
     build_index(loaded, tiles, args.out, spec, source, args.batch_size, max(0, args.workers), args.chunk)
 

@@ -175,7 +175,7 @@ class RasterSource(GeoSource):
 
     @staticmethod
     def _env():
-        return _rasterio().Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+        return _rasterio().Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2 ** 20)  # bytes
 
     def _open(self):
         if self._dataset is None:

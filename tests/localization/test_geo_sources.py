@@ -63,6 +63,7 @@ def test_folder_geotiff_and_slippy_indexes_agree(world, maps, tmp_path, capsys):
         if name != "folder":  # the default tile: the checkpoint's VIGOR training tiles, half overlap
             assert manifest["source"]["tile_m"] == VIGOR_TILE_M and manifest["source"]["stride_m"] == VIGOR_TILE_M / 2
             assert "25 tiles (0 skipped: nodata or outside the source)" in out
+            assert "tile side 72.96 m (the side of the checkpoint's vigor training tiles)" in out
     panoramas = [os.path.join(world["root"], CITY, "panorama", name)
                  for name in sorted(os.listdir(os.path.join(world["root"], CITY, "panorama")))]
     found = {name: ranked(str(tmp_path / name), panoramas, tmp_path, capsys, k=25) for name in indexes}
@@ -141,3 +142,39 @@ def test_bad_sources(world, maps, tmp_path, capsys):
         code, _, err = run_cli(index_args(world, out, *source), capsys)
         assert_user_error(code, err, message)
         assert not os.path.exists(out)
+
+
+@pytest.mark.slow
+def test_near_on_an_ivfpq_index_of_a_raster(world, maps, tmp_path, capsys):
+    """ivfpq (>= 256 tiles: 20 m tiles every 8 m of the GeoTIFF): --near searches only the radius, ranks by
+    the vectors the index stores, and stays within their quantisation error of the exact flat index."""
+    from localization.embed import PanoramaInputs, embed, load_model
+    from localization.index import load_index
+    from localization.prior import stored_descriptors
+    from localization.query import read_panorama
+
+    source = ["--raster", maps["geotiff"], "--tile_m", "20", "--stride_m", "8"]
+    for kind in ("ivfpq", "flat"):
+        code, _, err = run_cli(index_args(world, str(tmp_path / kind), *source, "--index", kind), capsys)
+        assert code == 0, err
+    directory = os.path.join(world["root"], CITY, "panorama")
+    panorama = os.path.join(directory, sorted(os.listdir(directory))[0])
+    _, lat, lon = os.path.basename(panorama).split(",")[:3]
+    found = {}
+    for kind in ("ivfpq", "flat"):
+        code, _, err = run_cli(["query", "--index", str(tmp_path / kind), "--out", str(tmp_path / f"q_{kind}"), "-k",
+                                "400", "--near", f"{lat},{lon}", "--radius_m", "40", "--device", "cpu",
+                                "--no-pictures", panorama], capsys)
+        assert code == 0, err
+        found[kind] = json.load(open(tmp_path / f"q_{kind}" / "results.json"))[0]
+    index = load_index(str(tmp_path / "ivfpq"))
+    assert len(index.tiles) >= 256
+    rows = [i for i, t in enumerate(index.tiles) if haversine_m(float(lat), float(lon), t.lat, t.lon) <= 40]
+    assert found["ivfpq"]["searched"] == found["flat"]["searched"] == len(rows) == len(found["ivfpq"]["candidates"])
+    loaded = load_model(world["checkpoint"], "cpu")
+    street = embed(loaded, PanoramaInputs([read_panorama(panorama, loaded.pano_size)[1]]), "street", 1, 0, "q")[0]
+    sims = stored_descriptors(index.index, np.array(rows)) @ street
+    order = np.argsort(-sims, kind="stable")
+    assert [c["tile"] for c in found["ivfpq"]["candidates"]] == [index.tiles[rows[i]].name for i in order]
+    exact = {c["tile"]: c["similarity"] for c in found["flat"]["candidates"]}
+    assert max(abs(c["similarity"] - exact[c["tile"]]) for c in found["ivfpq"]["candidates"]) < 0.02
