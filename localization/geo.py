@@ -35,6 +35,7 @@ import math
 import os
 import re
 import sqlite3
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -164,6 +165,13 @@ class RasterSource(GeoSource):
             if dataset.crs is None:
                 raise UserError(f"--raster {path} has no coordinate reference system (CRS); georeference it (e.g. "
                                 f"gdal_translate -a_srs EPSG:XXXX -a_ullr ...) or use --mosaic with --bounds")
+            if dataset.transform.is_identity:
+                raise UserError(f"--raster {path} has a CRS but no geotransform (pixel size and position); "
+                                f"georeference it (e.g. gdal_translate -a_ullr ...) or use --mosaic with --bounds")
+            try:
+                _transformer(dataset.crs, "EPSG:4326")
+            except Exception as exc:  # pyproj raises several kinds for CRSs it cannot convert
+                raise UserError(f"--raster {path}: its CRS cannot be converted to GPS ({exc})") from None
             if dataset.count not in (1, 2, 3, 4) or dataset.dtypes[0] != "uint8":
                 raise UserError(f"--raster {path} has {dataset.count} band(s) of {dataset.dtypes[0]}; expected 8-bit "
                                 f"grey, grey+alpha, RGB or RGBA (convert with gdal_translate -ot Byte -scale)")
@@ -183,7 +191,9 @@ class RasterSource(GeoSource):
             if not os.path.isfile(self.path):
                 raise UserError(f"--raster file not found: {self.path}")
             try:
-                self._dataset = rasterio.open(self.path)
+                with warnings.catch_warnings():  # no geotransform: refused with one clear error below
+                    warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                    self._dataset = rasterio.open(self.path)
             except rasterio.errors.RasterioIOError as exc:
                 raise UserError(f"cannot read --raster {self.path}: {exc}") from None
         return self._dataset

@@ -1,6 +1,7 @@
 """--raster / --xyz / --mbtiles: one synthetic city as a tile folder, a UTM GeoTIFF and slippy tiles."""
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -128,11 +129,16 @@ def test_training_tile_side_comes_from_the_dataset():
 
 
 def test_bad_sources(world, maps, tmp_path, capsys):
-    no_crs = str(tmp_path / "plain.tif")
-    with rasterio.open(no_crs, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8") as dataset:
-        dataset.write(np.zeros((3, 64, 64), np.uint8))
+    no_crs, no_transform = str(tmp_path / "plain.tif"), str(tmp_path / "no_transform.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        for path, crs in ((no_crs, None), (no_transform, UTM_18N)):
+            with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+                               crs=crs) as dataset:
+                dataset.write(np.zeros((3, 64, 64), np.uint8))
     out = str(tmp_path / "out")
     cases = [(["--raster", no_crs], "has no coordinate reference system (CRS)"),
+             (["--raster", no_transform], "has a CRS but no geotransform"),
              (["--xyz", maps["xyz"], "--zoom", "12"], f"has no tiles at --zoom 12; it has zoom levels {maps['zoom']}"),
              (["--xyz", maps["xyz"]], "--xyz needs --zoom Z"),
              (["--raster", maps["geotiff"], "--tile_m", "5000"], "less than one --tile_m 5000 m tile"),
