@@ -36,7 +36,7 @@ import os
 import re
 import sqlite3
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -44,7 +44,6 @@ import numpy as np
 
 from common.errors import UserError
 from data.io import resize
-from localization.tiles import Tile
 
 #: A tile is kept when at least this fraction of its footprint has data.
 MIN_VALID = 0.5
@@ -391,19 +390,23 @@ def open_source(kind: str, path: str, zoom: Optional[int] = None) -> GeoSource:
 
 # ------------------------------------------------------------------------------ tiling
 @dataclass(frozen=True)
-class GeoTile(Tile):
-    """A tile rendered from a georeferenced source: ``path`` is the raster / folder / MBTiles,
-    ``kind`` one of :data:`GEO_KINDS`, ``side_m`` the tile side in metres, ``zoom`` for slippy tiles."""
+class GeoTile:
+    """A tile rendered from a georeferenced source, with the fields of
+    :class:`localization.tiles.Tile` (``box`` always None; ``path`` the raster / folder / MBTiles)
+    plus ``kind`` (one of :data:`GEO_KINDS`), ``side_m`` (tile side in metres) and ``zoom``
+    (slippy tiles). ``Tile.from_dict`` returns one for a row with ``kind``."""
 
+    name: str
+    path: str
+    lat: float
+    lon: float
+    box: None = None
     kind: str = "raster"
     side_m: float = 0.0
     zoom: Optional[int] = None
 
     def as_dict(self) -> dict:
-        out = super().as_dict()
-        if self.zoom is None:
-            del out["zoom"]
-        return out
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
     @classmethod
     def from_dict(cls, row: dict) -> "GeoTile":

@@ -1,7 +1,7 @@
 """How a query is searched beyond "a panorama against every tile": a GPS prior and a limited field of view.
 
 * **Prior** (``--near LAT,LON --radius_m R`` or ``--prior exif``): only the tiles whose centre
-  lies within ``R`` metres (great circle, :func:`helper.metrics.haversine_m`) of the prior are
+  lies within ``R`` metres (great circle, :func:`geometry.earth.haversine_m`) of the prior are
   searched. ``exif`` reads the photo's EXIF GPS (a photo without it is an error);
   ``exif_if_present`` warns and searches every tile for such a photo.
 * **Field of view** (``--fov DEG``): a photo covering ``DEG`` degrees (any aspect) is resized to
@@ -28,7 +28,7 @@ import numpy as np
 from common.errors import UserError
 from data.io import read_image
 from geometry.heading import FULL_CIRCLE, fov_width
-from helper.metrics import haversine_m
+from geometry.earth import haversine_m
 
 PRIORS = ("none", "exif", "exif_if_present")
 #: Tiles scored per block of the brute-force search.

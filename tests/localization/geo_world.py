@@ -11,8 +11,9 @@ import rasterio
 from rasterio.transform import from_bounds, from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from data.synth.layouts import EARTH_RADIUS_M, VIGOR_TILE_M, _item_rng, plan_city
+from data.synth.layouts import VIGOR_TILE_M, _item_rng, plan_city
 from data.synth.render import aerial_look, render_aerial
+from geometry.earth import EARTH_RADIUS_M
 
 UTM_18N = "EPSG:32618"  # New York
 

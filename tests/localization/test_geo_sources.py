@@ -10,7 +10,7 @@ from pyproj import Geod, Transformer
 from rasterio.transform import from_origin
 
 from data.synth.layouts import VIGOR_TILE_M, city_origin
-from helper.metrics import haversine_m
+from geometry.earth import haversine_m
 from localization.geo import training_tile_m, tiles_from_geo
 
 from .conftest import run_cli

@@ -7,7 +7,7 @@ import numpy as np
 import piexif
 import pytest
 
-from helper.metrics import haversine_m
+from geometry.earth import haversine_m
 from localization.prior import exif_gps
 
 from .conftest import run_cli
