@@ -21,6 +21,7 @@ from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, TILE_SIDE
 from helper.config import DEVICES
 from localization.index import REFINE_BITS, IndexSpec
 from localization.tiles import PROJECTIONS
+from localization.prior import PRIORS, QueryView, parse_near
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,14 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "are resolved against the CSV's folder)")
     source.add_argument("--mosaic", metavar="IMAGE", help="north-up orthophoto cut into tiles (needs --bounds, "
                                                           "--tile_m, --stride_m)")
+    source.add_argument("--raster", nargs="+", metavar="FILE",
+                        help="GeoTIFF / Cloud-Optimised GeoTIFF orthophoto(s) in any CRS, cut into north-up tiles "
+                             "of --tile_m every --stride_m metres (several sheets: one tiling each, or pass a "
+                             "gdalbuildvrt mosaic to cut across their edges)")
+    source.add_argument("--xyz", metavar="DIR", help="slippy-map tiles DIR/z/x/y.png|jpg (Web Mercator) at --zoom, "
+                                                     "stitched and re-cut like --raster")
+    source.add_argument("--mbtiles", metavar="FILE", help="an MBTiles file (TMS rows) at --zoom (default: its "
+                                                          "highest), stitched and re-cut like --raster")
+    index.add_argument("--zoom", type=int, help="--xyz / --mbtiles: the zoom level to cut (ground resolution "
+                                                "156543.03392 cos(lat) / 2^zoom m/px)")
     index.add_argument("--bounds", metavar="N,W,S,E", help="--mosaic: latitude/longitude of its edges, degrees")
     index.add_argument("--tile_m", type=float,
                        help="tile side in metres: --mosaic cuts tiles of this size; with --satellites / --tiles it "
                             "scales the in-tile offsets of a model with an offset head (default for --satellites: "
                             f"VIGOR's {TILE_SIDE} px x {NOMINAL_METRES_PER_PIXEL} m = "
-                            f"{TILE_SIDE * NOMINAL_METRES_PER_PIXEL:.2f} m; --tiles: unknown, no refined positions)")
-    index.add_argument("--stride_m", type=float, help="--mosaic: distance between tile centres in metres "
-                                                      "(half the tile side gives VIGOR's half overlap)")
+                            f"{TILE_SIDE * NOMINAL_METRES_PER_PIXEL:.2f} m; --tiles: unknown, no refined positions; "
+                            "--raster / --xyz / --mbtiles: the side of the tiles the checkpoint was trained on)")
+    index.add_argument("--stride_m", type=float, help="--mosaic / --raster / --xyz / --mbtiles: distance between "
+                                                      "tile centres in metres (half the tile side gives VIGOR's "
+                                                      "half overlap; default for --raster / --xyz / --mbtiles: "
+                                                      "half of --tile_m)")
     index.add_argument("--projection", choices=PROJECTIONS,
                        help="--mosaic: rows linear in latitude (EPSG:4326 export) or in the Mercator ordinate "
                             f"(EPSG:3857 web map export, latitudes within +-85.0511) (default: {PROJECTIONS[0]})")
@@ -92,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
                                             "path recorded in the index)")
     query.add_argument("--nprobe", type=int, help="ivf/ivfpq: lists searched per query (default: the index's)")
     query.add_argument("--no-pictures", dest="pictures", action="store_false", help="skip the PNG per query")
+    query.add_argument("--near", metavar="LAT,LON", help="GPS prior: search only the tiles within --radius_m of it")
+    query.add_argument("--prior", default="none", choices=PRIORS,
+                       help="exif: each photo's EXIF GPS is the prior (an error without one); exif_if_present: "
+                            "warn and search every tile for a photo without one (default: none)")
+    query.add_argument("--radius_m", type=float, help="--near / --prior: search radius in metres around the prior "
+                                                      "(e.g. 200 for a phone's GPS in a city)")
+    query.add_argument("--fov", type=float, metavar="DEG",
+                       help="the photos cover DEG degrees horizontally (not 360-degree panoramas): each is resized "
+                            "to the model's panorama height and DEG / 360 of its width; needs a --head dsm model, "
+                            "which also reports heading_deg")
     _common(query, batch_size=16)
     return parser
 
@@ -140,6 +164,10 @@ def _index(args) -> None:
     from localization.embed import load_model
     from localization.index import build_index
 
+    if args.raster or args.xyz or args.mbtiles:
+        return _index_geo(args)
+    if args.zoom is not None:
+        raise UserError("--zoom only applies to --xyz and --mbtiles")
     mosaic_flags = [f for f in ("bounds", "stride_m", "projection") if getattr(args, f) is not None]
     if args.mosaic is None and mosaic_flags:
         raise UserError(f"--{mosaic_flags[0]} only applies to --mosaic")
@@ -165,6 +193,33 @@ def _index(args) -> None:
                 args.rebuild)
 
 
+def _index_geo(args) -> None:
+    """``index --raster / --xyz / --mbtiles``: tiles cut on a metric grid (:mod:`localization.geo`)."""
+    from localization.embed import load_model
+    from localization.geo import training_tile_m, tiles_from_geo
+    from localization.index import build_index
+
+    for flag in ("bounds", "projection"):
+        if getattr(args, flag) is not None:
+            raise UserError(f"--{flag} only applies to --mosaic (a georeferenced source carries its own position)")
+    kind, paths = next((k, v) for k, v in (("raster", args.raster), ("xyz", args.xyz), ("mbtiles", args.mbtiles)) if v)
+    if kind == "raster" and args.zoom is not None:
+        raise UserError("--zoom only applies to --xyz and --mbtiles")
+    for flag in ("tile_m", "stride_m"):
+        _positive(getattr(args, flag), f"--{flag}")
+    spec = IndexSpec(args.index, args.nlist, args.nprobe, args.pq_m, args.refine, args.refine_bits)
+    loaded = load_model(args.checkpoint, args.device)
+    tile_m = args.tile_m or training_tile_m(loaded.run)
+    origin = "--tile_m" if args.tile_m else f"the side of the checkpoint's {loaded.run.dataset} training tiles"
+    print(f"tile side {tile_m:g} m ({origin})", flush=True)
+    tiles, source = tiles_from_geo(kind, paths if kind == "raster" else [paths], tile_m, args.stride_m or tile_m / 2,
+                                   args.zoom)
+    source["tile_m_from"] = origin
+    print(f"{len(tiles)} tiles ({source['skipped']} skipped: nodata or outside the source)", flush=True)
+    build_index(loaded, tiles, args.out, spec, source, args.batch_size, max(0, args.workers), args.chunk,
+                args.rebuild)
+
+
 def _query(args) -> None:
     from localization.query import localise, panorama_files
 
@@ -173,5 +228,8 @@ def _query(args) -> None:
     if args.queries and os.path.realpath(args.out) == os.path.realpath(args.queries):
         raise UserError(f"--out {args.out} is the --queries folder: its result pictures would be queried next "
                         f"time; choose another --out")
-    localise(args.index, panorama_files(args.panoramas, args.queries), args.out, args.k, args.checkpoint,
-             args.device, args.batch_size, args.nprobe, args.pictures)
+    photos = panorama_files(args.panoramas, args.queries)
+    view = QueryView(parse_near(args.near) if args.near else None, args.radius_m, args.prior, args.fov)
+    view.locate(photos)
+    localise(args.index, photos, args.out, args.k, args.checkpoint, args.device, args.batch_size, args.nprobe,
+             args.pictures, view=view)

@@ -68,18 +68,20 @@ def panorama_files(paths: Sequence[str], folder: Optional[str]) -> List[str]:
     return list(paths)
 
 
-def check_panorama(path: str) -> None:
+def check_panorama(path: str, limited: bool = False) -> None:
     """A UserError unless ``path`` is a JPEG/PNG file (:func:`localization.tiles.check_image_file`)
-    shaped like a 360-degree panorama; nothing is decoded."""
+    shaped like a 360-degree panorama (any shape for a ``limited`` field of view, ``--fov``); nothing
+    is decoded."""
     height, width = check_image_file(path, "panorama", "pass a 360-degree panorama")
+    if limited:
+        return
     ratio = width / height
     low, high = PANORAMA_ASPECT
     if not low <= ratio <= high:
         raise UserError(f"{path} is {width}x{height} (width/height {ratio:.2f}): not a 360-degree panorama. "
                         f"Expected width/height between {low:g} and {high:g} (an equirectangular panorama is 2:1, "
-                        f"a CVUSA-style horizon strip about 5.5:1); a normal photo covers a limited field of "
-                        f"view, which localize.py does not handle yet (test_cvusa.py --test_fov evaluates the "
-                        f"dsm head on such crops)")
+                        f"a CVUSA-style horizon strip about 5.5:1); for a photo of a limited field of view pass "
+                        f"--fov DEG (with a --head dsm checkpoint)")
 
 
 def true_position(path: str) -> Optional[Tuple[float, float]]:
@@ -297,8 +299,10 @@ def _replace_folder(new: str, out: str) -> None:
 
 def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, checkpoint: Optional[str] = None,
              device: str = "auto", batch_size: int = 16, nprobe: Optional[int] = None, pictures: bool = True,
-             log=print) -> List[dict]:
-    """Query ``panoramas`` against the index in ``index_dir``; write the results into ``out``."""
+             log=print, view=None) -> List[dict]:
+    """Query ``panoramas`` against the index in ``index_dir``; write the results into ``out``.
+
+    ``view``: a :class:`localization.prior.QueryView` (GPS prior, field of view), already located."""
     from localization.embed import PanoramaFiles, embed
     from localization.index import load_index
 
@@ -306,13 +310,17 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
         raise UserError(f"-k must be >= 1, got {k}")
     check_out_folder(out)
     for panorama in panoramas:
-        check_panorama(panorama)
+        check_panorama(panorama, limited=view is not None and view.limited)
     index = load_index(index_dir, nprobe)
     loaded = _model_of(index, index_dir, checkpoint, device)
-    descriptors = embed(loaded, PanoramaFiles(panoramas, loaded.pano_size), "street", batch_size, 0,
-                        desc="panoramas")
-    headings = [None] * len(panoramas)
-    if loaded.correlation is None:
+    if view is not None:
+        view.prepare(index, loaded)
+    size = loaded.pano_size if view is None else view.input_size(loaded.pano_size)
+    descriptors = embed(loaded, PanoramaFiles(panoramas, size), "street", batch_size, 0, desc="panoramas")
+    headings, searched = [None] * len(panoramas), None
+    if view is not None and view.brute_force:
+        similarities, ids, headings, searched = view.search(index, descriptors, k, loaded.correlation)
+    elif loaded.correlation is None:
         similarities, ids = index.search(descriptors, k)
     else:
         similarities, ids, headings = search_over_shifts(index, descriptors, min(k, len(index.tiles)),
@@ -326,6 +334,8 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
     refined = refined_positions(loaded, index, descriptors, ids, batch_size) if refine else [None] * len(panoramas)
     figures = _figure_names(panoramas) if pictures else [None] * len(panoramas)
     results = [_result(index, *entry) for entry in zip(panoramas, similarities, ids, refined, headings, figures)]
+    for result, count in zip(results, searched or []):
+        result["searched"] = count
     _write_outputs(index, results, ids, out, pictures)
     for result in results:
         best = result["candidates"][0]
@@ -337,6 +347,8 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
             line += f", refined ({best['lat_refined']:.6f}, {best['lon_refined']:.6f})"
         if "distance_m" in best:
             line += f", {best['distance_m']:.1f} m from the true position"
+        if "searched" in result:
+            line += f" ({result['searched']} of {len(index.tiles)} tiles searched)"
         log(line)
     log(_summary(index, results, k, out, pictures))
     return results
