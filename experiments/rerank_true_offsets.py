@@ -31,7 +31,7 @@ from helper.config import RunConfig  # noqa: E402
 from helper.engine import extract_features  # noqa: E402
 from helper.metrics import evaluate_retrieval  # noqa: E402
 from helper.offsets import predict_offsets  # noqa: E402
-from helper.rerank import RERANK_SCORES, RerankConfig, check_rerank_size, rerank_candidates  # noqa: E402
+from helper.rerank import RECENTRED_SCORES, RerankConfig, check_rerank_size, rerank_candidates  # noqa: E402
 from models import build_model  # noqa: E402
 from models.offset import normalise_delta  # noqa: E402
 
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--data_root", required=True, help="the world (CVUSA layout: with offsets.csv)")
     parser.add_argument("--offsets_csv", default="offsets.csv", help="CVUSA layout: the offset labels")
     parser.add_argument("--rerank", type=int, default=10)
-    parser.add_argument("--rerank_score", choices=RERANK_SCORES, default=RerankConfig.rerank_score,
+    parser.add_argument("--rerank_score", choices=RECENTRED_SCORES, default=RerankConfig.rerank_score,
                         help="as test_cvusa.py / test_vigor.py --rerank_score")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))

@@ -153,7 +153,7 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
         raise UserError(f"{args.checkpoint} was trained on {stored.dataset}; use test_{stored.dataset}.py")
     overrides = {key: getattr(args, key) for key in args.explicit | {"device"}}
     run = stored.replace(**overrides, amp="none").resolved()  # evaluation extracts in float32
-    check_rerank(run.model, args.rerank)
+    check_rerank(run.model, args.rerank, args.rerank_score)
     task = get_task(dataset)
     path = results_path(args, run, task)
     check_output_file(path, "the results file")
@@ -201,6 +201,10 @@ def format_table(results: dict) -> str:
                      f"in {rerank['seconds']:.1f} s, scored by {rerank['score']}")
     if "orientation" in results:
         lines.append(orientation_line(results["orientation"]))
+    if "pose" in results:
+        from helper.pose import pose_line
+
+        lines.append(pose_line(results["pose"]))
     return "\n".join(lines)
 
 

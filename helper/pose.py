@@ -159,3 +159,30 @@ def pose_of_pairs(model, street: PoseEmbedding, satellites: Dataset, tiles: torc
                                     workers, compute, "pose tiles")
     shape = tuple(tiles.shape)
     return delta.view(*shape, 2), heading.view(shape), score.view(shape)
+
+
+def positives_known(model, street: PoseEmbedding, satellites: Dataset, positive: torch.Tensor, truth_px: np.ndarray,
+                    tile_side: float, scale, unit: str, env, batch_size: int, workers: int,
+                    true_heading: Optional[np.ndarray] = None) -> dict:
+    """The ``pose`` block (module doc): every query's pose estimated on its ``positive`` tile of
+    ``satellites``, against the true label deltas ``truth_px`` (``N x 2`` pixels of tiles of side
+    ``tile_side``) at ``scale`` units per pixel; with ``true_heading`` (an unknown heading) also the
+    heading errors."""
+    from models.offset import delta_pixels
+
+    delta, heading, _ = pose_of_pairs(model, street, satellites, positive, env, batch_size, workers)
+    predicted = delta_pixels(delta.double(), tile_side).cpu().numpy()
+    estimate = None if true_heading is None else heading.cpu().numpy()
+    return pose_results(predicted, truth_px, scale, unit, estimate, true_heading)
+
+
+def pose_line(block: dict) -> str:
+    """The ``pose`` block as one line of the printed table."""
+    unit = "m" if "median_m" in block else "px"
+    within = ", ".join(f"<{k} {unit} {v:.1f}%" for k, v in block[f"within_{unit}"].items())
+    line = (f"pose, positives known ({block['queries']} queries): median {block[f'median_{unit}']:.2f} {unit} "
+            f"(tile centre {block[f'centre_median_{unit}']:.2f}), mean {block[f'mean_{unit}']:.2f}; {within}")
+    if "heading_median_deg" in block:
+        line += (f"; heading median {block['heading_median_deg']:.1f} deg, <=10 deg "
+                 f"{block['heading_within_deg']['10']:.1f}%")
+    return line

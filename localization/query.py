@@ -11,7 +11,10 @@ candidate ``heading_deg``, the heading of the best shift. A model with an offset
 pair (:mod:`helper.offsets` conventions), the normalised offset scaled by half the tile side in
 metres (the index's ``tile_m``; unknown for ``--tiles`` built without ``--tile_m``: no refined
 positions then). The candidates' tiles are re-embedded from their images for it, exactly as the
-index was built, so it works with every index kind.
+index was built, so it works with every index kind. A model with a pose head (``--pose dense``)
+refines by it instead (:func:`helper.pose.pose_of_pairs`, as the test scripts) and gives each
+candidate ``heading_deg``, the heading it estimates at that point; the picture marks the point
+on each tile with an arrow along that heading.
 
 Panoramas: any size; each is resized to the model's panorama size exactly as the evaluation
 datasets do. A 360-degree panorama is at least about twice as wide as high (equirectangular
@@ -155,23 +158,49 @@ def refined_positions(loaded, index, street: np.ndarray, ids: np.ndarray, batch_
     """``(queries, k, 2)`` lat/lon of every candidate's centre moved by the offset predicted for
     its pair (NaN where a query has fewer than k candidates)."""
     from helper.distributed import unwrap
-    from helper.offsets import panorama_gps, predict_offsets
+    from helper.offsets import predict_offsets
     from localization.embed import TileImages, embed
 
-    rows = np.unique(ids[ids >= 0])
-    tiles = [index.tiles[int(r)] for r in rows]
+    tiles, pairs = _candidate_tiles(index, ids)
     satellite = embed(loaded, TileImages(tiles, loaded.satellite_size, loaded.run.model.polar_files), "satellite",
                       batch_size, 0, desc="candidate tiles")
     device = loaded.env.device
-    pairs = np.searchsorted(rows, np.where(ids >= 0, ids, rows[0]))
     normalised = predict_offsets(unwrap(loaded.model), torch.from_numpy(np.repeat(street, ids.shape[1], 0)).to(device),
                                  torch.from_numpy(satellite).to(device),
                                  torch.from_numpy(pairs.reshape(-1)).to(device)).cpu().numpy()
+    return _moved_centres(index, tiles, pairs, normalised, ids)
+
+
+def _candidate_tiles(index, ids: np.ndarray):
+    """``(tiles, pairs)``: the distinct candidate tiles of ``ids`` and each candidate's row among them."""
+    rows = np.unique(ids[ids >= 0])
+    return [index.tiles[int(r)] for r in rows], np.searchsorted(rows, np.where(ids >= 0, ids, rows[0]))
+
+
+def _moved_centres(index, tiles, pairs: np.ndarray, normalised: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``(queries, k, 2)`` lat/lon: each candidate's tile centre moved by its normalised offset
+    (``queries * k x 2``); NaN where a query has fewer than k candidates."""
+    from helper.offsets import panorama_gps
+
     centres = np.array([(t.lat, t.lon) for t in tiles], dtype=np.float64)[pairs.reshape(-1)]
     side_m = tile_side_m(index.manifest)
     refined = panorama_gps(centres, delta_pixels(normalised, TILE_SIDE), side_m / TILE_SIDE).reshape(*ids.shape, 2)
     refined[ids < 0] = np.nan
     return refined
+
+
+def pose_estimates(loaded, index, inputs: List[np.ndarray], ids: np.ndarray, batch_size: int):
+    """The pose head's estimate for every (panorama, candidate) pair, exactly as the test scripts'
+    (:func:`helper.pose.pose_of_pairs` on the tile images): ``(points (queries, k, 2) normalised deltas,
+    headings (queries, k) degrees)``."""
+    from helper.pose import embed_panoramas, pose_of_pairs
+    from localization.embed import PanoramaInputs, TileImages
+
+    tiles, pairs = _candidate_tiles(index, ids)
+    street = embed_panoramas(loaded.model, PanoramaInputs(inputs), loaded.env, batch_size, 0)
+    delta, heading, _ = pose_of_pairs(loaded.model, street, TileImages(tiles, loaded.satellite_size),
+                                      torch.from_numpy(pairs), loaded.env, batch_size, 0)
+    return delta.cpu().numpy(), heading.cpu().numpy()
 
 
 def _result(index, panorama: str, sims, rows, refined, headings, figure: Optional[str]) -> dict:
@@ -199,18 +228,21 @@ def _result(index, panorama: str, sims, rows, refined, headings, figure: Optiona
     return result
 
 
-def _write_outputs(index, results: List[dict], fulls, ids, out: str, pictures: bool) -> None:
-    """The PNGs (with ``pictures``), results.csv, results.geojson and results.json, atomically."""
+def _write_outputs(index, results: List[dict], fulls, ids, out: str, pictures: bool,
+                   points: Optional[np.ndarray] = None) -> None:
+    """The PNGs (with ``pictures``; ``points``: the pose head's normalised deltas, queries x k x 2, drawn
+    with the heading as an arrow on each tile), results.csv, results.geojson and results.json, atomically."""
     from localization.maps import MAX_TILES_SHOWN, query_figure, results_csv, results_geojson
 
     os.makedirs(out, exist_ok=True)
     if pictures:
         reader = TileReader()
         all_latlon = np.array([(t.lat, t.lon) for t in index.tiles], dtype=np.float64)
-        for result, full, rows in zip(results, fulls, ids):
+        for q, (result, full, rows) in enumerate(zip(results, fulls, ids)):
             shown = [reader(index.tiles[int(r)]) for r in rows[:len(result["candidates"])][:MAX_TILES_SHOWN]]
             png = query_figure(full, os.path.basename(result["query"]), shown, result["candidates"], all_latlon,
-                               (result["true_lat"], result["true_lon"]) if "true_lat" in result else None)
+                               (result["true_lat"], result["true_lon"]) if "true_lat" in result else None,
+                               None if points is None else points[q])
             write_bytes_atomic(os.path.join(out, result["figure"]), png)
     write_bytes_atomic(os.path.join(out, "results.csv"), results_csv(results))
     write_json_atomic(os.path.join(out, "results.geojson"), results_geojson(results))
@@ -240,16 +272,20 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
     else:
         similarities, ids, headings = search_over_shifts(index, descriptors, min(k, len(index.tiles)),
                                                          loaded.correlation)
-    refined = [None] * len(panoramas)
-    if loaded.run.model.regress_offset:
-        if tile_side_m(index.manifest) is None:
-            log("the model has an offset head but the index does not know its tiles' side in metres (build it "
-                "with --tile_m): no refined positions")
-        else:
-            refined = refined_positions(loaded, index, descriptors, ids, batch_size)
+    refined, points = [None] * len(panoramas), None
+    pose = loaded.run.model.pose != "none"
+    if pose:  # the pose head refines (and gives the heading) when the model has one
+        points, headings = pose_estimates(loaded, index, inputs, ids, batch_size)
+    if (pose or loaded.run.model.regress_offset) and tile_side_m(index.manifest) is None:
+        log(f"the model has {'a pose' if pose else 'an offset'} head but the index does not know its tiles' side in "
+            f"metres (build it with --tile_m): no refined positions")
+    elif pose:
+        refined = _moved_centres(index, *_candidate_tiles(index, ids), points.reshape(-1, 2), ids)
+    elif loaded.run.model.regress_offset:
+        refined = refined_positions(loaded, index, descriptors, ids, batch_size)
     figures = _figure_names(panoramas) if pictures else [None] * len(panoramas)
     results = [_result(index, *entry) for entry in zip(panoramas, similarities, ids, refined, headings, figures)]
-    _write_outputs(index, results, fulls, ids, out, pictures)
+    _write_outputs(index, results, fulls, ids, out, pictures, points)
     for result in results:
         best = result["candidates"][0]
         line = (f"{os.path.basename(result['query'])}: {best['tile']} ({best['lat']:.6f}, {best['lon']:.6f}) "

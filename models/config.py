@@ -17,6 +17,7 @@ from data import cvusa_layout
 from geometry.polar import satellite_input_size
 from models.backbones import BACKBONES
 from models.heads import HEADS, WINDOW_HEADS
+from models.pose import MIN_CELLS, POSES, cell_grid
 from models.transforms import STN_TRANSFORMS, TRANSFORMS
 
 STN_INITS = ("identity", "polar")
@@ -55,6 +56,11 @@ class ModelConfig:
                                           "regresses where inside the tile the panorama was taken (VIGOR's "
                                           "SAFA_delta); refines the metre-level localisation. VIGOR, and "
                                           "CVUSA-layout data with offset labels (--offsets_csv)")
+    pose: str = setting("none", "in-tile pose head: dense = the panorama matched against a grid of cells over the raw "
+                                "satellite tile (a position distribution, sub-cell estimate) and its heading read "
+                                "at that point (models/pose.py); refines the metre-level localisation and scores "
+                                "--rerank_score pose. Trains from offset labels (VIGOR; CVUSA: --offsets_csv)",
+                        choices=lambda: POSES)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -67,9 +73,20 @@ class ModelConfig:
                             "polar_files")
         if self.tps_bounded and self.transform != "tps":
             raise UserError(f"tps_bounded only applies to --transform tps, not {self.transform!r}; unset it")
+        if self.pose != "none":
+            self._check_pose()
         if self.lambda_l1 > 0 and self.transform not in STN_TRANSFORMS:
             raise UserError(f"lambda_l1 > 0 (L1 guidance towards the polar image) needs an STN transform "
                             f"({', '.join(STN_TRANSFORMS)}), not {self.transform!r}; set --lambda_l1 0")
+
+    def _check_pose(self) -> None:
+        side = self.sate_size[0]
+        if self.polar_files:
+            raise UserError(f"--pose {self.pose} reads the raw satellite tile, but polar_files feeds polar images; "
+                            f"drop one of them")
+        if side != self.sate_size[1] or cell_grid(side) < MIN_CELLS:
+            raise UserError(f"--pose {self.pose} needs a square --sate_size of at least {4 * MIN_CELLS - 3} pixels "
+                            f"({MIN_CELLS} x {MIN_CELLS} cells), got {self.sate_size[0]},{self.sate_size[1]}")
 
     @property
     def satellite_input_size(self) -> Tuple[int, int]:

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geometry.heading import FULL_CIRCLE
+from models.registry import Registry
 
 #: Channels of a cell's (and a panorama's) position descriptor.
 POSITION_DIM = 64
@@ -239,3 +240,9 @@ class PoseHead(nn.Module):
         score = torch.logsumexp(logits, dim=1) / self.scale()
         return delta, heading, score
 
+
+#: Pose heads ``head(street channels, tile side)`` by ``--pose`` name (``none``: no pose head).
+POSE_HEADS = Registry("pose head")
+POSE_HEADS.register("dense")(PoseHead)
+#: ``--pose`` choices.
+POSES = ("none", *POSE_HEADS)

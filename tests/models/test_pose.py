@@ -115,3 +115,41 @@ def test_tile_logits_are_the_pairwise_logsumexp():
         for j in range(2):
             pair = head.position_logits(street[i:i + 1], cells[j:j + 1])
             assert float(matrix[i, j]) == pytest.approx(float(torch.logsumexp(pair, dim=1)), rel=1e-5)
+
+
+def test_the_default_model_has_no_pose_parameters():
+    from models import DEFAULT_CONFIG, build_model
+
+    assert DEFAULT_CONFIG["pose"] == "none"
+    model = build_model(dict(backbone="tiny", pretrained=False, sate_size=(64, 64), pano_size=(32, 128)))
+    assert model.pose_head is None and not any("pose" in name for name, _ in model.named_parameters())
+    dense = build_model(dict(backbone="tiny", pretrained=False, sate_size=(64, 64), pano_size=(32, 128),
+                             pose="dense"))
+    assert dense.pose_head.cells == 16
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(sate_size=(64, 96)), "square --sate_size"),
+    (dict(sate_size=(56, 56)), "at least 61 pixels"),
+    (dict(polar_files=True), "raw satellite tile"),
+])
+def test_pose_settings_it_cannot_use_are_refused(settings, message):
+    from common.errors import UserError
+    from models.config import ModelConfig
+
+    with pytest.raises(UserError, match=message):
+        ModelConfig(**{"pose": "dense", "sate_size": (64, 64), **settings})
+
+
+def test_model_forward_gives_the_pairs_pose_embeddings():
+    from models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(dict(backbone="tiny", pretrained=False, sate_size=(64, 64), pano_size=(32, 128),
+                             pose="dense"))
+    street, satellite = torch.randn(2, 3, 32, 128), torch.randn(3, 3, 64, 64)  # a semi-positive appended
+    _, _, aux = model(street, satellite, return_aux=True)
+    pano, tiles = aux["pose"]
+    assert pano.street.shape == (2, POSITION_DIM) and tiles.cells.shape == (2, POSITION_DIM, 16, 16)
+    assert torch.allclose(pano.street, model.pose_street(street).street)
+    assert torch.allclose(tiles.cells, model.pose_head.embed_satellite(satellite[:2]).cells)
