@@ -22,16 +22,17 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from helper.distributed import DistEnv  # noqa: E402
-from helper.engine import Objective, train_step  # noqa: E402
+from helper.engine import train_step  # noqa: E402
+from helper.objective import Objective, ObjectiveConfig  # noqa: E402
 from models import build_model, count_parameters  # noqa: E402
 
 
 def run_variant(args, device: torch.device, amp: str, channels_last: bool) -> dict:
     cfg = {"transform": args.transform, "backbone": args.backbone, "pretrained": False,
-           "sate_size": [args.sate, args.sate], "pano_size": [args.pano_h, args.pano_w], "lambda_l1": args.lambda_l1}
-    objective = Objective(lambda_sm=10.0, lambda_l1=args.lambda_l1, amp=amp)
+           "sate_size": [args.sate, args.sate], "pano_size": [args.pano_h, args.pano_w]}
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
+    objective = Objective.build(ObjectiveConfig(lambda_l1=args.lambda_l1), model.cfg, amp=amp).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
@@ -43,7 +44,7 @@ def run_variant(args, device: torch.device, amp: str, channels_last: bool) -> di
 
     def step():
         return train_step(objective, model, batch, optimizer, scaler, env, hard_ratio=1.0,
-                          chunk_size=args.chunk_size).loss
+                          chunk_size=args.chunk_size).loss.total
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):

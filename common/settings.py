@@ -29,7 +29,8 @@ _KINDS = {int: "int", float: "float", bool: "bool", str: "str", Tuple[int, int]:
 
 def setting(default: Any, help: str, *, choices: Any = None,
             minimum: Optional[float] = None, maximum: Optional[float] = None, above: Optional[float] = None,
-            evaluation: bool = False, default_text: Optional[str] = None) -> Any:
+            evaluation: bool = False, default_text: Optional[str] = None,
+            datasets: Optional[Tuple[str, ...]] = None) -> Any:
     """A dataclass field that is also a flag.
 
     ``choices``: a callable returning the valid strings (read late), or a registry (its
@@ -37,9 +38,11 @@ def setting(default: Any, help: str, *, choices: Any = None,
     ``minimum``/``maximum`` (inclusive) and ``above`` (exclusive) bound numbers, and each
     element of pairs and number lists. ``evaluation``: the test scripts take this flag too.
     ``default_text``: how ``--help`` states a derived default (for ``None`` defaults).
+    ``datasets``: the only datasets whose entry points take this flag (None: all); elsewhere the field
+    keeps its default and its flag is absent.
     """
     metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "above": above,
-                "evaluation": evaluation, "default_text": default_text}
+                "evaluation": evaluation, "default_text": default_text, "datasets": datasets}
     return dataclasses.field(default=default, metadata=metadata)
 
 

@@ -329,18 +329,6 @@ def _check_exist(root: str, relpaths: Iterable[str], kind: str, source: str, fix
         raise missing_files_error(root, missing, len(relpaths), f"VIGOR {kind}", source, [fix])
 
 
-#: ``--lambda_offset`` when none is given, on either dataset: the official VIGOR weight (1/100).
-LAMBDA_OFFSET = 0.01
-
-
-def lambda_offset_setting() -> float:
-    """The ``--lambda_offset`` field of a dataset's settings (one per dataset class)."""
-    return setting(LAMBDA_OFFSET, "weight of the offset regression loss (with --regress_offset): mean over "
-                                  "panoramas of the squared error of delta / (L/2) summed over both axes, L the "
-                                  "aerial side in label pixels (VIGOR: 640; CVUSA: the aerial file's) (official "
-                                  "VIGOR: 1/100)", minimum=0.0)
-
-
 #: Model input sizes (H, W) on VIGOR: the official ones (satellite 320 x 320, panorama 320 x 640).
 SATE_SIZE = (320, 320)
 PANO_SIZE = (320, 640)
@@ -364,7 +352,6 @@ class VigorConfig:
     semi_positive: str = setting("none", "iou: each panorama also brings one of its semi-positive satellites, "
                                          "whose similarity is pulled towards the IOU ratio of the two tiles "
                                          "(VIGOR's loss)", choices=lambda: SEMI_POSITIVE_LOSSES)
-    lambda_offset: float = lambda_offset_setting()
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -378,6 +365,14 @@ class VigorConfig:
         if self.mining and sampling != "random":
             raise UserError(f"--mining and --sampling {sampling} both fill batches with neighbours; pass one: "
                             f"--mining (part of each batch from mined similar satellites) or --sampling {sampling}")
+
+    def inert(self, offset_labels: bool) -> Dict[str, str]:
+        """``{setting: the flag that would make it act}`` for the settings this protocol and sampler ignore."""
+        rules = {"mining_k": ("--mining", not self.mining), "mining_fraction": ("--mining", not self.mining),
+                 "cities": ("--mode same", self.mode != "same"),
+                 "train_cities": ("--mode cross", self.mode != "cross"),
+                 "test_cities": ("--mode cross", self.mode != "cross")}
+        return {name: flag for name, (flag, idle) in rules.items() if idle}
 
     def split_cities(self, split: str) -> Tuple[str, ...]:
         """The cities of ``split`` ("train" or "test") in indexing order."""

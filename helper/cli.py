@@ -153,6 +153,7 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
         raise UserError(f"{args.checkpoint} was trained on {stored.dataset}; use test_{stored.dataset}.py")
     overrides = {key: getattr(args, key) for key in args.explicit | {"device"}}
     run = stored.replace(**overrides, amp="none").resolved()  # evaluation extracts in float32
+    run.refuse_inert({key: "" for key in args.explicit})
     check_rerank(run.model, args.rerank, args.rerank_score)
     task = get_task(dataset)
     path = results_path(args, run, task)

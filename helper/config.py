@@ -1,16 +1,17 @@
 """The training settings and the whole run's configuration, typed and validated once.
 
-A run is ``RunConfig(dataset, model, data, train)``: the model's
+A run is ``RunConfig(dataset, model, data, train, objective)``: the model's
 :class:`models.config.ModelConfig`, the dataset's :class:`data.cvusa_layout.CVUSAConfig`
-or :class:`data.vigor_layout.VigorConfig`, and the :class:`TrainConfig` below. Plain dicts
+or :class:`data.vigor_layout.VigorConfig`, the :class:`TrainConfig` below and the loss's
+:class:`helper.objective.ObjectiveConfig`. Plain dicts
 exist only at the boundaries: :meth:`RunConfig.to_dict` is the flat ``config.json`` /
 checkpoint ``config`` (every field once, under its flag name, plus ``dataset``), and
 :meth:`RunConfig.from_dict` reads one back (migrating older layouts first, see
 :data:`MIGRATIONS`).
 
 Derived defaults are resolved once, by :meth:`RunConfig.resolved`, and recorded in
-``config.json``: ``lr`` and ``hard_ratios`` (triplet loss) follow ``pretrained`` (:data:`SCHEDULES`),
-``label_smoothing`` is :data:`INFONCE_LABEL_SMOOTHING` for InfoNCE,
+``config.json``: ``lr`` follows ``pretrained`` (:data:`LEARNING_RATES`), and so do the triplet loss's
+``hard_ratios``; InfoNCE's ``label_smoothing`` has a default (:meth:`ObjectiveConfig.resolved`),
 ``sampling_select`` / ``sampling_pool`` are :data:`SAMPLING_NEIGHBOURS` for GPS and similarity sampling,
 ``eval_batch_size`` is twice ``batch_size``, ``name`` is ``<dataset>_<transform>_<backbone>``.
 """
@@ -25,11 +26,10 @@ from common.errors import UserError
 from common.settings import as_plain, check_settings, fields_of, pick, setting
 from common.system import usable_cpus
 from data import cvusa_layout, vigor_layout
-from helper.losses import DEFAULT_HARD_RATIOS
+from helper.objective import LAMBDA_OFFSET, LAMBDA_POSE, ObjectiveConfig
 from models.config import ModelConfig
 
 AMP_MODES = ("none", "bf16", "fp16")
-LOSSES = ("triplet", "infonce")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("constant", "cosine")
 SAMPLINGS = ("random", "gps", "similarity")
@@ -44,26 +44,19 @@ class Neighbours(NamedTuple):
 
 #: ``--sampling_select`` / ``--sampling_pool`` when none are given.
 SAMPLING_NEIGHBOURS = Neighbours(64, 128)
-#: InfoNCE's label smoothing when none is given (Sample4Geo's).
-INFONCE_LABEL_SMOOTHING = 0.1
 DEVICES = ("auto", "cpu", "cuda")
 TOP1P_RULES = ("floor", "plus1")
 HEADINGS = ("none", "random")
+#: The field-of-view flags of CVUSA only for now (``datasets`` of :func:`common.settings.setting`).
+CVUSA_ONLY = ("cvusa",)
 #: Seed of the random headings of ``--test_heading random``: the same turns in every evaluation.
 TEST_HEADING_SEED = 20200614
 
 
-class Schedule(NamedTuple):
-    """Default optimisation schedule of a run."""
-
-    lr: float
-    hard_ratios: Tuple[float, ...]
-
-
-#: Default schedule by ``pretrained``: SAFA's for ImageNet weights (Adam 1e-5; hard-negative
-#: ratios of Toker et al.), and one that learns from random weights (measured on the
+#: ``--lr`` when none is given, by ``pretrained``: SAFA's Adam 1e-5 for ImageNet weights, and with
+#: :data:`helper.objective.HARD_RATIOS` a schedule that learns from random weights (measured on the
 #: synthetic world: 4% R@1 with SAFA's schedule, 100% with this one).
-SCHEDULES = {True: Schedule(1e-5, DEFAULT_HARD_RATIOS), False: Schedule(1e-3, (1.0, 0.5))}
+LEARNING_RATES = {True: 1e-5, False: 1e-3}
 
 
 @dataclass(frozen=True)
@@ -80,14 +73,9 @@ class TrainConfig:
                          evaluation=True)
     n_epochs: int = setting(30, "training epochs", minimum=1)
     lr: Optional[float] = setting(None, "Adam learning rate", above=0.0,
-                                  default_text=f"{SCHEDULES[True].lr:g} with --pretrained (SAFA), "
-                                               f"{SCHEDULES[False].lr:g} with --no-pretrained")
+                                  default_text=f"{LEARNING_RATES[True]:g} with --pretrained (SAFA), "
+                                               f"{LEARNING_RATES[False]:g} with --no-pretrained")
     weight_decay: float = setting(0.0, "Adam weight decay", minimum=0.0)
-    lambda_sm: float = setting(10.0, "soft-margin triplet loss scale (SAFA: 10)", above=0.0)
-    hard_ratios: Optional[Tuple[float, ...]] = setting(
-        None, "hard-negative ratio schedule; changes at equal fractions of --n_epochs", above=0.0, maximum=1.0,
-        default_text=f"{','.join(map(str, SCHEDULES[True].hard_ratios))} with --pretrained, "
-                     f"{','.join(map(str, SCHEDULES[False].hard_ratios))} with --no-pretrained")
     augment: bool = setting(True, "paired horizontal flips of panorama and satellite")
     rotate: bool = setting(False, "paired 90-degree rotations of the satellite with panorama rolls")
     amp: str = setting("none", "mixed precision on CUDA (bf16 recommended on Ampere and newer)",
@@ -99,16 +87,6 @@ class TrainConfig:
                                              default_text="2 x --batch_size")
     results_dir: str = setting("results", "folder holding run folders")
     name: Optional[str] = setting(None, "run folder name", default_text="<dataset>_<transform>_<backbone>")
-    loss: str = setting("triplet", "training loss: SAFA's soft-margin weighted triplet loss, or symmetric InfoNCE "
-                                   "with a learned temperature (Sample4Geo)", choices=lambda: LOSSES)
-    label_smoothing: Optional[float] = setting(None, "InfoNCE: label smoothing of the cross-entropy", minimum=0.0,
-                                               maximum=0.99,
-                                               default_text=f"{INFONCE_LABEL_SMOOTHING} with --loss infonce")
-    lambda_recentre: float = setting(0.0, "weight of the re-centred retrieval loss: each positive satellite is also "
-                                          "embedded translated so its labelled camera point is at the centre (as "
-                                          "--rerank re-centres a candidate), and that batch takes the retrieval loss "
-                                          "too; needs offset labels (VIGOR; CVUSA: --offsets_csv) and raw satellite "
-                                          "images (0 = off)", minimum=0.0)
     optimizer: str = setting("adam", "optimizer (adamw: decoupled weight decay)", choices=lambda: OPTIMIZERS)
     scheduler: str = setting("constant", "learning-rate schedule over the run's steps: constant, or cosine decay "
                                          "to 0", choices=lambda: SCHEDULERS)
@@ -132,12 +110,12 @@ class TrainConfig:
                                  choices=lambda: HEADINGS)
     train_fov: float = setting(360.0, "training street images: field of view in degrees (the centred window "
                                       "of the panorama; heads safa/pool see it zero-padded to full width)",
-                               above=0.0, maximum=360.0)
+                               above=0.0, maximum=360.0, datasets=CVUSA_ONLY)
     test_heading: str = setting("none", "evaluation street images: random = turned to a random heading (fixed "
                                         "seed: the same in every evaluation)", choices=lambda: HEADINGS,
                                 evaluation=True)
     test_fov: float = setting(360.0, "evaluation street images: field of view in degrees", above=0.0,
-                              maximum=360.0, evaluation=True)
+                              maximum=360.0, evaluation=True, datasets=CVUSA_ONLY)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -148,10 +126,6 @@ class TrainConfig:
         if select > pool and self.sampling != "random":
             raise UserError(f"--sampling_select {select} is more than --sampling_pool {pool}: the neighbours "
                             f"drawn per anchor come out of the pool; lower it or raise --sampling_pool")
-        if self.loss != "infonce" and self.label_smoothing is not None:
-            raise UserError("--label_smoothing applies to --loss infonce only; drop it or pass --loss infonce")
-        if self.loss != "triplet" and self.hard_ratios is not None:
-            raise UserError("--hard_ratios (hard-negative mining of triplets) applies to --loss triplet only")
         if self.warmup_epochs >= self.n_epochs:
             raise UserError(f"--warmup_epochs {self.warmup_epochs:g} must be below --n_epochs {self.n_epochs}")
         if self.name is not None and (self.name.strip() in ("", ".", "..") or "/" in self.name
@@ -184,7 +158,7 @@ DATASETS: Dict[str, DatasetSpec] = {
 }
 
 #: Sections of a run, in the order of the command line's help.
-SECTIONS = (("model", ModelConfig), ("train", TrainConfig))
+SECTIONS = (("model", ModelConfig), ("objective", ObjectiveConfig), ("train", TrainConfig))
 
 DataConfig = Union[cvusa_layout.CVUSAConfig, vigor_layout.VigorConfig]
 
@@ -204,7 +178,7 @@ def _from_version_2(cfg: Dict[str, Any]) -> Dict[str, Any]:
     defaults = {"regress_offset": False, "sampling": "random", "sampling_select": None, "sampling_pool": None,
                 "train_heading": "none", "train_fov": 360.0, "test_heading": "none", "test_fov": 360.0}
     if cfg.get("dataset") == "vigor":
-        defaults.update(semi_positive="none", lambda_offset=vigor_layout.LAMBDA_OFFSET)
+        defaults.update(semi_positive="none", lambda_offset=LAMBDA_OFFSET)
     if cfg.get("dataset") == "cvusa":
         defaults["gps_csv"] = None
     return {**defaults, **cfg}
@@ -215,7 +189,7 @@ def _from_version_3(cfg: Dict[str, Any]) -> Dict[str, Any]:
     (the default file, never read without ``--regress_offset``) nor offset weight."""
     if cfg.get("dataset") != "cvusa":
         return cfg
-    return {"offsets_csv": cvusa_layout.DEFAULT_OFFSETS_CSV, "lambda_offset": vigor_layout.LAMBDA_OFFSET, **cfg}
+    return {"offsets_csv": cvusa_layout.DEFAULT_OFFSETS_CSV, "lambda_offset": LAMBDA_OFFSET, **cfg}
 
 
 def _from_version_4(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -223,11 +197,17 @@ def _from_version_4(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return {"lambda_recentre": 0.0, **cfg}
 
 
+def _from_version_5(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Version 5 had no pose head (nor its loss weight)."""
+    return {"pose": "none", "lambda_pose": LAMBDA_POSE, **cfg}
+
+
 #: Version of the stored config (``config.json``'s ``version`` key, a checkpoint's ``version``).
-CONFIG_VERSION = 5
+CONFIG_VERSION = 6
 #: ``{version: migration}``: a stored config of ``version`` becomes one of ``version + 1``
 #: (a config.json without ``version`` is version 1).
-MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3, 4: _from_version_4}
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3, 4: _from_version_4,
+              5: _from_version_5}
 
 
 def migrate_config(cfg: Mapping[str, Any], version: int) -> Dict[str, Any]:
@@ -246,28 +226,29 @@ def model_defaults(dataset: str) -> Dict[str, Any]:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One training run: dataset name and the three settings sections."""
+    """One training run: dataset name and the four settings sections."""
 
     dataset: str
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
+    objective: ObjectiveConfig = ObjectiveConfig()
 
     def __post_init__(self) -> None:
         if self.model.polar_files and self.model.transform != "polar":
             raise UserError("--polar_files needs --transform polar (an STN learns from the raw satellite image)")
-        if self.train.chunk_size and (self.model.regress_offset or self.semi_positive or self.train.lambda_recentre):
-            raise UserError("--chunk_size (gradient caching) does not support --regress_offset, --semi_positive iou "
-                            "or --lambda_recentre yet; drop --chunk_size")
-        if self.train.lambda_recentre and self.model.polar_files:
-            raise UserError("--lambda_recentre re-centres the raw satellite image, but --polar_files reads polar "
-                            "images already centred on the tile; drop one of them")
+        self.objective.check(self.model, self.semi_positive, self.train.chunk_size)
         self.data.check_sampling(self.train.sampling)
         train = self.train
-        views = (train.train_heading, train.train_fov, train.test_heading, train.test_fov)
-        if self.dataset != "cvusa" and views != ("none", 360.0, "none", 360.0):
-            raise UserError(f"--train_heading, --train_fov, --test_heading and --test_fov apply to CVUSA only for "
-                            f"now, not {self.dataset}; drop them")
+        narrow = [f"--{name} {value:g}" for name, value in (("train_fov", train.train_fov), ("test_fov", train.test_fov))
+                  if value < 360.0]
+        heads = [flag for flag, on in (("--regress_offset", self.model.regress_offset),
+                                       (f"--pose {self.model.pose}", self.model.pose != "none")) if on]
+        if heads and narrow:
+            raise UserError(f"{heads[0]} reads full-panorama descriptors, but {' and '.join(narrow)} gives street "
+                            f"windows narrower than 360 degrees; drop one of them")
+        if self.dataset != "cvusa" and narrow:
+            raise UserError(f"--train_fov and --test_fov apply to CVUSA only for now, not {self.dataset}; drop them")
 
     @property
     def semi_positive(self) -> bool:
@@ -276,8 +257,23 @@ class RunConfig:
 
     @property
     def offset_labels(self) -> bool:
-        """Whether training reads the offset labels (``--regress_offset`` or ``--lambda_recentre``)."""
-        return self.model.regress_offset or self.train.lambda_recentre > 0
+        """Whether training reads the offset labels (``--regress_offset``, ``--lambda_recentre`` or ``--pose``)."""
+        return self.model.regress_offset or self.objective.lambda_recentre > 0 or self.model.pose != "none"
+
+    def inert(self) -> Dict[str, str]:
+        """``{setting: the flag that would make it act}`` for every setting that does nothing in this run
+        (each section states its own: ``inert`` of the model, objective and data settings)."""
+        return {**self.model.inert(), **self.objective.inert(self.model.transform, self.model.regress_offset, self.model.pose),
+                **self.data.inert(self.offset_labels)}
+
+    def refuse_inert(self, given: Mapping[str, str]) -> None:
+        """A :class:`UserError` for the first of the ``given`` settings (``{name: where it was set}``) that
+        does nothing in this run: a flag the user set must act."""
+        inert = self.inert()
+        for name, where in given.items():
+            if name in inert:
+                raise UserError(f"--{name}{where} does nothing without {inert[name]}; pass {inert[name]} or "
+                                f"drop --{name}")
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], dataset: Optional[str] = None, source: Optional[str] = None,
@@ -308,30 +304,27 @@ class RunConfig:
                             f"or is damaged (a checkpoint records every setting)")
         try:
             model = ModelConfig(**{**model_defaults(dataset), **pick(ModelConfig, cfg)})
-            return cls(dataset, model, spec.config(**pick(spec.config, cfg)), TrainConfig(**pick(TrainConfig, cfg)))
+            return cls(dataset, model, spec.config(**pick(spec.config, cfg)), TrainConfig(**pick(TrainConfig, cfg)),
+                       ObjectiveConfig(**pick(ObjectiveConfig, cfg)))
         except UserError as exc:
             raise UserError(f"{source}: {exc}" if source else str(exc)) from None
 
     def to_dict(self) -> Dict[str, Any]:
         """The flat, JSON-able dict stored in checkpoints (``config.json`` adds ``version``)."""
-        return {"dataset": self.dataset, **self.model.to_dict(), **as_plain(self.data), **as_plain(self.train)}
+        return {"dataset": self.dataset, **self.model.to_dict(), **as_plain(self.data), **as_plain(self.train),
+                **as_plain(self.objective)}
 
     def resolved(self) -> "RunConfig":
         """This config with every derived default filled in (see the module doc)."""
-        schedule = SCHEDULES[self.model.pretrained]
         train = self.train
-        triplet = train.loss == "triplet"
         train = dataclasses.replace(
             train,
-            lr=schedule.lr if train.lr is None else train.lr,
-            hard_ratios=schedule.hard_ratios if triplet and train.hard_ratios is None else train.hard_ratios,
-            label_smoothing=(INFONCE_LABEL_SMOOTHING if not triplet and train.label_smoothing is None
-                             else train.label_smoothing),
+            lr=LEARNING_RATES[self.model.pretrained] if train.lr is None else train.lr,
             **({} if train.sampling == "random" else
                dict(zip(("sampling_select", "sampling_pool"), train.sampling_neighbours()))),
             eval_batch_size=2 * train.batch_size if train.eval_batch_size is None else train.eval_batch_size,
             name=f"{self.dataset}_{self.model.transform}_{self.model.backbone}" if train.name is None else train.name)
-        return dataclasses.replace(self, train=train)
+        return dataclasses.replace(self, train=train, objective=self.objective.resolved(self.model.pretrained))
 
     def replace(self, **flat: Any) -> "RunConfig":
         """A copy with some flat settings changed (validated like any config)."""

@@ -10,11 +10,13 @@ import contextlib
 import gc
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
 from common.errors import UserError
+from data.tensors import normalise
 
 
 @dataclass
@@ -166,3 +168,22 @@ def autocast(device: torch.device, amp: str):
     if amp == "none" or device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def move_images(batch: dict, key: str, device: torch.device) -> Optional[torch.Tensor]:
+    """``batch[key]`` on ``device``, normalised there when it arrived as uint8, channels_last on CUDA."""
+    tensor = batch.get(key)
+    if tensor is None:
+        return None
+    tensor = tensor.to(device, non_blocking=True)
+    if tensor.dtype == torch.uint8:
+        tensor = normalise(tensor)
+    return tensor.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else tensor
+
+
+def all_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (all ranks must skip a step together)."""
+    bad = (~torch.isfinite(loss)).float().reshape(1)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return not bool(bad.item())

@@ -9,7 +9,6 @@ interruption. :func:`fit` only wires them: restore, then per epoch train
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
@@ -24,18 +23,14 @@ from tqdm import tqdm
 
 from common.errors import UserError
 from common.fileio import lock_folder, read_jsonl, unlock, write_json_atomic, write_jsonl_atomic
-from data.tensors import normalise
-from geometry.affine import recentre
 from helper import distributed
 from helper.checkpoint import (CHECKPOINT_VERSION, git_commit, load_model_state, rng_state, save_checkpoint,
                                set_rng_state)
 from helper.config import RunConfig
 from helper.log import get_logger, setup_logging
-from helper.losses import (LogitScale, hard_ratio_schedule, infonce_loss, infonce_loss_of_similarity,
-                           l1_guidance_loss, offset_regression_loss, semi_positive_iou_loss, soft_margin_triplet_loss,
-                           triplet_loss_of_similarity)
+from helper.losses import hard_ratio_schedule
 from helper.metrics import format_recalls
-from models.offset import normalise_delta
+from helper.objective import Loss, Objective, backward_in_chunks, compute_loss
 
 
 class NonFiniteLoss(RuntimeError):
@@ -91,15 +86,35 @@ class EpochKeyed(torch.utils.data.Dataset):
 
 @dataclass
 class EpochProgress:
-    """Running sums of the epoch in progress (saved in checkpoints for exact mid-epoch resume)."""
+    """Running sums of the epoch in progress (saved in checkpoints for exact mid-epoch resume):
+    ``loss_sum`` of the retrieval term, ``l1_sum`` of the ``l1`` term, ``term_sums`` of the other
+    terms that are on (:mod:`helper.objective`), over the finite steps."""
 
     step: int = 0
     loss_sum: float = 0.0
     l1_sum: float = 0.0
     nonfinite: int = 0
+    term_sums: Dict[str, float] = field(default_factory=dict)
 
-    def as_dict(self) -> Dict[str, float]:
-        return {"step": self.step, "loss_sum": self.loss_sum, "l1_sum": self.l1_sum, "nonfinite": self.nonfinite}
+    def add(self, terms: Dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            value = float(value.detach())
+            if name == "retrieval":
+                self.loss_sum += value
+            elif name == "l1":
+                self.l1_sum += value
+            else:
+                self.term_sums[name] = self.term_sums.get(name, 0.0) + value
+
+    def means(self) -> Dict[str, float]:
+        """The epoch's mean of each term as ``train_<term>`` (``train_loss``: the retrieval term)."""
+        steps = max(self.step - self.nonfinite, 1)
+        return {"train_loss": self.loss_sum / steps, "train_l1": self.l1_sum / steps,
+                **{f"train_{name}": total / steps for name, total in self.term_sums.items()}}
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "loss_sum": self.loss_sum, "l1_sum": self.l1_sum, "nonfinite": self.nonfinite,
+                "term_sums": dict(self.term_sums)}
 
 
 class StopFlag:
@@ -132,194 +147,8 @@ class StopFlag:
         return self.signum is not None
 
 
-def move_images(batch: dict, key: str, device: torch.device) -> Optional[torch.Tensor]:
-    """``batch[key]`` on ``device``, normalised there when it arrived as uint8, channels_last on CUDA."""
-    tensor = batch.get(key)
-    if tensor is None:
-        return None
-    tensor = tensor.to(device, non_blocking=True)
-    if tensor.dtype == torch.uint8:
-        tensor = normalise(tensor)
-    return tensor.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else tensor
-
-
-@dataclass
-class Objective:
-    """What the loss of one batch depends on besides the batch (see :mod:`helper.losses`).
-
-    ``logit_scale``: InfoNCE's learned temperature (a :class:`helper.losses.LogitScale`,
-    optimised with the model and saved as the checkpoint's ``objective``); None for triplets.
-    ``semi_positive``: add VIGOR's semi-positive IOU loss (the batch carries ``semi_satellite``
-    images and ``delta`` / ``semi_delta`` labels); ``lambda_offset``: weight of the offset
-    regression of a model with an offset head (0 = none); ``lambda_recentre``: weight of the
-    retrieval loss of the positives re-centred on their labelled camera point (0 = none);
-    ``tile_side``: the side L of the tiles the deltas are measured in (the training dataset's
-    ``tile_side``; needed by every offset term); the offset head learns delta / (L/2), the
-    normalised delta :func:`geometry.affine.recentre` takes.
-    """
-
-    lambda_sm: float
-    lambda_l1: float
-    amp: str
-    loss: str = "triplet"
-    label_smoothing: float = 0.0
-    logit_scale: Optional[LogitScale] = None
-    semi_positive: bool = False
-    lambda_offset: float = 0.0
-    lambda_recentre: float = 0.0
-    tile_side: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        if (self.semi_positive or self.lambda_offset or self.lambda_recentre) and not self.tile_side:
-            raise ValueError("the offset terms need the tile side the label deltas are measured in (tile_side)")
-
-    @classmethod
-    def of(cls, run: RunConfig, tile_side: Optional[float]) -> "Objective":
-        infonce = run.train.loss == "infonce"
-        lambda_offset = run.data.lambda_offset if run.model.regress_offset else 0.0
-        return cls(run.train.lambda_sm, run.model.lambda_l1, run.train.amp, run.train.loss,
-                   run.train.label_smoothing or 0.0, LogitScale() if infonce else None, run.semi_positive,
-                   lambda_offset, run.train.lambda_recentre, tile_side)
-
-    def normalised_delta(self, batch: dict, device: torch.device) -> torch.Tensor:
-        """The batch's label deltas over half the tile side (``B x 2`` float32): the offset head's
-        target and the point :func:`geometry.affine.recentre` brings to the centre."""
-        return normalise_delta(batch["delta"].to(device, torch.float32), self.tile_side)
-
-    def parameters(self) -> list:
-        return [] if self.logit_scale is None else list(self.logit_scale.parameters())
-
-
-def retrieval_loss(objective: Objective, street: torch.Tensor, satellite: torch.Tensor,
-                   hard_ratio: Optional[float], similarity=None) -> torch.Tensor:
-    """The retrieval loss of (global) batch descriptors: InfoNCE or SAFA's triplet loss, on the dot
-    products, or on the B x B matrix of the model's pairwise ``similarity`` (the ``dsm`` head's)."""
-    if similarity is not None:
-        matrix = similarity(street, satellite)[0]
-        if objective.logit_scale is not None:
-            return infonce_loss_of_similarity(matrix, objective.logit_scale(), objective.label_smoothing)
-        return triplet_loss_of_similarity(matrix, lambda_sm=objective.lambda_sm, hard_ratio=hard_ratio)
-    if objective.logit_scale is not None:
-        return infonce_loss(street, satellite, objective.logit_scale(), objective.label_smoothing)
-    return soft_margin_triplet_loss(street, satellite, lambda_sm=objective.lambda_sm, hard_ratio=hard_ratio)
-
-
-def _l1(objective: Objective, aux: dict) -> Optional[torch.Tensor]:
-    """The L1 guidance of the STN output towards the polar image (None without it)."""
-    if aux.get("polar_target") is None or objective.lambda_l1 <= 0:
-        return None
-    return l1_guidance_loss(aux["transformed"].float(), aux["polar_target"].float())
-
-
-def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env: distributed.DistEnv,
-                 hard_ratio: Optional[float]):
-    """The training objective of one batch: (total, retrieval loss, l1 or None) on the global batch."""
-    street = move_images(batch, "street", env.device)
-    satellite = move_images(batch, "satellite", env.device)
-    b = street.shape[0]
-    inputs = [satellite]  # one forward pass: the positives, [the semi-positives], [the re-centred positives]
-    if objective.semi_positive:
-        inputs.append(move_images(batch, "semi_satellite", env.device))
-    if objective.lambda_recentre:
-        inputs.append(recentre(satellite, objective.normalised_delta(batch, env.device)))
-    with distributed.autocast(env.device, objective.amp):
-        street_desc, sat_desc, aux = model(street, torch.cat(inputs) if len(inputs) > 1 else satellite,
-                                           return_aux=True)
-    similarity = getattr(distributed.unwrap(model), "similarity", None)
-    street_all = distributed.gather_with_grad(street_desc.float())
-    retrieval = retrieval_loss(objective, street_all, distributed.gather_with_grad(sat_desc[:b].float()), hard_ratio,
-                               similarity)
-    total = retrieval
-    if objective.lambda_recentre:
-        recentred = distributed.gather_with_grad(sat_desc[-b:].float())
-        total = total + objective.lambda_recentre * retrieval_loss(objective, street_all, recentred, hard_ratio,
-                                                                   similarity)
-    if objective.semi_positive or objective.lambda_offset:
-        semi = sat_desc[b:2 * b] if objective.semi_positive else None
-        total = total + _offset_terms(objective, street_desc, sat_desc[:b], semi, aux, batch)
-    l1 = _l1(objective, aux)
-    if l1 is not None:
-        return total + objective.lambda_l1 * l1, retrieval, l1
-    return total, retrieval, l1
-
-
-def _offset_terms(objective: Objective, street_desc, positive_desc, semi_desc, aux: dict,
-                  batch: dict) -> torch.Tensor:
-    """VIGOR's semi-positive IOU loss (``semi_desc``: the semi-positives' descriptors) and the weighted
-    offset regression of this process's pairs (per-pair means: DDP's gradient averaging makes them
-    the global batch's means)."""
-    device = street_desc.device
-    delta = batch["delta"].to(device, torch.float32)
-    total = street_desc.new_zeros((), dtype=torch.float32)
-    if objective.semi_positive:
-        total = total + semi_positive_iou_loss(street_desc.float(), positive_desc.float(), semi_desc.float(),
-                                               delta, batch["semi_delta"].to(device, torch.float32), objective.tile_side)
-    if objective.lambda_offset:
-        target = objective.normalised_delta(batch, device)
-        total = total + objective.lambda_offset * offset_regression_loss(aux["offset"].float(), target)
-    return total
-
-
-def backward_in_chunks(objective: Objective, model, batch: dict, env, hard_ratio: Optional[float], chunk: int,
-                       scale=lambda loss: loss):
-    """Gradient caching (Gao et al. 2021): the gradients of :func:`compute_loss` on the whole batch
-    with only ``chunk`` samples' activations in memory at once, in one process or under DDP.
-
-    Pass 1 embeds the batch in chunks without gradients; the loss of the whole (global) batch
-    gives the gradient of every descriptor; pass 2 re-embeds each chunk with gradients and
-    back-propagates those descriptor gradients (plus the chunk's share of the L1 guidance).
-    Under DDP the descriptors are gathered as in :func:`compute_loss` and the gradients are
-    averaged once, with the last chunk's backward (the others run under ``no_sync``). Equal
-    to the unchunked gradients for models without batch statistics (resnet34's BatchNorm sees
-    chunks).
-    ``scale`` is the AMP loss scaler's ``scale``. Returns ``(total, retrieval, l1, finite)``;
-    when not ``finite`` the accumulated gradients must be discarded.
-    """
-    street = move_images(batch, "street", env.device)
-    satellite = move_images(batch, "satellite", env.device)
-    starts = range(0, street.shape[0], chunk)
-    with torch.no_grad(), distributed.autocast(env.device, objective.amp):
-        parts = [model(street[i:i + chunk], satellite[i:i + chunk]) for i in starts]
-    street_local = torch.cat([p[0] for p in parts]).float().requires_grad_()
-    sat_local = torch.cat([p[1] for p in parts]).float().requires_grad_()
-    retrieval = retrieval_loss(objective, distributed.gather_with_grad(street_local),
-                               distributed.gather_with_grad(sat_local), hard_ratio,
-                               getattr(distributed.unwrap(model), "similarity", None))
-    if not all_finite(retrieval.detach()):
-        return retrieval.detach(), retrieval.detach(), None, False
-    scale(retrieval).backward()
-    l1_total = None
-    for i in starts:
-        last = i == starts[-1]
-        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
-            with distributed.autocast(env.device, objective.amp):
-                street_desc, sat_desc, aux = model(street[i:i + chunk], satellite[i:i + chunk], return_aux=True)
-            surrogate = ((street_desc.float() * street_local.grad[i:i + chunk]).sum()
-                         + (sat_desc.float() * sat_local.grad[i:i + chunk]).sum())
-            l1 = _l1(objective, aux)
-            if l1 is not None:
-                share = l1 * (street_desc.shape[0] / street.shape[0])
-                if not all_finite(share.detach()):
-                    return retrieval.detach() + share.detach(), retrieval.detach(), share.detach(), False
-                surrogate = surrogate + scale(objective.lambda_l1 * share)
-                l1_total = share.detach() if l1_total is None else l1_total + share.detach()
-            surrogate.backward()
-    total = retrieval.detach() if l1_total is None else retrieval.detach() + objective.lambda_l1 * l1_total
-    return total, retrieval.detach(), l1_total, True
-
-
-def all_finite(loss: torch.Tensor) -> bool:
-    """Whether the loss is finite on every rank (all ranks must skip a step together)."""
-    bad = (~torch.isfinite(loss)).float().reshape(1)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-    return not bool(bad.item())
-
-
 class StepResult(NamedTuple):
-    loss: torch.Tensor
-    retrieval: torch.Tensor
-    l1: Optional[torch.Tensor]
+    loss: Loss
     finite: bool  # False: the step was skipped (no update)
 
 
@@ -330,13 +159,12 @@ def train_step(objective: Objective, model, batch: dict, optimizer, scaler, env,
     > 0: the same gradients by :func:`backward_in_chunks`."""
     optimizer.zero_grad(set_to_none=True)
     if chunk_size:
-        loss, retrieval, l1, finite = backward_in_chunks(objective, model, batch, env, hard_ratio, chunk_size,
-                                                         scaler.scale)
+        loss, finite = backward_in_chunks(objective, model, batch, env, hard_ratio, chunk_size, scaler.scale)
     else:
-        loss, retrieval, l1 = compute_loss(objective, model, batch, env, hard_ratio)
-        finite = all_finite(loss.detach())
+        loss = compute_loss(objective, model, batch, env, hard_ratio)
+        finite = distributed.all_finite(loss.total.detach())
         if finite:
-            scaler.scale(loss).backward()
+            scaler.scale(loss.total).backward()
     if finite:
         scaler.step(optimizer)
         scaler.update()
@@ -344,7 +172,7 @@ def train_step(objective: Objective, model, batch: dict, optimizer, scaler, env,
         optimizer.zero_grad(set_to_none=True)
     if scheduler is not None:
         scheduler.step()
-    return StepResult(loss, retrieval, l1, finite)
+    return StepResult(loss, finite)
 
 
 def build_optimizer(run: RunConfig, parameters) -> torch.optim.Optimizer:
@@ -380,8 +208,8 @@ def train_one_epoch(training: "Training", loader, env, epoch: int, stop: StopFla
     """
     run, model, progress = training.run, training.model, training.progress
     model.train()
-    hard_ratio = (hard_ratio_schedule(epoch, run.train.n_epochs, run.train.hard_ratios)
-                  if run.train.loss == "triplet" else None)
+    hard_ratio = (hard_ratio_schedule(epoch, run.train.n_epochs, run.objective.hard_ratios)
+                  if run.objective.triplet else None)
     objective = training.objective
     total_steps = progress.step + len(loader)
     bar = tqdm(loader, total=len(loader), initial=0, disable=not env.is_main, leave=False,
@@ -391,10 +219,9 @@ def train_one_epoch(training: "Training", loader, env, epoch: int, stop: StopFla
         result = train_step(objective, model, batch, training.optimizer, training.scaler, env, hard_ratio,
                             training.scheduler, run.train.chunk_size)
         if result.finite:
-            progress.loss_sum += float(result.retrieval.detach())
-            progress.l1_sum += float(result.l1.detach()) if result.l1 is not None else 0.0
+            progress.add(result.loss.terms)
         else:
-            _skip_nonfinite(training, result.loss, epoch, total_steps)
+            _skip_nonfinite(training, result.loss.total, epoch, total_steps)
         progress.step += 1
         samples += batch["street"].shape[0] * env.world_size
         if env.is_main:
@@ -404,9 +231,7 @@ def train_one_epoch(training: "Training", loader, env, epoch: int, stop: StopFla
             training.epoch = epoch
             raise Interrupted(stop.signum, training.save("last.pth", env))
     bar.close()
-    steps = max(progress.step - progress.nonfinite, 1)
-    return {"train_loss": progress.loss_sum / steps, "train_l1": progress.l1_sum / steps,
-            "hard_ratio": hard_ratio, "steps": progress.step}
+    return {**progress.means(), "hard_ratio": hard_ratio, "steps": progress.step}
 
 
 def _skip_nonfinite(training: "Training", loss: torch.Tensor, epoch: int, total_steps: int) -> None:
@@ -440,8 +265,8 @@ def extract_features(model, dataset, env, keys: Sequence[str], batch_size: int, 
     parts: Dict[str, list] = {key: [] for key in keys}
     indices = []
     for batch in tqdm(loader, disable=not env.is_main, leave=False, desc=desc, unit="batch", dynamic_ncols=True):
-        street = move_images(batch, "street", env.device) if "street" in keys else None
-        satellite = move_images(batch, "satellite", env.device) if "satellite" in keys else None
+        street = distributed.move_images(batch, "street", env.device) if "street" in keys else None
+        satellite = distributed.move_images(batch, "satellite", env.device) if "satellite" in keys else None
         with distributed.autocast(env.device, "none"):
             street_desc, sat_desc = model(street, satellite)
         if "street" in keys:
@@ -589,9 +414,7 @@ def start_training(run: RunConfig, task, env, train_set, resume: Optional[dict],
         write_json_atomic(os.path.join(run_dir, "config.json"), {**run.to_dict(), "version": CHECKPOINT_VERSION})
     distributed.barrier()
     logger = setup_logging(run_dir, env.is_main)
-    objective = Objective.of(run, train_set.tile_side)
-    if objective.logit_scale is not None:
-        objective.logit_scale.to(env.device)
+    objective = Objective.of(run, train_set.tile_side).to(env.device)
     optimizer = build_optimizer(run, list(model.parameters()) + objective.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=run.train.amp == "fp16" and env.device.type == "cuda")
     scheduler = build_scheduler(run, optimizer, len(batch_sampler.batch_sampler))
@@ -642,8 +465,9 @@ def run_epoch(training: Training, task, loader, env, epoch: int, stop: StopFlag,
     started = time.perf_counter()
     stats = train_one_epoch(training, loader, env, epoch, stop)
     row = {"epoch": epoch + 1, **stats, "lr": training.optimizer.param_groups[0]["lr"]}
-    extra = (f", l1 {stats['train_l1']:.4f}" if run.model.lambda_l1 > 0 else "") + (
-        f", hard ratio {stats['hard_ratio']:g}" if stats["hard_ratio"] is not None else "")
+    terms = [f", {key[len('train_'):]} {value:.4f}" for key, value in stats.items()
+             if key.startswith("train_") and key != "train_loss" and (key != "train_l1" or run.objective.lambda_l1 > 0)]
+    extra = "".join(terms) + (f", hard ratio {stats['hard_ratio']:g}" if stats["hard_ratio"] is not None else "")
     get_logger().info("epoch %d/%d: loss %.4f%s, %.0f s", epoch + 1, run.train.n_epochs, stats["train_loss"], extra,
                       time.perf_counter() - started)
     improved = evaluation_due(run, epoch) and evaluate_and_record(training, task, env, epoch, row, log)
@@ -679,7 +503,8 @@ class MetricsLog:
         if evaluated:
             self.rows.append(row)
             write_jsonl_atomic(self.path, self.rows)
-        write_scalars(self.writer, {"train": {k: row[k] for k in ("train_loss", "train_l1", "hard_ratio", "lr")},
+        train = {k: v for k, v in row.items() if k.startswith("train_") or k in ("hard_ratio", "lr")}
+        write_scalars(self.writer, {"train": train,
                                     **{k: v for k, v in row.items() if isinstance(v, dict)}}, row["epoch"])
         self.writer.flush()
 

@@ -21,6 +21,8 @@ __all__ = ["LogitScale", "hard_ratio_schedule", "infonce_loss", "infonce_loss_of
            "l1_guidance_loss", "num_hard_triplets", "offset_regression_loss", "semi_positive_iou_loss",
            "soft_margin_triplet_loss", "triplet_loss_of_similarity"]
 
+#: SAFA's soft-margin scale of the triplet loss.
+LAMBDA_SM = 10.0
 #: Toker et al.'s hard-negative ratio schedule (the default for ImageNet-pretrained runs).
 DEFAULT_HARD_RATIOS = (1.0, 0.1, 0.05, 0.01)
 
@@ -54,7 +56,7 @@ def _mined_mean(losses: torch.Tensor, k: int) -> torch.Tensor:
 def soft_margin_triplet_loss(
     street: torch.Tensor,
     satellite: torch.Tensor,
-    lambda_sm: float = 10.0,
+    lambda_sm: float = LAMBDA_SM,
     hard_ratio: float = 1.0,
 ) -> torch.Tensor:
     """SAFA's soft-margin weighted triplet loss over all in-batch negatives, both directions.
@@ -84,7 +86,7 @@ def soft_margin_triplet_loss(
         return triplet_loss_of_similarity(street.to(dtype) @ satellite.to(dtype).t(), lambda_sm, hard_ratio)
 
 
-def triplet_loss_of_similarity(similarity: torch.Tensor, lambda_sm: float = 10.0,
+def triplet_loss_of_similarity(similarity: torch.Tensor, lambda_sm: float = LAMBDA_SM,
                                hard_ratio: float = 1.0) -> torch.Tensor:
     """:func:`soft_margin_triplet_loss` of a B x B similarity matrix (row i: street i, column j:
     satellite j; pair i on the diagonal), e.g. the DSM head's max over circular shifts."""

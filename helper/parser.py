@@ -16,7 +16,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Set
 
 from common.errors import UserError
 from common.settings import add_settings, fields_of
-from helper.config import DATASETS, SECTIONS, RunConfig, TrainConfig, migrate_config, model_defaults
+from helper.config import CONFIG_VERSION, DATASETS, SECTIONS, RunConfig, TrainConfig, migrate_config, model_defaults
 from helper.rerank import RerankConfig
 
 #: Keys a config file may carry besides settings (a run's config.json holds them).
@@ -35,9 +35,17 @@ def explicit_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> Set[
     return given
 
 
-def evaluation_fields(cls) -> list:
-    """Names of the fields of ``cls`` that the test scripts take too."""
-    return [name for name, (field, _, _) in fields_of(cls).items() if field.metadata["evaluation"]]
+def entry_point_fields(cls, dataset: str) -> list:
+    """Names of the fields of ``cls`` that the entry points of ``dataset`` take (the ``datasets`` of
+    :func:`common.settings.setting`)."""
+    return [name for name, (field, _, _) in fields_of(cls).items()
+            if field.metadata["datasets"] is None or dataset in field.metadata["datasets"]]
+
+
+def evaluation_fields(cls, dataset: Optional[str] = None) -> list:
+    """Names of the fields of ``cls`` that the test scripts (of ``dataset``) take too."""
+    names = fields_of(cls) if dataset is None else entry_point_fields(cls, dataset)
+    return [name for name in names if fields_of(cls)[name][0].metadata["evaluation"]]
 
 
 def build_train_parser(dataset: str) -> argparse.ArgumentParser:
@@ -50,10 +58,11 @@ def build_train_parser(dataset: str) -> argparse.ArgumentParser:
                         help="continue the run of this last.pth in its own folder (flags equal to the stored "
                              "values may be repeated)")
     add_settings(parser.add_argument_group("data"), DATASETS[dataset].config)
-    groups = {"model": ("model", model_defaults(dataset)), "train": ("training, evaluation and output", {})}
+    groups = {"model": ("model", model_defaults(dataset)), "objective": ("training objective", {}),
+              "train": ("training, evaluation and output", {})}
     for key, cls in SECTIONS:
         title, defaults = groups[key]
-        add_settings(parser.add_argument_group(title), cls, defaults)
+        add_settings(parser.add_argument_group(title), cls, defaults, names=entry_point_fields(cls, dataset))
     return parser
 
 
@@ -72,7 +81,7 @@ def build_test_parser(dataset: str) -> argparse.ArgumentParser:
     stored = "the checkpoint's"
     data_names = evaluation_fields(spec)
     add_settings(parser, spec, names=data_names, default_text={name: stored for name in data_names})
-    train_names = [name for name in evaluation_fields(TrainConfig) if name != "batch_size"] + ["eval_batch_size"]
+    train_names = [name for name in evaluation_fields(TrainConfig, dataset) if name != "batch_size"] + ["eval_batch_size"]
     add_settings(parser, TrainConfig, names=train_names, flags={"eval_batch_size": "batch_size"},
                  default_text={**{name: stored for name in train_names if name != "device"},
                                "eval_batch_size": "the checkpoint's --eval_batch_size"})
@@ -107,24 +116,51 @@ class TrainArgs(NamedTuple):
 
 
 def parse_train_args(dataset: str, argv: Optional[Sequence[str]] = None) -> TrainArgs:
-    """Parse a training command line (and its ``--config`` file) into a :class:`TrainArgs`."""
+    """Parse a training command line (and its ``--config`` file) into a :class:`TrainArgs`.
+
+    Every setting the user set (on the command line, or in the ``--config`` file with a value other than
+    the default: a run's config.json records every setting) must act in this run
+    (:meth:`RunConfig.refuse_inert`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_train_parser(dataset)
     args = vars(parser.parse_args(argv))
     config_path, resume = args.pop("config"), args.pop("resume")
     explicit = explicit_flags(argv, parser) - {"config", "resume"}
     values = dict(args)
+    given = {}
     source = None
     if config_path:
         source = f"--config file {config_path}"
         stored = load_config_file(config_path)
         if stored.get("dataset", dataset) != dataset:
             raise UserError(f"{source} is a {stored['dataset']} config; use train_{stored['dataset']}.py")
-        stored = migrate_config(stored, stored.get("version", 1))
-        values.update({k: v for k, v in stored.items() if k not in _FILE_ONLY_KEYS})
+        stored = migrate_config(stored, _config_version(stored, source))
+        settings = {k: v for k, v in stored.items() if k not in _FILE_ONLY_KEYS}
+        values.update(settings)
+        given = {k: f" (in {source})" for k, v in settings.items()
+                 if k in args and _plain(v) != _plain(parser.get_default(k))}
         values.update({k: args[k] for k in explicit})
     run = RunConfig.from_dict(values, dataset, source=source)
+    run.refuse_inert({**given, **{k: "" for k in explicit}})
     return TrainArgs(run.resolved(), resume, explicit)
+
+
+def _config_version(stored: Dict[str, Any], source: str) -> int:
+    """The ``version`` of a ``--config`` file's settings (1 without the key); a :class:`UserError` for one this
+    code cannot read, and for a ``resume`` path, which a config file does not act on."""
+    version = stored.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= CONFIG_VERSION:
+        raise UserError(f"{source} has version {version!r}; this code reads config versions 1 to {CONFIG_VERSION} "
+                        f"(a newer one: update the code)")
+    if stored.get("resume") is not None:
+        raise UserError(f"{source} holds 'resume': {stored['resume']!r}, but --config only reads settings and starts "
+                        f"a new run; to continue that run pass --resume {stored['resume']}, or delete the key")
+    return version
+
+
+def _plain(value: Any) -> Any:
+    """A setting's value as JSON holds it (tuples as lists), to compare a file's value with a default."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def parse_train_config(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:

@@ -171,7 +171,7 @@ def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: to
     from data.samplers import DistributedShuffleSampler
     from geometry.affine import recentre
     from helper import distributed
-    from helper.engine import make_loader, move_images
+    from helper.engine import make_loader
 
     net = distributed.unwrap(model)
     net.eval()
@@ -192,7 +192,7 @@ def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: to
                 offset = net.predict_offset(query, reference).float()
             else:
                 offset = query_offsets[index // k]
-            desc, _ = net.encode_satellite(recentre(move_images(batch, "satellite", env.device), offset))
+            desc, _ = net.encode_satellite(recentre(distributed.move_images(batch, "satellite", env.device), offset))
             scores.append(pair_similarity(net, query, desc))
             offsets.append(offset)
             indices.append(index)

@@ -18,7 +18,7 @@ from geometry.polar import satellite_input_size
 from models.backbones import BACKBONES
 from models.heads import HEADS, WINDOW_HEADS
 from models.pose import MIN_CELLS, POSES, cell_grid
-from models.transforms import STN_TRANSFORMS, TRANSFORMS
+from models.transforms import TRANSFORMS
 
 STN_INITS = ("identity", "polar")
 
@@ -50,8 +50,6 @@ class ModelConfig:
     tps_bounded: bool = setting(False, "tps: bound the predicted source points with tanh")
     stn_init: str = setting("identity", "tps: start at the identity or at the polar mapping",
                             choices=lambda: STN_INITS)
-    lambda_l1: float = setting(0.0, "weight of the L1 loss pulling the STN output towards the polar image "
-                                    "(STN transforms only; 0 = off)", minimum=0.0)
     regress_offset: bool = setting(False, "an MLP on the street and satellite descriptors (hidden 512) "
                                           "regresses where inside the tile the panorama was taken (VIGOR's "
                                           "SAFA_delta); refines the metre-level localisation. VIGOR, and "
@@ -71,13 +69,8 @@ class ModelConfig:
             raise UserError("stn_init 'polar' starts the TPS at the polar mapping of a raw satellite image, but "
                             "polar_files feeds images that are already polar; use stn_init 'identity' with "
                             "polar_files")
-        if self.tps_bounded and self.transform != "tps":
-            raise UserError(f"tps_bounded only applies to --transform tps, not {self.transform!r}; unset it")
         if self.pose != "none":
             self._check_pose()
-        if self.lambda_l1 > 0 and self.transform not in STN_TRANSFORMS:
-            raise UserError(f"lambda_l1 > 0 (L1 guidance towards the polar image) needs an STN transform "
-                            f"({', '.join(STN_TRANSFORMS)}), not {self.transform!r}; set --lambda_l1 0")
 
     def _check_pose(self) -> None:
         side = self.sate_size[0]
@@ -99,10 +92,13 @@ class ModelConfig:
         the satellite strip); the others need full-width street images."""
         return self.head in WINDOW_HEADS
 
-    @property
-    def l1_guidance(self) -> bool:
-        """Whether the model also returns the polar image its STN output is pulled towards."""
-        return self.transform in STN_TRANSFORMS and self.lambda_l1 > 0
+    def inert(self) -> Dict[str, str]:
+        """``{setting: the flag that would make it act}`` for the model settings this architecture ignores."""
+        rules = {"attention_maps": ("--head safa", self.head != "safa"),
+                 "stn_stages": ("--transform composed_affine", self.transform != "composed_affine"),
+                 **{name: ("--transform tps", self.transform != "tps")
+                    for name in ("tps_grid", "tps_span", "tps_bounded", "stn_init")}}
+        return {name: flag for name, (flag, idle) in rules.items() if idle}
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "ModelConfig":

@@ -16,7 +16,6 @@ from common.errors import UserError
 from models.backbones import build_backbone, feature_shape
 from models.heads import HEADS
 from models.offset import OffsetHead
-from models.polar import PolarTransform
 from models.pose import POSE_HEADS, PoseEmbedding, PoseHead
 from models.transforms import build_transform
 
@@ -27,9 +26,8 @@ class SAFAModel(nn.Module):
     Built by :func:`models.build_model` from a :class:`models.config.ModelConfig` (kept as
     ``self.cfg``). Submodules: ``transform`` (the block), ``street_backbone``,
     ``satellite_backbone`` (the same module with ``shared_backbone``), ``street_attention`` and
-    ``satellite_attention`` (the descriptor heads of :data:`HEADS`: SAFA's, a global pool or DSM's) and, for L1
-    guidance (STN transform with ``lambda_l1 > 0``), ``polar_target`` (a fixed
-    :class:`PolarTransform`, no parameters), with ``regress_offset`` ``offset_head`` (a
+    ``satellite_attention`` (the descriptor heads of :data:`HEADS`: SAFA's, a global pool or DSM's) and,
+    with ``regress_offset``, ``offset_head`` (a
     :class:`models.offset.OffsetHead`; else None), with a ``pose`` head ``pose_head`` (e.g. a
     :class:`models.pose.PoseHead` on the street backbone's features and the raw satellite input;
     else None). ``descriptor_dim`` is the descriptor length;
@@ -43,8 +41,7 @@ class SAFAModel(nn.Module):
     ``satellite`` ``B x 3 x Hs x Ws`` (``Hp x Wp`` with ``polar_files``); either may be
     None. Returns ``(street_desc, sat_desc)`` (``B x D`` float32, L2-normalised, None
     for a None input), plus with ``return_aux`` a dict ``{"transformed": B x 3 x Hp x Wp
-    block output or None, "polar_target": polar image of the same satellite batch
-    (computed without grad) or None}``, with an offset head also ``"offset"``: the ``B x 2``
+    block output or None}``, with an offset head also ``"offset"``: the ``B x 2``
     normalised delta of each pair (street i, satellite i), or None; with a pose head also
     ``"pose"``: ``(street PoseEmbedding, tile PoseEmbedding)`` of the pairs, or None. The satellite
     batch may be longer than the street batch (training appends semi-positives); its first B are
@@ -67,9 +64,6 @@ class SAFAModel(nn.Module):
         self.descriptor_dim = self.street_attention.out_dim
         #: The pairwise similarity of the head's descriptors, or None for the dot product.
         self.similarity = getattr(self.satellite_attention, "correlation", None)
-        self.polar_target = (
-            PolarTransform(cfg.sate_size, cfg.pano_size, polar_files=cfg.polar_files) if cfg.l1_guidance else None
-        )
         self.offset_head = OffsetHead(self.descriptor_dim) if cfg.regress_offset else None
         self.pose_head = None if cfg.pose == "none" else POSE_HEADS.get(cfg.pose)(channels, cfg.sate_size[0])
 
@@ -112,15 +106,12 @@ class SAFAModel(nn.Module):
     def forward(self, street: Optional[torch.Tensor], satellite: Optional[torch.Tensor], return_aux: bool = False):
         features = None if street is None else self.street_features(street)
         street_desc = None if features is None else self.street_attention(features)
-        sat_desc = transformed = polar_target = None
+        sat_desc = transformed = None
         if satellite is not None:
             sat_desc, transformed = self.encode_satellite(satellite)
-            if return_aux and self.polar_target is not None:
-                with torch.no_grad():
-                    polar_target = self.polar_target(satellite)
         if not return_aux:
             return street_desc, sat_desc
-        aux: Dict[str, Optional[torch.Tensor]] = {"transformed": transformed, "polar_target": polar_target}
+        aux: Dict[str, Optional[torch.Tensor]] = {"transformed": transformed}
         if self.offset_head is not None:
             both = street_desc is not None and sat_desc is not None
             aux["offset"] = self.predict_offset(street_desc, sat_desc[:street_desc.shape[0]]) if both else None

@@ -16,7 +16,7 @@ from helper import distributed
 from helper.checkpoint import load_checkpoint, load_model_state
 from helper.cli import evaluate_main, train_main
 from helper.config import RunConfig
-from helper.engine import Objective, compute_loss
+from helper.objective import Objective, compute_loss
 from helper.tasks import REFINED_KEYS, CVUSATask
 from models import build_model
 from tests.e2e.worlds import TINY_FLAGS, make_cvusa
@@ -92,7 +92,8 @@ def test_offset_term_on_every_transform(offset_world, transform):
     torch.manual_seed(0)
     model = build_model(run.model)
     env = distributed.DistEnv(0, 1, 0, torch.device("cpu"))
-    total, retrieval, _ = compute_loss(Objective.of(run, dataset.tile_side), model, batch, env, hard_ratio=1.0)
+    total, terms = compute_loss(Objective.of(run, dataset.tile_side), model, batch, env, hard_ratio=1.0)
+    retrieval = terms["retrieval"]
     assert torch.isfinite(total) and total > retrieval
     total.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.offset_head.parameters())

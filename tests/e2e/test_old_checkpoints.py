@@ -36,7 +36,7 @@ def run_copy(tmp_path):
 
 def test_version_1_is_migrated_on_load():
     raw = torch.load(FIXTURE, weights_only=True)
-    assert raw["version"] == 1 and "resume" in raw["config"] and CHECKPOINT_VERSION == 5
+    assert raw["version"] == 1 and "resume" in raw["config"] and CHECKPOINT_VERSION == 6
     state = load_checkpoint(FIXTURE)
     assert "resume" not in state["config"] and state["config"]["transform"] == "polar"
     # what version 1 did without saying: SAFA's head on two backbones, triplets, Adam, constant rate

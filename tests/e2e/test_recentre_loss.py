@@ -15,7 +15,8 @@ from helper import distributed
 from helper.checkpoint import load_checkpoint
 from helper.cli import evaluate_main, train_main
 from helper.config import RunConfig
-from helper.engine import Objective, compute_loss, move_images
+from helper.distributed import move_images
+from helper.objective import Objective, compute_loss
 from helper.losses import semi_positive_iou_loss, soft_margin_triplet_loss
 from helper.parser import build_train_parser
 from helper.tasks import get_task
@@ -55,7 +56,8 @@ def test_the_term_is_the_retrieval_loss_of_the_positives_recentred_on_their_labe
     torch.manual_seed(0)
     model = build_model(run.model)
     objective = Objective.of(run, train_set.tile_side)
-    total, retrieval, _ = compute_loss(objective, model, batch, CPU, hard_ratio=1.0)
+    total, terms = compute_loss(objective, model, batch, CPU, hard_ratio=1.0)
+    retrieval = terms["retrieval"]
 
     street, satellite = move_images(batch, "street", CPU.device), move_images(batch, "satellite", CPU.device)
     street_desc, positive = model(street, satellite)
@@ -70,15 +72,15 @@ def test_the_term_is_the_retrieval_loss_of_the_positives_recentred_on_their_labe
                                              batch["semi_delta"].float(), train_set.tile_side)
     assert torch.allclose(retrieval, want_retrieval, atol=1e-5)
     assert torch.allclose(total, want, atol=1e-5), (float(total), float(want))
-    without, _, _ = compute_loss(Objective.of(run.replace(lambda_recentre=0.0), train_set.tile_side), model, batch,
-                                 CPU, hard_ratio=1.0)
+    without = compute_loss(Objective.of(run.replace(lambda_recentre=0.0), train_set.tile_side), model, batch,
+                           CPU, hard_ratio=1.0).total
     assert torch.allclose(total - without, WEIGHT * soft_margin_triplet_loss(street_desc, recentred, hard_ratio=1.0),
                           atol=1e-5)
 
 
 def test_off_by_default_recorded_and_shown_in_help():
     run = RunConfig.from_dict({"dataset": "vigor"})
-    assert run.train.lambda_recentre == 0.0 and not run.offset_labels
+    assert run.objective.lambda_recentre == 0.0 and not run.offset_labels
     assert run.to_dict()["lambda_recentre"] == 0.0
     text = " ".join(build_train_parser("cvusa").format_help().split())
     assert "--lambda_recentre" in text and "(0 = off) (default: 0.0)" in text
@@ -130,9 +132,10 @@ def test_every_block_head_and_loss_takes_the_term(worlds, flat):
     batch = default_collate([train_set[i] for i in range(4)])
     torch.manual_seed(0)
     model = build_model(run.model)
-    total, retrieval, l1 = compute_loss(Objective.of(run, train_set.tile_side), model, batch, CPU, hard_ratio=1.0)
-    assert (l1 is not None) == ("lambda_l1" in flat)
-    term = total - retrieval - (run.model.lambda_l1 * l1 if l1 is not None else 0.0)
+    total, terms = compute_loss(Objective.of(run, train_set.tile_side), model, batch, CPU, hard_ratio=1.0)
+    assert set(terms) == {"retrieval", "recentre", *(["l1"] if "lambda_l1" in flat else [])}
+    term = WEIGHT * terms["recentre"]
+    assert torch.allclose(total, terms["retrieval"] + term + terms.get("l1", 0.0), atol=1e-6)
     assert torch.isfinite(term) and term > 0
     term.backward()
     grads = [p.grad for p in model.satellite_backbone.parameters() if p.grad is not None]

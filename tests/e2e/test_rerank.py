@@ -142,7 +142,7 @@ def test_rescoring_embeds_the_satellite_shifted_onto_the_predicted_point(world):
     """A head that always predicts (0.25, -0.125) (the camera 8 rows south, 4 columns east of the
     centre of a 64 x 64 input): each pair's score is the query's similarity to the satellite
     shifted by whole pixels with zeros moved in, embedded by the unchanged branch."""
-    from helper.engine import move_images
+    from helper.distributed import move_images
 
     model, index, satellites, satellite = _constant_head(world["zero"])
     street = satellite[torch.as_tensor(index.positive)]  # any unit vectors serve as queries

@@ -42,6 +42,14 @@ def test_train_with_semi_positives_and_offsets_then_test(vigor_root, tmp_path):
     assert "refined by the offset: median" in format_table(results)
     rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
     assert rows[0]["localization_refined"]["median_m"] == pytest.approx(refined["median_m"])
+    # every loss term that is on is logged (unweighted), in metrics.jsonl and TensorBoard
+    terms = {"train_loss", "train_l1", "train_semi_positive", "train_offset"}
+    assert terms <= set(rows[-1]) and "train_recentre" not in rows[-1]
+    assert all(rows[-1][key] > 0 for key in terms - {"train_l1"})
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(run).Reload()
+    assert {f"train/{key}" for key in terms} <= set(events.Tags()["scalars"])
+    assert events.Scalars("train/train_offset")[-1].value == pytest.approx(rows[-1]["train_offset"], rel=1e-6)
 
 
 def _run(vigor_root, **changes):

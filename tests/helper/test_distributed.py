@@ -36,28 +36,26 @@ def _batches(world_batch: int, loss_name: str = "triplet"):
 
 def _train(env, rank: int, world_size: int, loss_name: str = "triplet", chunk: int = 0):
     """Trained weights after STEPS SGD steps; ``chunk`` > 0: by gradient caching."""
-    from helper.engine import Objective, backward_in_chunks, compute_loss
-    from helper.losses import LogitScale
+    from helper.objective import Objective, ObjectiveConfig, backward_in_chunks, compute_loss
     from models import build_model
 
     vigor = loss_name == "vigor"  # the triplet loss with VIGOR's semi-positive and offset terms
     offsets = loss_name in OFFSET_LOSSES  # cvusa_offsets: the triplet loss, the offset term and the re-centred loss
     torch.manual_seed(0)
     model = distributed.wrap_model(build_model({**CFG, "regress_offset": offsets}), env)
-    objective = Objective(lambda_sm=10.0, lambda_l1=0.0, amp="none", loss="triplet" if offsets else loss_name,
-                          label_smoothing=0.1, logit_scale=LogitScale() if loss_name == "infonce" else None,
-                          semi_positive=vigor, lambda_offset=1.0 if offsets else 0.0,
-                          lambda_recentre=1.0 if loss_name == "cvusa_offsets" else 0.0,
-                          tile_side=CVUSA_SIDE if loss_name == "cvusa_offsets" else TILE_SIDE)
+    config = ObjectiveConfig(loss="infonce" if loss_name == "infonce" else "triplet", label_smoothing=0.1,
+                             lambda_offset=1.0, lambda_recentre=1.0 if loss_name == "cvusa_offsets" else 0.0)
+    objective = Objective.build(config, distributed.unwrap(model).cfg, semi_positive=vigor,
+                                tile_side=CVUSA_SIDE if loss_name == "cvusa_offsets" else TILE_SIDE)
     optimizer = torch.optim.SGD(list(model.parameters()) + objective.parameters(), lr=0.5)
     for batch in _batches(PER_RANK * 2, loss_name):
         local = {k: v[rank * PER_RANK * 2 // world_size:(rank + 1) * PER_RANK * 2 // world_size]
                  for k, v in batch.items()}
         optimizer.zero_grad()
         if chunk:
-            assert backward_in_chunks(objective, model, local, env, 0.5, chunk)[3]
+            assert backward_in_chunks(objective, model, local, env, 0.5, chunk)[1]
         else:
-            compute_loss(objective, model, local, env, hard_ratio=0.5)[0].backward()
+            compute_loss(objective, model, local, env, hard_ratio=0.5).total.backward()
         optimizer.step()
     state = {k: v.detach().clone() for k, v in distributed.unwrap(model).state_dict().items()}
     if objective.logit_scale is not None:

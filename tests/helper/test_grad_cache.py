@@ -3,12 +3,11 @@ import pytest
 import torch
 
 from helper.distributed import DistEnv
-from helper.engine import Objective, backward_in_chunks, compute_loss
-from helper.losses import LogitScale
+from helper.objective import Objective, ObjectiveConfig, backward_in_chunks, compute_loss
 from models import build_model
 
 CFG = {"backbone": "tiny", "pretrained": False, "sate_size": [48, 48], "pano_size": [32, 64], "transform": "tps",
-       "lambda_l1": 1.0, "attention_maps": 2}
+       "attention_maps": 2}
 ENV = DistEnv(0, 1, 0, torch.device("cpu"))
 
 
@@ -23,26 +22,27 @@ def _gradients(model, objective):
 @pytest.mark.parametrize("chunk", [1, 3, 8])
 def test_chunked_gradients_equal_the_whole_batch(loss, lambda_l1, chunk):
     torch.manual_seed(0)
-    model = build_model({**CFG, "lambda_l1": lambda_l1}).train()
+    model = build_model(CFG).train()
     with torch.no_grad():  # off the identity, whose sampling points lie on the pixel grid, where bilinear
         # sampling has kinks: rounding (a chunk of one takes other CPU kernels) would flip their gradient
         head = model.transform.loc.head
         head.bias.add_(0.01 * torch.randn(head.bias.shape, generator=torch.Generator().manual_seed(2)))
-    objective = Objective(10.0, lambda_l1, "none", loss, 0.1, LogitScale() if loss == "infonce" else None)
+    objective = Objective.build(ObjectiveConfig(loss=loss, lambda_l1=lambda_l1).resolved(False), model.cfg)
     generator = torch.Generator().manual_seed(1)
     batch = {"street": torch.randn(8, 3, 32, 64, generator=generator),
              "satellite": torch.randn(8, 3, 48, 48, generator=generator)}
-    total, retrieval, l1 = compute_loss(objective, model, batch, ENV, hard_ratio=0.5)
-    total.backward()
+    loss = compute_loss(objective, model, batch, ENV, hard_ratio=0.5)
+    loss.total.backward()
     expected = _gradients(model, objective)
     model.zero_grad(set_to_none=True)
     for parameter in objective.parameters():
         parameter.grad = None
-    chunked, chunked_retrieval, chunked_l1, finite = backward_in_chunks(objective, model, batch, ENV, 0.5, chunk)
+    chunked, finite = backward_in_chunks(objective, model, batch, ENV, 0.5, chunk)
     assert finite
-    assert float(chunked) == pytest.approx(float(total.detach()), rel=1e-6)
-    assert float(chunked_retrieval) == pytest.approx(float(retrieval.detach()), rel=1e-6)
-    assert (chunked_l1 is None) == (l1 is None)
+    assert float(chunked.total) == pytest.approx(float(loss.total.detach()), rel=1e-6)
+    assert chunked.terms.keys() == loss.terms.keys() == ({"retrieval", "l1"} if lambda_l1 else {"retrieval"})
+    for name, term in loss.terms.items():
+        assert float(chunked.terms[name]) == pytest.approx(float(term.detach()), rel=1e-6)
     got = _gradients(model, objective)
     assert set(got) == set(expected)
     for name, grad in expected.items():

@@ -74,7 +74,7 @@ def test_the_shipped_off_centre_recipe():
     (["--polar_files", "--transform", "tps"], "--polar_files needs --transform polar"),
     (["--stn_init", "polar", "--transform", "affine"], "is only for --transform tps"),
     (["--lambda_l1", "1", "--transform", "polar"], "needs an STN transform"),
-    (["--tps_bounded", "--transform", "affine"], "tps_bounded only applies to --transform tps"),
+    (["--tps_bounded", "--transform", "affine"], "--tps_bounded does nothing without --transform tps"),
     (["--amp", "bf16", "--device", "cpu"], "needs a CUDA device"),
 ])
 def test_invalid_combinations(argv, message):
@@ -165,7 +165,7 @@ def test_version_2_configs_migrate_to_random_batches():
     for key in ("sampling", "sampling_select", "sampling_pool", "gps_csv"):
         del stored[key]
     migrated = migrate_config(stored, 2)
-    assert CONFIG_VERSION == 5
+    assert CONFIG_VERSION == 6
     run = RunConfig.from_dict(migrated, complete=True)
     assert run.train.sampling == "random" and run.data.gps_csv is None
     vigor = RunConfig.from_dict({"dataset": "vigor"}).to_dict()
@@ -183,7 +183,7 @@ def test_cvusa_offset_settings_round_trip_and_defaults():
     cfg = parse_train_config("cvusa", ["--regress_offset", "--offsets_csv", "labels/o.csv", "--lambda_offset", "0.5"])
     cfg.pop("resume")
     run = RunConfig.from_dict(json.loads(json.dumps(cfg)), complete=True)
-    assert run.model.regress_offset and (run.data.offsets_csv, run.data.lambda_offset) == ("labels/o.csv", 0.5)
+    assert run.model.regress_offset and (run.data.offsets_csv, run.objective.lambda_offset) == ("labels/o.csv", 0.5)
     assert run.to_dict() == cfg
     assert "--offsets_csv" not in build_test_parser("cvusa").format_help()  # read by training only
 
@@ -194,7 +194,7 @@ def test_version_3_cvusa_configs_migrate_without_offset_labels():
     stored = RunConfig.from_dict({"dataset": "cvusa"}).resolved().to_dict()
     del stored["offsets_csv"], stored["lambda_offset"]
     run = RunConfig.from_dict(migrate_config(stored, 3), complete=True)
-    assert not run.model.regress_offset and (run.data.offsets_csv, run.data.lambda_offset) == ("offsets.csv", 0.01)
+    assert not run.model.regress_offset and (run.data.offsets_csv, run.objective.lambda_offset) == ("offsets.csv", 0.01)
     vigor = RunConfig.from_dict({"dataset": "vigor", "lambda_offset": 0.2}).to_dict()
     assert migrate_config(vigor, 3) == vigor
 
@@ -206,4 +206,15 @@ def test_version_4_configs_migrate_without_the_recentred_loss():
         stored = RunConfig.from_dict({"dataset": dataset}).resolved().to_dict()
         del stored["lambda_recentre"]
         run = RunConfig.from_dict(migrate_config(stored, 4), complete=True)
-        assert run.train.lambda_recentre == 0.0 and not run.offset_labels
+        assert run.objective.lambda_recentre == 0.0 and not run.offset_labels
+
+
+def test_version_5_configs_migrate_to_no_pose_head():
+    from helper.config import RunConfig, migrate_config
+    from helper.objective import LAMBDA_POSE
+
+    for dataset in ("cvusa", "vigor"):
+        stored = RunConfig.from_dict({"dataset": dataset}).resolved().to_dict()
+        del stored["pose"], stored["lambda_pose"]
+        run = RunConfig.from_dict(migrate_config(stored, 5), complete=True)
+        assert run.model.pose == "none" and run.objective.lambda_pose == LAMBDA_POSE

@@ -6,7 +6,6 @@ import torch
 
 from common.errors import UserError
 from models import DEFAULT_CONFIG, build_model, count_parameters, resolve_config
-from models.polar import PolarTransform
 
 SMALL = {"backbone": "tiny", "pretrained": False, "sate_size": [64, 64], "pano_size": [32, 176]}
 
@@ -106,36 +105,15 @@ def test_branches_do_not_share_weights():
     assert model.transform is not None
 
 
-def test_return_aux_with_l1_guidance():
-    model = build_model(_cfg(transform="tps", lambda_l1=1.0))
+def test_return_aux_holds_the_block_output():
+    model = build_model(_cfg(transform="tps"))
     street, satellite = _batch()
     street_desc, sat_desc, aux = model(street, satellite, return_aux=True)
-    assert set(aux) == {"transformed", "polar_target"}
+    assert set(aux) == {"transformed"}
     torch.testing.assert_close(aux["transformed"], model.transform(satellite))
-    assert aux["polar_target"].shape == (2, 3, 32, 176)
-    assert not aux["polar_target"].requires_grad
-    torch.testing.assert_close(aux["polar_target"], PolarTransform((64, 64), (32, 176))(satellite))
-    # The L1 guidance loss reaches the STN parameters through "transformed".
-    (aux["transformed"] - aux["polar_target"]).abs().mean().backward()
-    assert model.transform.loc.head.bias.grad.abs().sum() > 0
+    assert aux["transformed"].shape == (2, 3, 32, 176)
     _, _, aux = model(street, None, return_aux=True)
-    assert aux == {"transformed": None, "polar_target": None}
-
-
-@pytest.mark.parametrize(
-    "cfg, has_target",
-    [
-        (_cfg(transform="affine"), False),
-        (_cfg(transform="polar"), False),
-        (_cfg(transform="composed_affine", lambda_l1=0.1), True),
-    ],
-)
-def test_polar_target_only_for_stn_with_l1(cfg, has_target):
-    model = build_model(cfg)
-    street, satellite = _batch(1)
-    _, _, aux = model(street, satellite, return_aux=True)
-    assert (aux["polar_target"] is not None) == has_target
-    assert aux["transformed"].shape == (1, 3, 32, 176)
+    assert aux == {"transformed": None}
 
 
 def test_polar_files_satellite_input_is_pano_sized():
