@@ -114,7 +114,7 @@ def _stream(model, dataset: Dataset, key: str, env, batch_size: int, workers: in
 
     from data.samplers import DistributedShuffleSampler
     from helper import distributed
-    from helper.engine import make_loader, move_images
+    from helper.engine import make_loader
 
     net = distributed.unwrap(model)
     net.eval()
@@ -124,7 +124,7 @@ def _stream(model, dataset: Dataset, key: str, env, batch_size: int, workers: in
     with torch.no_grad(), distributed.autocast(env.device, "none"):
         for batch in tqdm(loader, disable=not env.is_main, leave=False, desc=desc, unit="batch", dynamic_ncols=True):
             index = batch["index"].to(env.device)
-            parts.append(compute(net, move_images(batch, key, env.device), index))
+            parts.append(compute(net, distributed.move_images(batch, key, env.device), index))
             indices.append(index)
     index = torch.cat(indices)
     return tuple(distributed.gather_by_index(torch.cat([p[i] for p in parts]), index, len(dataset))
