@@ -49,7 +49,8 @@ class RerankConfig:
 
     rerank: int = setting(0, "re-rank each query's N most similar references: re-centre each one's satellite "
                              "input on the offset the offset head predicts for the pair, embed it again and re-order "
-                             "the N by the new score (needs a checkpoint with an offset head; at most the number "
+                             "the N by the new score (needs a checkpoint with an offset head, or with --rerank_score "
+                             "pose a pose head, which scores the N without re-centring; at most the number "
                              "of references; 0 = off)", minimum=0)
     rerank_score: str = setting("sum", "--rerank: a candidate's new score: sum = its original similarity plus the "
                                        "re-centred one (the safer: see the README's off-centre study); recentred = "
