@@ -215,7 +215,7 @@ def rerank_candidates(model, street: torch.Tensor, satellite: torch.Tensor, rank
     descriptors' device; ``satellites``, ``batch_size``, ``workers``, ``query_offsets``: see
     :func:`rescore`; ``street_pose``: the queries' :class:`models.pose.PoseEmbedding` (score ``pose``).
     """
-    from helper.pose import pose_of_pairs
+    from helper.pose_eval import pose_of_pairs
 
     start = time.perf_counter()
     candidates = candidates_of(ranking.topk, ranking.ranks, positive)

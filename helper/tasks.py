@@ -19,7 +19,7 @@ from helper.config import TEST_HEADING_SEED, RunConfig
 from helper.engine import extract_features
 from helper.log import get_logger
 from helper.metrics import evaluate_retrieval
-from helper.pose import embed_panoramas, pose_of_pairs, positives_known
+from helper.pose_eval import embed_panoramas, pose_of_pairs, positives_known
 from helper.rerank import RerankConfig, check_rerank_size, rerank_candidates, rerank_results
 from data.vigor_layout import TILE_SIDE
 from models.offset import delta_pixels

@@ -193,7 +193,7 @@ def pose_estimates(loaded, index, inputs: List[np.ndarray], ids: np.ndarray, bat
     """The pose head's estimate for every (panorama, candidate) pair, exactly as the test scripts'
     (:func:`helper.pose.pose_of_pairs` on the tile images): ``(points (queries, k, 2) normalised deltas,
     headings (queries, k) degrees)``."""
-    from helper.pose import embed_panoramas, pose_of_pairs
+    from helper.pose_eval import embed_panoramas, pose_of_pairs
     from localization.embed import PanoramaInputs, TileImages
 
     tiles, pairs = _candidate_tiles(index, ids)

@@ -92,7 +92,7 @@ def test_train_records_it_and_test_loads_the_checkpoint(worlds, tmp_path):
                          "--transform", "polar", "--batch_size", "4", "--n_epochs", "1", "--lambda_recentre", "1",
                          "--regress_offset"])
     config = json.load(open(os.path.join(runs, "rc", "config.json")))
-    assert config["lambda_recentre"] == 1.0 and config["version"] == 5
+    assert config["lambda_recentre"] == 1.0 and config["version"] == 6
     assert load_checkpoint(os.path.join(runs, "rc", "last.pth"))["config"]["lambda_recentre"] == 1.0
     results = evaluate_main("cvusa", ["--checkpoint", os.path.join(runs, "rc", "last.pth"), "--device", "cpu",
                                       "--workers", "0", "--rerank", "4"])

@@ -12,7 +12,7 @@ from helper import distributed
 from helper.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 from helper.config import RunConfig
 from helper.offsets import panorama_gps
-from helper.pose import embed_panoramas, pose_of_pairs
+from helper.pose_eval import embed_panoramas, pose_of_pairs
 from localization.cli import main
 from models import build_model
 from models.offset import delta_pixels
