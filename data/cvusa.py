@@ -29,7 +29,7 @@ from data.cvusa_layout import (HEADINGS_FILE, OFFSET_TERMS, check_column_order, 
 from data.io import MIN_IMAGE_SIDE, check_polar_size, file_image_size, find_missing, read_image, size_hw
 from data.tensors import IMAGENET_MEAN, converter
 from data.vigor import augment_deltas
-from geometry.heading import FULL_CIRCLE, columns_heading, crop_columns, fov_width, pad_columns, roll_to_heading
+from geometry.heading import FULL_CIRCLE, crop_columns, fov_width, pad_columns, turn_panorama
 from geometry.polar import satellite_input_size
 
 #: The uint8 RGB colour that pads a limited field of view (normalises to about 0).
@@ -178,9 +178,7 @@ class CVUSA(Dataset):
                 if delta is not None:
                     delta = augment_deltas(delta, bool(params["flip"]), params["rotation"])
             if self.turn:
-                columns = int(rng.integers(street.shape[1]))
-                street = roll_to_heading(street, columns)
-                heading += columns_heading(columns, street.shape[1])
+                street, heading = turn_panorama(street, rng, heading)
         if self.street_width < street.shape[1]:
             street = crop_columns(street, self.street_width)
         if self.pad_fov and street.shape[1] < self.pano_size[1]:

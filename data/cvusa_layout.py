@@ -12,7 +12,7 @@ world) with the header ``id,lat,lon`` and one row per pair: ``id`` is the aerial
 (``0000001`` for ``bingmap/19/0000001.jpg``; numeric ids compare as numbers), ``lat`` /
 ``lon`` in degrees.
 
-Optional, for ``--regress_offset`` and ``--lambda_recentre`` (:data:`OFFSET_TERMS`): an offsets CSV (``--offsets_csv``, default ``offsets.csv``;
+Optional, for ``--regress_offset``, ``--lambda_recentre`` and ``--pose dense`` (:data:`OFFSET_TERMS`): an offsets CSV (``--offsets_csv``, default ``offsets.csv``;
 real CVUSA has none, the synthetic world written with ``--max_offset`` has it) with the header
 ``id,dx_px,dy_px``: the camera sits at aerial pixel (row ``S/2 + dy_px``, column ``S/2 + dx_px``),
 dx east, dy south, in pixels of the aerial file of side ``S`` (:func:`pair_deltas`).
@@ -31,7 +31,7 @@ from data import io
 from data.io import list_subdirs
 
 #: The training flags that read the offset labels (``--offsets_csv``).
-OFFSET_TERMS = "--regress_offset / --lambda_recentre"
+OFFSET_TERMS = "--regress_offset / --lambda_recentre / --pose dense"
 DEFAULT_TRAIN_CSV = "splits/train-19zl.csv"
 DEFAULT_VAL_CSV = "splits/val-19zl.csv"
 AERIAL_DIR = "bingmap/19"

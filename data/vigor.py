@@ -33,6 +33,7 @@ from data.augment import augment_satellite, check_rotation_sizes, paired_augment
 from data.io import MIN_IMAGE_SIDE, read_image, size_hw
 from data.tensors import converter
 from data.vigor_layout import PANO_SIZE, SATE_SIZE, TILE_SIDE, VigorIndex
+from geometry.heading import turn_panorama
 from geometry.polar import satellite_input_size
 
 
@@ -98,7 +99,9 @@ class VigorPairs(Dataset):
     :func:`panorama_pixel` ``(delta, sate_H)`` of the augmented aerial), ``"flip"``: bool,
     ``"rotation"``: k quarter turns}. With ``semi_positive`` also ``"semi_satellite"`` (one of the
     three semi-positives, drawn uniformly from the sample's Generator after the augmentation
-    draws, augmented like the positive) and ``"semi_delta"``: its (2,) deltas, augmented.
+    draws, augmented like the positive) and ``"semi_delta"``: its (2,) deltas, augmented. With
+    ``heading`` ``"random"`` the panorama is turned to a random heading after every other draw
+    (:func:`geometry.heading.turn_panorama`) and ``"heading"`` is its heading in degrees (else 0).
 
     ``augment`` enables a random east-west flip (p = 0.5); ``rotate`` a random rotation
     by ``90 deg * k``, k uniform in {0, 1, 2, 3}; both by :func:`data.augment.paired_augment`
@@ -114,8 +117,9 @@ class VigorPairs(Dataset):
 
     def __init__(self, index: VigorIndex, sate_size=SATE_SIZE, pano_size=PANO_SIZE, augment: bool = False,
                  rotate: bool = False, polar_files: bool = False, seed: int = 0, normalise: bool = True,
-                 semi_positive: bool = False):
+                 semi_positive: bool = False, heading: str = "none"):
         self.index = index
+        self.turn = heading == "random"
         self.pano_size = size_hw(pano_size, "pano_size")
         self.polar_files = bool(polar_files)
         self.satellite_size = size_hw(satellite_input_size(sate_size, pano_size, polar_files), "sate_size")
@@ -146,7 +150,7 @@ class VigorPairs(Dataset):
         positive = int(index.positive[i])
         pano = read_image(index.street_file(i), self.pano_size, min_side=MIN_IMAGE_SIDE)
         satellite = _read_satellite(index, positive, self.satellite_size, self.polar_files)
-        flip, k = False, 0
+        flip, k, heading = False, 0, 0.0
         delta = np.array(index.deltas[i, 0], dtype=np.float64)
         rng = sample_rng(self.seed, self.epoch, i)
         if self.augment or self.rotate:
@@ -154,7 +158,7 @@ class VigorPairs(Dataset):
                                                      satellite_is_polar=self.polar_files)
             flip, k = bool(params["flip"]), int(params["rotation"])
             delta = augment_deltas(delta, flip, k)
-        sample = {"street": self.convert(pano), "satellite": self.convert(satellite), "index": i,
+        sample = {"satellite": self.convert(satellite), "index": i,
                   "positive": positive, "semi": torch.from_numpy(index.semi[i].copy()),
                   "delta": torch.from_numpy(delta), "flip": flip, "rotation": k}
         if self.semi_positive:
@@ -162,26 +166,38 @@ class VigorPairs(Dataset):
             semi = _read_satellite(index, int(index.semi[i, slot - 1]), self.satellite_size, self.polar_files)
             sample["semi_satellite"] = self.convert(augment_satellite(semi, flip, k, self.polar_files))
             sample["semi_delta"] = torch.from_numpy(augment_deltas(index.deltas[i, slot], flip, k))
+        if self.turn:
+            pano, heading = turn_panorama(pano, rng)
+        sample.update(street=self.convert(pano), heading=heading)
         return sample
 
 
 class VigorPanoramas(Dataset):
-    """Queries: ``{"street": 3 x pano_H x pano_W, "index": panorama position in the split}``.
+    """Queries: ``{"street": 3 x pano_H x pano_W, "index": panorama position in the split, "heading":
+    degrees}``. With ``heading`` ``"random"`` each panorama is turned to a random heading
+    (:func:`geometry.heading.turn_panorama`, the Generator :func:`data.augment.sample_rng` ``(seed, 0, i)``: the same
+    turns every time); else its heading is 0.
 
     ``normalise``: see :func:`data.tensors.converter`.
     """
 
-    def __init__(self, index: VigorIndex, pano_size=PANO_SIZE, normalise: bool = True):
+    def __init__(self, index: VigorIndex, pano_size=PANO_SIZE, normalise: bool = True, heading: str = "none",
+                 seed: int = 0):
         self.index = index
         self.pano_size = size_hw(pano_size, "pano_size")
         self.normalise = bool(normalise)
         self.convert = converter(self.normalise)
+        self.turn = heading == "random"
+        self.seed = int(seed)
 
     def __len__(self) -> int:
         return self.index.num_panoramas
 
     def __getitem__(self, i: int) -> dict:
-        return {"street": self.convert(read_image(self.index.street_file(i), self.pano_size, min_side=MIN_IMAGE_SIDE)), "index": int(i)}
+        pano, heading = read_image(self.index.street_file(i), self.pano_size, min_side=MIN_IMAGE_SIDE), 0.0
+        if self.turn:
+            pano, heading = turn_panorama(pano, sample_rng(self.seed, 0, int(i)))
+        return {"street": self.convert(pano), "index": int(i), "heading": heading}
 
 
 class VigorSatellites(Dataset):

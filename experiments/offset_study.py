@@ -26,6 +26,15 @@ On the off-centre worlds every CVUSA-layout cell, and every VIGOR cell, is also 
 TRUE offsets (``experiments/rerank_true_offsets.py``, scored by the re-centred similarity): an
 oracle, what a perfect offset head would give.
 
+Pose head cells (``--pose dense``, :mod:`models.pose`), on either layout: ``polar_pose`` and
+``polar_pose_heading`` (the same trained and tested with panoramas turned to random headings,
+``--train_heading random --test_heading random``), ranked and re-ranked by the pose score
+(``--rerank K --rerank_score pose``: ``+rerank_pose``). Every cell with an in-tile head also
+reports its positives-known errors (``positives_known``: the test script's ``pose`` block for the
+pose head; ``rerank_true_offsets.py``'s ``offset_positives`` for the MLP offset head), metres on
+VIGOR and aerial pixels on the CVUSA layout, with the tile centre's and, with unknown headings, the
+heading errors; ``pose_vs_mlp`` pairs them per seed.
+
 VIGOR layout (synthetic; its panoramas are off-centre by construction): ``polar``,
 ``polar_iou_offset`` (``--semi_positive iou --regress_offset``, also re-ranked),
 ``polar_iou_offset_l1`` (the same with ``--lambda_offset 1``, 100x the official weight) and
@@ -57,33 +66,41 @@ RECIPE = os.path.join(ROOT, "configs", "cvusa_offcentre.json")
 TPS_L1 = ["--transform", "tps", "--lambda_l1", "1"]
 HEAD_L1 = ["--regress_offset", "--lambda_offset", "1"]
 RECENTRED = ["--lambda_recentre", "1"]
-#: CVUSA-layout cells: flags, and whether the model has an offset head (then also re-ranked).
+POSE = ["--transform", "polar", "--pose", "dense"]
+UNKNOWN_HEADING = ["--train_heading", "random", "--test_heading", "random"]
+#: In-tile head kinds of a cell (None: no head): an ``offset`` head (re-ranked by the re-centred
+#: scores) or a ``pose`` head (re-ranked by the pose score).
+OFFSET, POSE_HEAD = "offset", "pose"
+POSE_CELLS = {"polar_pose": (POSE, POSE_HEAD), "polar_pose_heading": ([*POSE, *UNKNOWN_HEADING], POSE_HEAD)}
+#: CVUSA-layout cells: flags, and the model's in-tile head kind (then also re-ranked).
 CVUSA_CELLS = {
-    "polar": (["--transform", "polar"], False),
-    "tps_l1": (TPS_L1, False),
-    "polar_offset": (["--transform", "polar", "--regress_offset"], True),
-    "tps_l1_offset": ([*TPS_L1, "--regress_offset"], True),
-    "polar_offset_l1": (["--transform", "polar", *HEAD_L1], True),
-    "polar_recentred": (["--transform", "polar", *RECENTRED], False),
-    "polar_offset_recentred": (["--transform", "polar", *HEAD_L1, *RECENTRED], True),
-    "offcentre": (["--config", RECIPE], False),
-    "offcentre_offset_l1": (["--config", RECIPE, *HEAD_L1], True),
-    "offcentre_offset_recentred": (["--config", RECIPE, *HEAD_L1, *RECENTRED], True),
+    "polar": (["--transform", "polar"], None),
+    "tps_l1": (TPS_L1, None),
+    "polar_offset": (["--transform", "polar", "--regress_offset"], OFFSET),
+    "tps_l1_offset": ([*TPS_L1, "--regress_offset"], OFFSET),
+    "polar_offset_l1": (["--transform", "polar", *HEAD_L1], OFFSET),
+    "polar_recentred": (["--transform", "polar", *RECENTRED], None),
+    "polar_offset_recentred": (["--transform", "polar", *HEAD_L1, *RECENTRED], OFFSET),
+    "offcentre": (["--config", RECIPE], None),
+    "offcentre_offset_l1": (["--config", RECIPE, *HEAD_L1], OFFSET),
+    "offcentre_offset_recentred": (["--config", RECIPE, *HEAD_L1, *RECENTRED], OFFSET),
+    **POSE_CELLS,
 }
 VIGOR_IOU = ["--transform", "polar", "--semi_positive", "iou"]
 VIGOR_CELLS = {
-    "polar": (["--transform", "polar"], False),
-    "polar_iou_offset": ([*VIGOR_IOU, "--regress_offset"], True),
-    "polar_iou_offset_l1": ([*VIGOR_IOU, *HEAD_L1], True),
-    "polar_iou_offset_recentred": ([*VIGOR_IOU, *HEAD_L1, *RECENTRED], True),
+    "polar": (["--transform", "polar"], None),
+    "polar_iou_offset": ([*VIGOR_IOU, "--regress_offset"], OFFSET),
+    "polar_iou_offset_l1": ([*VIGOR_IOU, *HEAD_L1], OFFSET),
+    "polar_iou_offset_recentred": ([*VIGOR_IOU, *HEAD_L1, *RECENTRED], OFFSET),
+    **POSE_CELLS,
 }
 #: Cells with the re-centred loss and the same cell without it (paired in the summary).
 RECENTRED_PAIRS = {"polar_recentred": "polar", "polar_offset_recentred": "polar_offset_l1",
                    "offcentre_offset_recentred": "offcentre_offset_l1",
                    "polar_iou_offset_recentred": "polar_iou_offset_l1"}
 VIGOR_CITIES = ("NewYork", "Seattle")
-#: Suffix of a cell re-ranked with ``--rerank K --rerank_score`` each score (an offset head).
-RERANKED = {"sum": "+rerank", "recentred": "+rerank_recentred"}
+#: Suffix of a cell re-ranked with ``--rerank K --rerank_score`` each score, by head kind.
+RERANKED = {OFFSET: {"sum": "+rerank", "recentred": "+rerank_recentred"}, POSE_HEAD: {"pose": "+rerank_pose"}}
 #: Off-centre CVUSA-layout cells and VIGOR cells are also re-ranked on the true offsets (no head needed),
 #: scored by the re-centred similarity alone: the oracle of a perfect offset head.
 TRUE_RERANKED = "+rerank_true_offsets"
@@ -92,7 +109,7 @@ TRUE_SCORE = "recentred"
 
 def evaluate(args, run_dir: str, layout: str, data: str, score: Optional[str] = None) -> dict:
     """The test script's results JSON for the run's checkpoint; with ``score`` re-ranked
-    (``--rerank K --rerank_score score``, an offset head)."""
+    (``--rerank K --rerank_score score``, a model with an in-tile head)."""
     out = os.path.join(run_dir, "study_results.json" if score is None else f"study_results_{score}.json")
     if not os.path.exists(out):
         rerank = [] if score is None else ["--rerank", str(args.rerank), "--rerank_score", score]
@@ -118,38 +135,44 @@ def true_offsets(args, run_dir: str, data: str) -> dict:
     return json.load(open(out))
 
 
-def cell_results(args, run_dir: str, layout: str, data: str, offset_head: bool):
-    """``(results JSON, {suffix: R@1})``: as ranked and, with an offset head, re-ranked by each score."""
-    if not offset_head:
+def cell_results(args, run_dir: str, layout: str, data: str, kind: Optional[str]):
+    """``(results JSON, {suffix: R@1})``: as ranked and, with an in-tile head of ``kind``, re-ranked by each
+    of its scores."""
+    if kind is None:
         results = evaluate(args, run_dir, layout, data)
         return results, {"": results["street_to_satellite"]["R@1"]}
-    by_score = {score: evaluate(args, run_dir, layout, data, score) for score in RERANKED}
-    results = by_score["sum"]
+    by_score = {score: evaluate(args, run_dir, layout, data, score) for score in RERANKED[kind]}
+    results = next(iter(by_score.values()))
     values = {"": results["street_to_satellite"]["R@1"]}
-    values.update({RERANKED[score]: r["rerank"]["street_to_satellite"]["R@1"] for score, r in by_score.items()})
+    values.update({RERANKED[kind][score]: r["rerank"]["street_to_satellite"]["R@1"] for score, r in by_score.items()})
     return results, values
 
 
 def run_layout(args, work: str, layout: str, cells: List[str], worlds: Dict[str, str], seed: int, out: dict,
-               localization: dict, offset_error: dict) -> None:
+               localization: dict, offset_error: dict, positives_known: dict) -> None:
     """Train and evaluate ``cells`` of ``layout`` on each of ``worlds`` ({row label: data folder}),
-    filling ``out`` (R@1), ``localization`` (VIGOR, top-1 positives) and ``offset_error`` (offset
-    heads: mean squared error of the normalised offsets, head and mean offset)."""
+    filling ``out`` (R@1), ``localization`` (VIGOR, top-1 positives), ``offset_error`` (offset
+    heads: mean squared error of the normalised offsets, head and mean offset) and ``positives_known``
+    (in-tile heads: the ``pose`` block of each seed)."""
     table = CVUSA_CELLS if layout == "cvusa" else VIGOR_CELLS
     for row, data in worlds.items():
         for cell in cells:
-            flags, offset_head = table[cell]
+            flags, kind = table[cell]
             name = f"{layout}_{row}_{cell}_seed{seed}"
             if layout == "vigor":
                 flags = [*flags, "--cities", ",".join(VIGOR_CITIES)]
             run_dir = train(args, work, f"train_{layout}.py", data, name, seed, flags)
-            results, values = cell_results(args, run_dir, layout, data, offset_head)
+            results, values = cell_results(args, run_dir, layout, data, kind)
+            block = results.get("pose")
             if layout == "vigor" or float(row) > 0:
                 truth = true_offsets(args, run_dir, data)
                 values[TRUE_RERANKED] = truth["rerank"]["R@1_true_offsets"]
-                if offset_head:
+                if kind == OFFSET:
                     offset_error.setdefault(layout, {}).setdefault(row, {}).setdefault(cell, {})[str(seed)] = \
                         truth["offset_mse"]
+                    block = truth["offset_positives"]
+            if block is not None:
+                positives_known.setdefault(layout, {}).setdefault(row, {}).setdefault(cell, {})[str(seed)] = block
             for suffix, r1 in values.items():
                 out.setdefault(row, {}).setdefault(cell + suffix, {}).setdefault("per_seed", {})[str(seed)] = r1
                 print(f"{name}{suffix}: R@1 {r1:.2f}", file=sys.stderr, flush=True)
@@ -180,8 +203,9 @@ def paired(table: dict, cell: str, baseline: str) -> dict:
 
 
 #: How a cell was evaluated (its name's suffix) -> legend label and bar colour of the plot.
-VARIANTS = {"": ("ranked", "#4c72b0"), RERANKED["sum"]: ("--rerank (sum)", "#dd8452"),
-            RERANKED["recentred"]: ("--rerank (recentred)", "#ccb974"),
+VARIANTS = {"": ("ranked", "#4c72b0"), RERANKED[OFFSET]["sum"]: ("--rerank (sum)", "#dd8452"),
+            RERANKED[OFFSET]["recentred"]: ("--rerank (recentred)", "#ccb974"),
+            RERANKED[POSE_HEAD]["pose"]: ("--rerank (pose)", "#55a868"),
             TRUE_RERANKED: ("true offsets (recentred)", "#8c8c8c")}
 
 
@@ -234,6 +258,70 @@ def plot(path: str, summary: dict) -> None:
     plt.close(fig)
 
 
+#: Numbers of a ``pose`` block summarised over seeds (the unit suffix added: ``_m`` or ``_px``).
+POSITIVE_KEYS = ("median", "mean", "centre_median", "centre_mean")
+
+
+def _unit(block: dict) -> str:
+    return "m" if "median_m" in block else "px"
+
+
+def summarise_positives(known: dict) -> dict:
+    """Per layout, world and cell: each seed's ``pose`` block and, over the seeds, the mean and interval of
+    the median and mean errors (head and tile centre), the heading median and the share within 10 deg."""
+    out: dict = {}
+    for layout, rows in known.items():
+        for row, cells in rows.items():
+            for cell, seeds in cells.items():
+                unit = _unit(next(iter(seeds.values())))
+                entry = {"unit": unit, "per_seed": seeds}
+                for key in POSITIVE_KEYS:
+                    entry[f"{key}_{unit}"] = mean_interval([b[f"{key}_{unit}"] for b in seeds.values()])
+                if all("heading_median_deg" in b for b in seeds.values()):
+                    entry["heading_median_deg"] = mean_interval([b["heading_median_deg"] for b in seeds.values()])
+                    entry["heading_within_10_deg"] = mean_interval([b["heading_within_deg"]["10"]
+                                                                    for b in seeds.values()])
+                out.setdefault(layout, {}).setdefault(row, {})[cell] = entry
+    return out
+
+
+#: The pose cell and the MLP offset-head cell compared by :func:`pose_vs_mlp`, per layout.
+POSE_VERSUS = {"cvusa": ("polar_pose", "polar_offset_l1"), "vigor": ("polar_pose", "polar_iou_offset_l1")}
+
+
+def pose_vs_mlp(known: dict) -> dict:
+    """Per layout and world, per seed: the pose head's median error over the MLP offset head's and over the
+    tile centre's (the issue's targets: at most 0.5 and 0.35), for the seeds both cells ran."""
+    out: dict = {}
+    for layout, (pose, mlp) in POSE_VERSUS.items():
+        for row, cells in known.get(layout, {}).items():
+            if pose not in cells:
+                continue
+            unit = _unit(next(iter(cells[pose].values())))
+            entry = {}
+            for seed, block in cells[pose].items():
+                ratios = {"over_centre": round(block[f"median_{unit}"] / block[f"centre_median_{unit}"], 3)}
+                if seed in cells.get(mlp, {}):
+                    ratios["over_mlp"] = round(block[f"median_{unit}"] / cells[mlp][seed][f"median_{unit}"], 3)
+                entry[seed] = ratios
+            out.setdefault(layout, {})[row] = {"pose": pose, "mlp": mlp, "per_seed": entry}
+    return out
+
+
+def print_positives(table: dict) -> None:
+    print("| world | cell | median (centre) | mean (centre) | heading median, <=10 deg |", file=sys.stderr)
+    print("|---|---|---|---|---|", file=sys.stderr)
+    for layout, rows in table.items():
+        for row, cells in rows.items():
+            for cell, v in cells.items():
+                u = v["unit"]
+                heading = (f"{v['heading_median_deg']['mean']:.1f} deg, {v['heading_within_10_deg']['mean']:.1f}%"
+                           if "heading_median_deg" in v else "")
+                print(f"| {layout} {row} | {cell} | {v[f'median_{u}']['mean']:.2f} ± {v[f'median_{u}']['ci95']:.2f} "
+                      f"{u} ({v[f'centre_median_{u}']['mean']:.2f}) | {v[f'mean_{u}']['mean']:.2f} "
+                      f"({v[f'centre_mean_{u}']['mean']:.2f}) | {heading} |", file=sys.stderr)
+
+
 def print_table(summary: dict) -> None:
     print("| world | cell | R@1 mean ± 95% | per seed |", file=sys.stderr)
     print("|---|---|---|---|", file=sys.stderr)
@@ -278,19 +366,21 @@ def main() -> None:
     vigor: dict = {}
     localization: dict = {}
     offset_error: dict = {}
+    known: dict = {}
     for seed in [int(x) for x in args.seeds.split(",")]:
         if centred:
             run_layout(args, work, "cvusa", centred, {"0": cvusa_world(args, work, 0.0, seed)}, seed, cvusa,
-                       localization, offset_error)
+                       localization, offset_error, known)
         if cells:
             worlds = {f"{offset:g}": cvusa_world(args, work, offset, seed) for offset in offsets}
-            run_layout(args, work, "cvusa", cells, worlds, seed, cvusa, localization, offset_error)
+            run_layout(args, work, "cvusa", cells, worlds, seed, cvusa, localization, offset_error, known)
         if vigor_cells:
             vigor_args = argparse.Namespace(**{**vars(args), "train": args.vigor_train, "test": args.vigor_test,
                                                "epochs": args.vigor_epochs, "sate_size": "128,128",
                                                "pano_size": "64,256"})
             data = vigor_world(vigor_args, work, VIGOR_CITIES, seed)
-            run_layout(vigor_args, work, "vigor", vigor_cells, {"same": data}, seed, vigor, localization, offset_error)
+            run_layout(vigor_args, work, "vigor", vigor_cells, {"same": data}, seed, vigor, localization, offset_error,
+                       known)
     summarise(cvusa)
     summarise(vigor)
     finish(args, work)
@@ -304,11 +394,13 @@ def main() -> None:
                                                           for cell, plain in RECENTRED_PAIRS.items()})
                                       for layout, table in (("cvusa", cvusa), ("vigor", vigor))},
                "rerank_vs_ranked": {layout: drop_empty({cell + suffix: paired(table, cell + suffix, cell)
-                                                        for cell, (_, offset_head) in layout_cells.items()
-                                                        if offset_head for suffix in RERANKED.values()})
+                                                        for cell, (_, kind) in layout_cells.items()
+                                                        if kind for suffix in RERANKED[kind].values()})
                                     for layout, table, layout_cells in (("cvusa", cvusa, CVUSA_CELLS),
-                                                                        ("vigor", vigor, VIGOR_CELLS))}}
+                                                                        ("vigor", vigor, VIGOR_CELLS))},
+               "positives_known": summarise_positives(known), "pose_vs_mlp": pose_vs_mlp(known)}
     print_table(summary)
+    print_positives(summary["positives_known"])
     if args.plot:
         plot(args.plot, summary)
     write_json(args.out, summary)

@@ -6,7 +6,9 @@ On a CVUSA-layout world with ``offsets.csv`` (synthetic, ``--max_offset F``) or 
 (what a perfect head would predict for the positive), and, when the checkpoint has an offset head,
 on the head's predictions, as ``test_cvusa.py`` / ``test_vigor.py --rerank K`` do. Also reports the
 head's mean squared error on the positive pairs (normalised deltas) next to that of the best
-constant (the mean offset) and of zero. Prints one JSON line (VIGOR adds the hit rates).
+constant (the mean offset) and of zero, and its positives-known errors as the ``pose`` block of
+the test scripts (``offset_positives``: metres on VIGOR, aerial pixels on the CVUSA layout, with
+the tile centre's). Prints one JSON line (VIGOR adds the hit rates).
 
     python experiments/rerank_true_offsets.py --checkpoint RUN/best.pth --data_root WORLD [--rerank 10]
 """
@@ -30,9 +32,10 @@ from helper.checkpoint import model_from_checkpoint  # noqa: E402
 from helper.config import RunConfig  # noqa: E402
 from helper.engine import extract_features  # noqa: E402
 from helper.metrics import evaluate_retrieval  # noqa: E402
-from helper.offsets import predict_offsets  # noqa: E402
-from helper.rerank import RERANK_SCORES, RerankConfig, check_rerank_size, rerank_candidates  # noqa: E402
-from models.offset import normalise_delta  # noqa: E402
+from helper.offsets import city_metres_per_pixel, predict_offsets  # noqa: E402
+from helper.pose import pose_results  # noqa: E402
+from helper.rerank import RECENTRED_SCORES, RerankConfig, check_rerank_size, rerank_candidates  # noqa: E402
+from models.offset import delta_pixels, normalise_delta  # noqa: E402
 
 
 def r1(ranks: torch.Tensor) -> float:
@@ -47,7 +50,8 @@ def cvusa_split(run: RunConfig, args, model, env) -> dict:
     desc = extract_features(model, dataset, env, ("street", "satellite"), run.train.eval_batch_size, args.workers)
     return {"street": desc["street"], "satellite": desc["satellite"], "positive": torch.arange(len(dataset)),
             "exclude": None, "satellites": CVUSASatellites(dataset),
-            "true": normalise_delta(torch.as_tensor(dataset.deltas, dtype=torch.float32), dataset.tile_side)}
+            "true": normalise_delta(torch.as_tensor(dataset.deltas, dtype=torch.float32), dataset.tile_side),
+            "truth_px": dataset.deltas, "tile_side": dataset.tile_side, "scale": 1.0, "unit": "px"}
 
 
 def vigor_split(run: RunConfig, args, model, env) -> dict:
@@ -62,7 +66,9 @@ def vigor_split(run: RunConfig, args, model, env) -> dict:
                                           args.workers)["satellite"],
             "positive": torch.as_tensor(index.positive), "exclude": torch.as_tensor(index.semi),
             "satellites": satellites,
-            "true": normalise_delta(torch.as_tensor(index.deltas[:, 0], dtype=torch.float32), TILE_SIDE)}
+            "true": normalise_delta(torch.as_tensor(index.deltas[:, 0], dtype=torch.float32), TILE_SIDE),
+            "truth_px": index.deltas[:, 0], "tile_side": TILE_SIDE,
+            "scale": city_metres_per_pixel(index)[index.street_city], "unit": "m"}
 
 
 def main() -> None:
@@ -71,7 +77,7 @@ def main() -> None:
     parser.add_argument("--data_root", required=True, help="the world (CVUSA layout: with offsets.csv)")
     parser.add_argument("--offsets_csv", default="offsets.csv", help="CVUSA layout: the offset labels")
     parser.add_argument("--rerank", type=int, default=10)
-    parser.add_argument("--rerank_score", choices=RERANK_SCORES, default=RerankConfig.rerank_score,
+    parser.add_argument("--rerank_score", choices=RECENTRED_SCORES, default=RerankConfig.rerank_score,
                         help="as test_cvusa.py / test_vigor.py --rerank_score")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -113,7 +119,10 @@ def main() -> None:
     out["offset_mse"] = {"mean_offset": mse(true.mean(dim=0)), "zero": mse(torch.zeros(2))}
     if run.model.regress_offset:
         out["rerank"].update(suffixed(reranked(), "predicted_offsets"))
-        out["offset_mse"]["head"] = mse(predict_offsets(distributed.unwrap(model), street, satellite, positive).cpu())
+        head = predict_offsets(distributed.unwrap(model), street, satellite, positive).cpu()
+        out["offset_mse"]["head"] = mse(head)
+        out["offset_positives"] = pose_results(delta_pixels(head.double(), split["tile_side"]).numpy(),
+                                               split["truth_px"], split["scale"], split["unit"])
     print(json.dumps(out))
 
 

@@ -35,6 +35,13 @@ def roll_to_heading(image: np.ndarray, columns: int) -> np.ndarray:
     return np.ascontiguousarray(np.roll(image, -int(columns), axis=1))
 
 
+def turn_panorama(image: np.ndarray, rng: np.random.Generator, heading: float = 0.0):
+    """``(image, heading)``: a ``H x W [x C]`` strip of heading ``heading`` turned by a left roll of a
+    whole number of columns drawn from ``rng`` (uniform), and its new heading in ``[0, 360)``."""
+    columns = int(rng.integers(image.shape[1]))
+    return roll_to_heading(image, columns), (heading + columns_heading(columns, image.shape[1])) % FULL_CIRCLE
+
+
 def fov_width(width: int, fov_deg: float) -> int:
     """Columns kept of a width-``width`` strip for a field of view of ``fov_deg`` (at least 1)."""
     return max(1, min(int(width), int(round(int(width) * float(fov_deg) / FULL_CIRCLE))))

@@ -182,7 +182,7 @@ def evaluate_main(dataset: str, argv: Optional[Sequence[str]] = None) -> dict:
     overrides = {key: getattr(args, key) for key in args.explicit | {"device"}}
     run = stored.replace(**overrides, amp="none").resolved()  # evaluation extracts in float32
     run.refuse_inert({key: "" for key in args.explicit})
-    check_rerank(run.model, args.rerank)
+    check_rerank(run.model, args.rerank, args.rerank_score)
     task = get_task(dataset)
     rerank = RerankConfig(args.rerank, args.rerank_score)
     view = evaluated_view(run, rerank)
@@ -232,6 +232,10 @@ def format_table(results: dict) -> str:
                      f"in {rerank['seconds']:.1f} s, scored by {rerank['score']}")
     if "orientation" in results:
         lines.append(orientation_line(results["orientation"]))
+    if "pose" in results:
+        from helper.pose import pose_line
+
+        lines.append(pose_line(results["pose"]))
     return "\n".join(lines)
 
 

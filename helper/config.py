@@ -26,7 +26,7 @@ from common.errors import UserError
 from common.settings import as_plain, check_settings, fields_of, pick, setting
 from common.system import usable_cpus
 from data import cvusa_layout, vigor_layout
-from helper.objective import LAMBDA_OFFSET, ObjectiveConfig
+from helper.objective import LAMBDA_OFFSET, LAMBDA_POSE, ObjectiveConfig
 from models.config import ModelConfig
 
 AMP_MODES = ("none", "bf16", "fp16")
@@ -47,7 +47,7 @@ SAMPLING_NEIGHBOURS = Neighbours(64, 128)
 DEVICES = ("auto", "cpu", "cuda")
 TOP1P_RULES = ("floor", "plus1")
 HEADINGS = ("none", "random")
-#: The street-view flags of CVUSA only for now (``datasets`` of :func:`common.settings.setting`).
+#: The field-of-view flags of CVUSA only for now (``datasets`` of :func:`common.settings.setting`).
 CVUSA_ONLY = ("cvusa",)
 #: Seed of the random headings of ``--test_heading random``: the same turns in every evaluation.
 TEST_HEADING_SEED = 20200614
@@ -107,13 +107,13 @@ class TrainConfig:
         minimum=1, default_text=f"{SAMPLING_NEIGHBOURS.pool} with --sampling gps or similarity")
     train_heading: str = setting("none", "training street images: random = turned to a random heading (a "
                                          "circular roll of the panorama; the satellite stays north-up)",
-                                 choices=lambda: HEADINGS, datasets=CVUSA_ONLY)
+                                 choices=lambda: HEADINGS)
     train_fov: float = setting(360.0, "training street images: field of view in degrees (the centred window "
                                       "of the panorama; heads safa/pool see it zero-padded to full width)",
                                above=0.0, maximum=360.0, datasets=CVUSA_ONLY)
     test_heading: str = setting("none", "evaluation street images: random = turned to a random heading (fixed "
                                         "seed: the same in every evaluation)", choices=lambda: HEADINGS,
-                                evaluation=True, datasets=CVUSA_ONLY)
+                                evaluation=True)
     test_fov: float = setting(360.0, "evaluation street images: field of view in degrees", above=0.0,
                               maximum=360.0, evaluation=True, datasets=CVUSA_ONLY)
 
@@ -197,11 +197,17 @@ def _from_version_4(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return {"lambda_recentre": 0.0, **cfg}
 
 
+def _from_version_5(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Version 5 had no pose head (nor its loss weight)."""
+    return {"pose": "none", "lambda_pose": LAMBDA_POSE, **cfg}
+
+
 #: Version of the stored config (``config.json``'s ``version`` key, a checkpoint's ``version``).
-CONFIG_VERSION = 5
+CONFIG_VERSION = 6
 #: ``{version: migration}``: a stored config of ``version`` becomes one of ``version + 1``
 #: (a config.json without ``version`` is version 1).
-MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3, 4: _from_version_4}
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3, 4: _from_version_4,
+              5: _from_version_5}
 
 
 def migrate_config(cfg: Mapping[str, Any], version: int) -> Dict[str, Any]:
@@ -236,13 +242,13 @@ class RunConfig:
         train = self.train
         narrow = [f"--{name} {value:g}" for name, value in (("train_fov", train.train_fov), ("test_fov", train.test_fov))
                   if value < 360.0]
-        if self.model.regress_offset and narrow:
-            raise UserError(f"--regress_offset reads full-panorama descriptors, but {' and '.join(narrow)} gives "
-                            f"street windows narrower than 360 degrees; drop one of them")
-        views = (train.train_heading, train.train_fov, train.test_heading, train.test_fov)
-        if self.dataset != "cvusa" and views != ("none", 360.0, "none", 360.0):
-            raise UserError(f"--train_heading, --train_fov, --test_heading and --test_fov apply to CVUSA only for "
-                            f"now, not {self.dataset}; drop them")
+        heads = [flag for flag, on in (("--regress_offset", self.model.regress_offset),
+                                       (f"--pose {self.model.pose}", self.model.pose != "none")) if on]
+        if heads and narrow:
+            raise UserError(f"{heads[0]} reads full-panorama descriptors, but {' and '.join(narrow)} gives street "
+                            f"windows narrower than 360 degrees; drop one of them")
+        if self.dataset != "cvusa" and narrow:
+            raise UserError(f"--train_fov and --test_fov apply to CVUSA only for now, not {self.dataset}; drop them")
 
     @property
     def semi_positive(self) -> bool:
@@ -251,13 +257,13 @@ class RunConfig:
 
     @property
     def offset_labels(self) -> bool:
-        """Whether training reads the offset labels (``--regress_offset`` or ``--lambda_recentre``)."""
-        return self.model.regress_offset or self.objective.lambda_recentre > 0
+        """Whether training reads the offset labels (``--regress_offset``, ``--lambda_recentre`` or ``--pose``)."""
+        return self.model.regress_offset or self.objective.lambda_recentre > 0 or self.model.pose != "none"
 
     def inert(self) -> Dict[str, str]:
         """``{setting: the flag that would make it act}`` for every setting that does nothing in this run
         (each section states its own: ``inert`` of the model, objective and data settings)."""
-        return {**self.model.inert(), **self.objective.inert(self.model.transform, self.model.regress_offset),
+        return {**self.model.inert(), **self.objective.inert(self.model.transform, self.model.regress_offset, self.model.pose),
                 **self.data.inert(self.offset_labels)}
 
     def refuse_inert(self, given: Mapping[str, str]) -> None:

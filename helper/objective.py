@@ -13,6 +13,9 @@ term                weight (flag)                              on when
 ``recentre``        ``--lambda_recentre``                      > 0 (needs offset labels)
 ``semi_positive``   1                                          ``--semi_positive iou`` (VIGOR)
 ``offset``          ``--lambda_offset``                        ``--regress_offset``
+``pose``            ``--lambda_pose``                          ``--pose dense`` (:mod:`helper.pose`; with
+                                                               ``--train_heading random`` it also learns
+                                                               the heading)
 ==================  =========================================  ==========================================
 
 Each term is logged unweighted per epoch as ``train_<term>`` (``retrieval`` as ``train_loss``; ``l1``
@@ -37,6 +40,7 @@ from helper import distributed
 from helper.losses import (DEFAULT_HARD_RATIOS, LAMBDA_SM, LogitScale, infonce_loss, infonce_loss_of_similarity, l1_guidance_loss,
                            offset_regression_loss, semi_positive_iou_loss, soft_margin_triplet_loss,
                            triplet_loss_of_similarity)
+from helper.pose import pose_loss
 from models.offset import normalise_delta
 from models.polar import PolarTransform
 from models.transforms import STN_TRANSFORMS
@@ -49,6 +53,8 @@ INFONCE_LABEL_SMOOTHING = 0.1
 HARD_RATIOS = {True: DEFAULT_HARD_RATIOS, False: (1.0, 0.5)}
 #: ``--lambda_offset`` when none is given, on either dataset: the official VIGOR weight (1/100).
 LAMBDA_OFFSET = 0.01
+#: ``--lambda_pose`` when none is given.
+LAMBDA_POSE = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,10 @@ class ObjectiveConfig:
                                           "--rerank re-centres a candidate), and that batch takes the retrieval loss "
                                           "too; needs offset labels (VIGOR; CVUSA: --offsets_csv) and raw satellite "
                                           "images (0 = off)", minimum=0.0)
+    lambda_pose: float = setting(LAMBDA_POSE, "weight of the pose head's loss (--pose dense): the cross-entropy of "
+                                              "its cell distribution against the labelled camera point, of its "
+                                              "tile scores over the batch and, with --train_heading random, of "
+                                              "its heading", minimum=0.0)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -98,14 +108,15 @@ class ObjectiveConfig:
         if self.lambda_l1 > 0 and model_cfg.transform not in STN_TRANSFORMS:
             raise UserError(f"lambda_l1 > 0 (L1 guidance towards the polar image) needs an STN transform "
                             f"({', '.join(STN_TRANSFORMS)}), not {model_cfg.transform!r}; set --lambda_l1 0")
-        if chunk_size and (model_cfg.regress_offset or semi_positive or self.lambda_recentre):
-            raise UserError("--chunk_size (gradient caching) does not support --regress_offset, --semi_positive iou "
-                            "or --lambda_recentre yet; drop --chunk_size")
+        if chunk_size and (model_cfg.regress_offset or semi_positive or self.lambda_recentre
+                           or model_cfg.pose != "none"):
+            raise UserError("--chunk_size (gradient caching) does not support --regress_offset, --semi_positive iou, "
+                            "--lambda_recentre or --pose yet; drop --chunk_size")
         if self.lambda_recentre and model_cfg.polar_files:
             raise UserError("--lambda_recentre re-centres the raw satellite image, but --polar_files reads polar "
                             "images already centred on the tile; drop one of them")
 
-    def inert(self, transform: str, regress_offset: bool) -> Dict[str, str]:
+    def inert(self, transform: str, regress_offset: bool, pose: str = "none") -> Dict[str, str]:
         """``{setting: the flag that would make it act}`` for the settings that do nothing in a run of this
         objective with this ``transform`` and offset head (see :meth:`helper.config.RunConfig.inert`)."""
         loss_flag = "--loss infonce" if self.triplet else "--loss triplet"
@@ -115,6 +126,8 @@ class ObjectiveConfig:
             out["lambda_l1"] = f"--transform {'|'.join(STN_TRANSFORMS)}"
         if not regress_offset:
             out["lambda_offset"] = "--regress_offset"
+        if pose == "none":
+            out["lambda_pose"] = "--pose dense"
         return out
 
 
@@ -130,7 +143,9 @@ class Loss(NamedTuple):
 class Objective:
     """A run's objective, ready to compute losses: its settings plus what the loss depends on besides the batch.
 
-    ``regress_offset``: the model has an offset head (the ``offset`` term is on); ``semi_positive``: VIGOR's
+    ``regress_offset``: the model has an offset head (the ``offset`` term is on); ``pose``: it has a pose head
+    (the ``pose`` term is on), ``heading``: the panoramas are turned to random headings (the pose term also
+    learns the heading from the batch's ``heading``); ``semi_positive``: VIGOR's
     semi-positive IOU loss is on (the batch carries ``semi_satellite`` / ``semi_delta``); ``tile_side``: the
     side L of the tiles the label deltas are measured in (the training dataset's ``tile_side``; needed by every
     term that reads ``delta``), the offset head learns delta / (L/2), the normalised delta that
@@ -146,6 +161,8 @@ class Objective:
     tile_side: Optional[float] = None
     polar_target: Optional[PolarTransform] = None
     logit_scale: Optional[LogitScale] = None
+    pose: bool = False
+    heading: bool = False
 
     def __post_init__(self) -> None:
         if self.logit_scale is None and not self.config.triplet:
@@ -155,25 +172,33 @@ class Objective:
 
     @classmethod
     def build(cls, config: ObjectiveConfig, model_cfg, amp: str = "none", semi_positive: bool = False,
-              tile_side: Optional[float] = None) -> "Objective":
-        """The objective of ``config`` for a model of :class:`models.config.ModelConfig` ``model_cfg``."""
+              tile_side: Optional[float] = None, heading: bool = False) -> "Objective":
+        """The objective of ``config`` for a model of :class:`models.config.ModelConfig` ``model_cfg``
+        (``heading``: the training panoramas are turned to random headings)."""
         l1 = config.lambda_l1 > 0 and model_cfg.transform in STN_TRANSFORMS
         polar = PolarTransform(model_cfg.sate_size, model_cfg.pano_size, polar_files=model_cfg.polar_files)
-        return cls(config, amp, model_cfg.regress_offset, semi_positive, tile_side, polar if l1 else None)
+        return cls(config, amp, model_cfg.regress_offset, semi_positive, tile_side, polar if l1 else None,
+                   pose=model_cfg.pose != "none", heading=heading)
 
     @classmethod
     def of(cls, run, tile_side: Optional[float]) -> "Objective":
         """The objective of a :class:`helper.config.RunConfig` trained on tiles of side ``tile_side``."""
-        return cls.build(run.objective, run.model, run.train.amp, run.semi_positive, tile_side)
+        return cls.build(run.objective, run.model, run.train.amp, run.semi_positive, tile_side,
+                         run.train.train_heading == "random")
 
     @property
     def reads_deltas(self) -> bool:
-        return self.semi_positive or self.offset_weight > 0 or self.config.lambda_recentre > 0
+        return self.semi_positive or self.offset_weight > 0 or self.config.lambda_recentre > 0 or self.pose_weight > 0
 
     @property
     def offset_weight(self) -> float:
         """The offset term's weight: ``--lambda_offset`` with an offset head, else 0."""
         return self.config.lambda_offset if self.regress_offset else 0.0
+
+    @property
+    def pose_weight(self) -> float:
+        """The pose term's weight: ``--lambda_pose`` with a pose head, else 0."""
+        return self.config.lambda_pose if self.pose else 0.0
 
     def to(self, device: torch.device) -> "Objective":
         for module in (self.polar_target, self.logit_scale):
@@ -254,6 +279,11 @@ def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env:
     if objective.offset_weight:
         terms["offset"] = offset_regression_loss(aux["offset"].float(), objective.normalised_delta(batch, env.device))
         weights["offset"] = objective.offset_weight
+    if objective.pose_weight:
+        heading = batch["heading"].to(env.device, torch.float32) if objective.heading else None
+        terms["pose"] = pose_loss(distributed.unwrap(model).pose_head, *aux["pose"],
+                                  objective.normalised_delta(batch, env.device), heading, distributed.gather_with_grad)
+        weights["pose"] = objective.pose_weight
     if l1 is not None:
         terms["l1"] = l1
         weights["l1"] = config.lambda_l1

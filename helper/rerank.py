@@ -9,7 +9,10 @@ point, an STN sees a centred input); the pair's new score re-orders the K candid
 ``--rerank_score sum`` (the default) its original similarity (the one the ranking computed)
 plus the re-centred one, with ``recentred`` the re-centred similarity alone (similarities: the
 dot product, or the head's own pairwise similarity). A zero offset leaves every rank as it was
-under either score (up to float noise in the re-embedding).
+under either score (up to float noise in the re-embedding). With ``--rerank_score pose`` (a model
+with a pose head, :mod:`models.pose`) nothing is re-centred: a candidate's new score is its original
+similarity plus the pose head's centre-free score of the pair (how well the panorama matches
+anywhere in the tile), and the re-ranked top-1's position is the pose head's estimate.
 
 Rank bookkeeping (the conventions of :mod:`helper.metrics`): the re-ranked list is the K
 candidates ordered by the new similarity followed by the other M - K references in their
@@ -34,8 +37,10 @@ from common.errors import UserError
 from common.settings import check_settings, setting
 
 
-#: ``--rerank_score``: a candidate's score after re-centring (see the module doc).
-RERANK_SCORES = ("sum", "recentred")
+#: Scores of candidates re-centred on an offset (see the module doc).
+RECENTRED_SCORES = ("sum", "recentred")
+#: ``--rerank_score``: a candidate's new score (see the module doc).
+RERANK_SCORES = RECENTRED_SCORES + ("pose",)
 
 
 @dataclass(frozen=True)
@@ -44,11 +49,13 @@ class RerankConfig:
 
     rerank: int = setting(0, "re-rank each query's N most similar references: re-centre each one's satellite "
                              "input on the offset the offset head predicts for the pair, embed it again and re-order "
-                             "the N by the new score (needs a checkpoint with an offset head; at most the number "
+                             "the N by the new score (needs a checkpoint with an offset head, or with --rerank_score "
+                             "pose a pose head, which scores the N without re-centring; at most the number "
                              "of references; 0 = off)", minimum=0)
     rerank_score: str = setting("sum", "--rerank: a candidate's new score: sum = its original similarity plus the "
                                        "re-centred one (the safer: see the README's off-centre study); recentred = "
-                                       "the re-centred similarity alone",
+                                       "the re-centred similarity alone; pose = the original similarity plus the "
+                                       "pose head's centre-free score of the pair (a checkpoint with --pose dense)",
                                 choices=lambda: RERANK_SCORES)
 
     def __post_init__(self) -> None:
@@ -70,9 +77,15 @@ class Reranked(NamedTuple):
     seconds: float
 
 
-def check_rerank(model_cfg, k: int) -> None:
-    """A :class:`UserError` when ``--rerank k`` cannot run with the model of ``model_cfg``."""
+def check_rerank(model_cfg, k: int, score: str = "sum") -> None:
+    """A :class:`UserError` when ``--rerank k --rerank_score score`` cannot run with the model of ``model_cfg``."""
     if not k:
+        return
+    if score == "pose":
+        if model_cfg.pose == "none":
+            raise UserError(f"--rerank {k} --rerank_score pose scores candidates by the model's pose head, but this "
+                            "checkpoint has none; evaluate a checkpoint trained with --pose dense or choose another "
+                            "--rerank_score")
         return
     if not model_cfg.regress_offset:
         raise UserError(f"--rerank {k} re-centres each candidate on the offset predicted by the model's offset "
@@ -193,20 +206,25 @@ def rescore(model, street: torch.Tensor, satellite: torch.Tensor, candidates: to
 def rerank_candidates(model, street: torch.Tensor, satellite: torch.Tensor, ranking, positive: torch.Tensor,
                       satellites: Dataset, env, batch_size: int, workers: int, score: str,
                       exclude: Optional[torch.Tensor] = None,
-                      query_offsets: Optional[torch.Tensor] = None) -> Reranked:
+                      query_offsets: Optional[torch.Tensor] = None, street_pose=None) -> Reranked:
     """Re-rank the street->satellite ``ranking`` (a :class:`helper.metrics.RankResult` with ``topk``,
     from the descriptors ``street``/``satellite``) by re-centred re-embedding (module doc), the
     candidates' new score by ``score`` of :data:`RERANK_SCORES`.
 
     ``positive`` (N,) and ``exclude`` (N x E, -1 padding, or None) as for the ranking, on the
     descriptors' device; ``satellites``, ``batch_size``, ``workers``, ``query_offsets``: see
-    :func:`rescore`.
+    :func:`rescore`; ``street_pose``: the queries' :class:`models.pose.PoseEmbedding` (score ``pose``).
     """
+    from helper.pose_eval import pose_of_pairs
+
     start = time.perf_counter()
     candidates = candidates_of(ranking.topk, ranking.ranks, positive)
-    scores, offsets = rescore(model, street, satellite, candidates, satellites, env, batch_size, workers,
-                              query_offsets)
-    if score == "sum":
+    if score == "pose":
+        offsets, _, scores = pose_of_pairs(model, street_pose, satellites, candidates, env, batch_size, workers)
+    else:
+        scores, offsets = rescore(model, street, satellite, candidates, satellites, env, batch_size, workers,
+                                  query_offsets)
+    if score in ("sum", "pose"):
         scores = scores + ranking.topk_similarity
     ranks, excluding, slot = reranked_ranks(ranking.ranks, ranking.ranks_excluding, candidates, positive, scores,
                                             exclude)

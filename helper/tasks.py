@@ -20,6 +20,7 @@ from helper.config import TEST_HEADING_SEED, RunConfig
 from helper.engine import extract_features
 from helper.log import get_logger
 from helper.metrics import evaluate_retrieval
+from helper.pose_eval import embed_panoramas, pose_of_pairs, positives_known
 from helper.rerank import RerankConfig, check_rerank_size, rerank_candidates, rerank_results
 from data.vigor_layout import TILE_SIDE
 from models.offset import delta_pixels
@@ -64,6 +65,11 @@ class Task(Protocol):
 RETRIEVAL_KEYS = ("street_to_satellite", "satellite_to_street", "top1p_k")
 #: Results of a model with an offset head (:func:`helper.offsets.refined_localization`).
 REFINED_KEYS = ("localization_refined", "localization_top1_positive")
+
+
+def _pose_labels(run: RunConfig) -> bool:
+    """Whether a CVUSA evaluation reads ``--offsets_csv``: the model has a pose head and the file exists."""
+    return run.model.pose == "dense" and os.path.exists(os.path.join(run.data.data_root, run.data.offsets_csv))
 
 
 def _stack(samples: list) -> dict:
@@ -112,12 +118,13 @@ class CVUSATask:
     def _dataset(self, run: RunConfig, csv: str, train: bool):
         """The split's dataset, built (and its files checked) once per task. Evaluation turns the
         street images with :data:`helper.config.TEST_HEADING_SEED` (it has no other random draws);
-        training with an offset term reads ``--offsets_csv`` (:attr:`RunConfig.offset_labels`)."""
+        training with an offset term reads ``--offsets_csv`` (:attr:`RunConfig.offset_labels`), so does
+        the evaluation of a model with a pose head when that file exists (:func:`_pose_labels`)."""
         from data.cvusa import CVUSA
 
         options = run.train
         heading, fov = (options.train_heading, options.train_fov) if train else (options.test_heading, options.test_fov)
-        offsets = run.data.offsets_csv if train and run.offset_labels else None
+        offsets = run.data.offsets_csv if (run.offset_labels if train else _pose_labels(run)) else None
         key = (run.data.data_root, csv, train, heading, fov, offsets)
         if key not in self._datasets:
             model = run.model
@@ -168,14 +175,24 @@ class CVUSATask:
         results = evaluate_retrieval(street, satellite, positive, top1p=run.train.top1p, progress=env.is_main,
                                      similarity=distributed.unwrap(model).similarity, street_heading=desc["heading"],
                                      top_k=rerank.rerank)
+        satellites, street_pose = CVUSASatellites(dataset), None
+        if run.model.pose == "dense":
+            street_pose = embed_panoramas(model, dataset, env, batch_size, workers)
+            if dataset.deltas is None:
+                get_logger().warning("no offset labels (%s) in %s: the pose block (positives known) is left out",
+                                     run.data.offsets_csv, run.data.data_root)
+            else:
+                heading = desc["heading"].numpy() if run.train.test_heading == "random" else None
+                results["pose"] = positives_known(model, street_pose, satellites, positive, dataset.deltas,
+                                                  dataset.tile_side, 1.0, "px", env, batch_size, workers, heading)
         if rerank.rerank:
-            reranked = rerank_candidates(model, street, satellite, results.pop("ranking"), positive,
-                                         CVUSASatellites(dataset), env, batch_size, workers, rerank.rerank_score)
+            reranked = rerank_candidates(model, street, satellite, results.pop("ranking"), positive, satellites, env,
+                                         batch_size, workers, rerank.rerank_score, street_pose=street_pose)
             results["rerank"] = rerank_results(reranked, rerank, results["top1p_k"], len(dataset))
         return {"split": run.data.val_csv, **results}
 
     def metrics_row(self, results: dict) -> dict:
-        return {key: results[key] for key in RETRIEVAL_KEYS + ("orientation",) if key in results}
+        return {key: results[key] for key in RETRIEVAL_KEYS + ("orientation", "pose") if key in results}
 
     def visual_batch(self, run: RunConfig) -> dict:
         dataset = self._dataset(run, run.data.val_csv, train=False)
@@ -233,7 +250,8 @@ class VigorTask:
         return VigorPairs(self._index(run, split), sate_size=model.sate_size, pano_size=model.pano_size,
                           augment=train and run.train.augment, rotate=train and run.train.rotate,
                           polar_files=model.polar_files, seed=run.train.seed, normalise=False,
-                          semi_positive=train and run.semi_positive)
+                          semi_positive=train and run.semi_positive,
+                          heading=run.train.train_heading if train else "none")
 
     def _satellites(self, run: RunConfig, split: str):
         from data.vigor import VigorSatellites
@@ -292,32 +310,47 @@ class VigorTask:
         (:func:`helper.rerank.rerank_results` plus ``localization_refined`` /
         ``localization_top1_positive`` of the re-ranked top-1)."""
         from data.vigor import VigorPanoramas
-        from helper.offsets import predict_offsets, refined_localization
+        from helper.offsets import city_metres_per_pixel, predict_offsets, refined_localization
 
         index = self._index(run, "test")
         check_rerank_size(rerank.rerank, index.num_satellites)
         workers, batch_size = run.train.workers, run.train.eval_batch_size
-        panoramas = VigorPanoramas(index, pano_size=run.model.pano_size, normalise=False)
+        turned = run.train.test_heading == "random"
+        panoramas = VigorPanoramas(index, pano_size=run.model.pano_size, normalise=False,
+                                   heading=run.train.test_heading, seed=TEST_HEADING_SEED)
         satellites = self._satellites(run, "test")
-        street = extract_features(model, panoramas, env, ("street",), batch_size, workers,
-                                  desc="panoramas")["street"]
+        queries = extract_features(model, panoramas, env, ("street", "heading") if turned else ("street",), batch_size,
+                                   workers, desc="panoramas")
         satellite = extract_features(model, satellites, env, ("satellite",), batch_size,
                                      workers, desc="satellites")["satellite"]
         positive = torch.as_tensor(index.positive, dtype=torch.long, device=env.device)
         semi = torch.as_tensor(index.semi, dtype=torch.long, device=env.device)
-        street, satellite = street.to(env.device), satellite.to(env.device)
-        offsets = run.model.regress_offset
+        street, satellite = queries["street"].to(env.device), satellite.to(env.device)
+        pose = run.model.pose == "dense"
+        refine = run.model.regress_offset or pose
         results = evaluate_retrieval(street, satellite, positive, top1p=run.train.top1p, semi_positive=semi,
                                      street_latlon=index.street_gps, satellite_latlon=index.satellite_gps,
-                                     return_top1=offsets, progress=env.is_main,
-                                     similarity=distributed.unwrap(model).similarity, top_k=rerank.rerank)
-        if offsets:
+                                     return_top1=refine, progress=env.is_main,
+                                     similarity=distributed.unwrap(model).similarity, top_k=rerank.rerank,
+                                     street_heading=queries.get("heading"))
+        street_pose = None
+        if pose:
+            street_pose = embed_panoramas(model, panoramas, env, batch_size, workers)
+            heading = queries["heading"].numpy() if turned else None
+            results["pose"] = positives_known(model, street_pose, satellites, positive, index.deltas[:, 0], TILE_SIDE,
+                                              city_metres_per_pixel(index)[index.street_city], "m", env, batch_size,
+                                              workers, heading)
+        if refine:
             top1 = results.pop("top1")
-            offset = delta_pixels(predict_offsets(distributed.unwrap(model), street, satellite, top1), TILE_SIDE)
-            results.update(refined_localization(index, top1, offset.cpu().numpy()))
+            if pose:  # the pose head refines when the model has one
+                offset = pose_of_pairs(model, street_pose, satellites, top1, env, batch_size, workers)[0]
+            else:
+                offset = predict_offsets(distributed.unwrap(model), street, satellite, top1)
+            results.update(refined_localization(index, top1, delta_pixels(offset, TILE_SIDE).cpu().numpy()))
         if rerank.rerank:
             reranked = rerank_candidates(model, street, satellite, results.pop("ranking"), positive, satellites,
-                                         env, batch_size, workers, rerank.rerank_score, exclude=semi)
+                                         env, batch_size, workers, rerank.rerank_score, exclude=semi,
+                                         street_pose=street_pose)
             block = rerank_results(reranked, rerank, results["top1p_k"], index.num_satellites, index.street_gps,
                                    index.satellite_gps)
             offset = delta_pixels(reranked.top1_offset, TILE_SIDE)
@@ -327,7 +360,8 @@ class VigorTask:
         return {"split": split, "mode": run.data.mode, "cities": list(run.data.split_cities("test")), **results}
 
     def metrics_row(self, results: dict) -> dict:
-        return {key: results[key] for key in RETRIEVAL_KEYS + ("localization",) + REFINED_KEYS if key in results}
+        return {key: results[key] for key in RETRIEVAL_KEYS + ("localization", "pose") + REFINED_KEYS
+                if key in results}
 
     def visual_batch(self, run: RunConfig) -> dict:
         dataset = self._pairs(run, "test", train=False)

@@ -56,10 +56,25 @@ def results_geojson(results: List[dict]) -> dict:
     return {"type": "FeatureCollection", "features": features}
 
 
+def _pose_arrow(ax, size: Sequence[int], delta: Sequence[float], heading_deg: float) -> None:
+    """A dot at the normalised delta ``delta`` of a tile image of ``size`` (H, W) and an arrow along
+    ``heading_deg`` (clockwise from north, north up) a fifth of the tile long."""
+    height, width = size
+    row, col = height / 2 * (1 + delta[0]), width / 2 * (1 - delta[1])
+    length = 0.2 * min(height, width)
+    angle = math.radians(heading_deg)
+    ax.plot([col], [row], marker="o", markersize=3, color="tab:red")
+    ax.arrow(col, row, length * math.sin(angle), -length * math.cos(angle), color="tab:red", width=0.01 * width,
+             length_includes_head=True)
+
+
 def query_figure(panorama: np.ndarray, title: str, tiles: Sequence[np.ndarray], candidates: Sequence[dict],
-                 all_latlon: np.ndarray, true_latlon: Optional[Sequence[float]] = None) -> bytes:
-    """PNG bytes: the panorama; the top tiles with rank and similarity; a map of the index's tile
-    centres (grey) with the candidates (numbered) and the true position (red star) when known."""
+                 all_latlon: np.ndarray, true_latlon: Optional[Sequence[float]] = None,
+                 points: Optional[np.ndarray] = None) -> bytes:
+    """PNG bytes: the panorama; the top tiles with rank and similarity (with ``points``, one normalised
+    delta per candidate, :mod:`models.offset`: that point on each tile with an arrow along the
+    candidate's ``heading_deg``); a map of the index's tile centres (grey) with the candidates
+    (numbered) and the true position (red star) when known."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,6 +97,8 @@ def query_figure(panorama: np.ndarray, title: str, tiles: Sequence[np.ndarray], 
         if "distance_m" in candidate:
             label += f"\n{_distance_text(candidate['distance_m'])} off"
         ax.set_title(label, fontsize=8)
+        if points is not None:
+            _pose_arrow(ax, tiles[i].shape[:2], points[i], candidate["heading_deg"])
         ax.axis("off")
     ax = fig.add_subplot(grid[:, columns:])
     ax.scatter(all_latlon[:, 1], all_latlon[:, 0], s=6, c="0.75", label="tiles")

@@ -161,8 +161,9 @@ class QueryView:
             raise UserError(f"--fov {self.fov:g} needs a checkpoint whose head takes street windows; the head of "
                             f"{loaded.path} is '{model.head}': train one with --head dsm (test_cvusa.py --test_fov "
                             f"evaluates it on such crops)")
-        if model.regress_offset:
-            raise UserError(f"--fov {self.fov:g}: the offset head of {loaded.path} needs 360-degree panoramas")
+        for head, present in (("offset", model.regress_offset), ("pose", model.pose != "none")):
+            if present:
+                raise UserError(f"--fov {self.fov:g}: the {head} head of {loaded.path} needs 360-degree panoramas")
 
     @property
     def limited(self) -> bool:

@@ -11,7 +11,10 @@ candidate ``heading_deg``, the heading of the best shift. A model with an offset
 pair (:mod:`helper.offsets` conventions), the normalised offset scaled by half the tile side in
 metres (the index's ``tile_m``; unknown for ``--tiles`` built without ``--tile_m``: no refined
 positions then). The candidates' tiles are re-embedded from their images for it, exactly as the
-index was built, so it works with every index kind.
+index was built, so it works with every index kind. A model with a pose head (``--pose dense``)
+refines by it instead (:func:`helper.pose.pose_of_pairs`, as the test scripts) and gives each
+candidate ``heading_deg``, the heading it estimates at that point; the picture marks the point
+on each tile with an arrow along that heading.
 
 Panoramas: any size from :data:`data.io.MIN_IMAGE_SIDE` pixels a side; each is resized to the
 model's panorama size exactly as the evaluation datasets do. A 360-degree panorama is at least
@@ -170,20 +173,44 @@ def refined_positions(loaded, index, street: np.ndarray, ids: np.ndarray, batch_
     from helper.offsets import predict_offsets
     from localization.embed import TileImages, embed
 
-    rows = np.unique(ids[ids >= 0])
-    tiles = [index.tiles[int(r)] for r in rows]
+    tiles, pairs = _candidate_tiles(index, ids)
     satellite = embed(loaded, TileImages(tiles, loaded.satellite_size, loaded.run.model.polar_files), "satellite",
                       batch_size, 0, desc="candidate tiles")
     device = loaded.env.device
-    pairs = np.searchsorted(rows, np.where(ids >= 0, ids, rows[0]))
     normalised = predict_offsets(unwrap(loaded.model), torch.from_numpy(np.repeat(street, ids.shape[1], 0)).to(device),
                                  torch.from_numpy(satellite).to(device),
                                  torch.from_numpy(pairs.reshape(-1)).to(device)).cpu().numpy()
+    return _moved_centres(index, tiles, pairs, normalised, ids)
+
+
+def _candidate_tiles(index, ids: np.ndarray):
+    """``(tiles, pairs)``: the distinct candidate tiles of ``ids`` and each candidate's row among them."""
+    rows = np.unique(ids[ids >= 0])
+    return [index.tiles[int(r)] for r in rows], np.searchsorted(rows, np.where(ids >= 0, ids, rows[0]))
+
+
+def _moved_centres(index, tiles, pairs: np.ndarray, normalised: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``(queries, k, 2)`` lat/lon: each candidate's tile centre moved by its normalised offset
+    (``queries * k x 2``); NaN where a query has fewer than k candidates."""
     centres = np.array([(t.lat, t.lon) for t in tiles], dtype=np.float64)[pairs.reshape(-1)]
     side_m = tile_side_m(index.manifest)
     refined = panorama_gps(centres, delta_pixels(normalised, TILE_SIDE), side_m / TILE_SIDE).reshape(*ids.shape, 2)
     refined[ids < 0] = np.nan
     return refined
+
+
+def pose_estimates(loaded, index, panoramas, ids: np.ndarray, batch_size: int):
+    """The pose head's estimate for every (panorama, candidate) pair of the ``panoramas`` dataset
+    (:class:`localization.embed.PanoramaFiles`), exactly as the test scripts' (:func:`helper.pose.pose_of_pairs`
+    on the tile images): ``(points (queries, k, 2) normalised deltas, headings (queries, k) degrees)``."""
+    from helper.pose_eval import embed_panoramas, pose_of_pairs
+    from localization.embed import TileImages
+
+    tiles, pairs = _candidate_tiles(index, ids)
+    street = embed_panoramas(loaded.model, panoramas, loaded.env, batch_size, 0)
+    delta, heading, _ = pose_of_pairs(loaded.model, street, TileImages(tiles, loaded.satellite_size),
+                                      torch.from_numpy(pairs), loaded.env, batch_size, 0)
+    return delta.cpu().numpy(), heading.cpu().numpy()
 
 
 def _result(index, panorama: str, sims, rows, refined, headings, figure: Optional[str]) -> dict:
@@ -246,8 +273,10 @@ def check_tiles_on_disk(index, rows: np.ndarray) -> None:
                             f"positions) to use the index alone")
 
 
-def _write_outputs(index, results: List[dict], ids, out: str, pictures: bool) -> None:
-    """The PNGs (with ``pictures``; each panorama read again, one at a time), results.csv,
+def _write_outputs(index, results: List[dict], ids, out: str, pictures: bool,
+                   points: Optional[np.ndarray] = None) -> None:
+    """The PNGs (with ``pictures``; each panorama read again, one at a time; ``points``: the pose head's
+    normalised deltas, queries x k x 2, drawn with the heading as an arrow on each tile), results.csv,
     results.geojson and results.json into a staging folder, which then replaces ``out``."""
     from localization.maps import query_figure, results_csv, results_geojson
 
@@ -259,11 +288,12 @@ def _write_outputs(index, results: List[dict], ids, out: str, pictures: bool) ->
         if pictures:
             reader = TileReader()
             all_latlon = np.array([(t.lat, t.lon) for t in index.tiles], dtype=np.float64)
-            for result, rows in zip(results, ids):
+            for q, (result, rows) in enumerate(zip(results, ids)):
                 shown = [reader(index.tiles[int(r)]) for r in rows[:len(result["candidates"])][:MAX_TILES_SHOWN]]
                 png = query_figure(_picture_panorama(result["query"]), os.path.basename(result["query"]), shown,
                                    result["candidates"], all_latlon,
-                                   (result["true_lat"], result["true_lon"]) if "true_lat" in result else None)
+                                   (result["true_lat"], result["true_lon"]) if "true_lat" in result else None,
+                                   None if points is None else points[q])
                 write_bytes_atomic(os.path.join(staging, result["figure"]), png)
         write_bytes_atomic(os.path.join(staging, "results.csv"), results_csv(results))
         write_json_atomic(os.path.join(staging, "results.geojson"), results_geojson(results))
@@ -325,18 +355,25 @@ def localise(index_dir: str, panoramas: Sequence[str], out: str, k: int = 5, che
     else:
         similarities, ids, headings = search_over_shifts(index, descriptors, min(k, len(index.tiles)),
                                                          loaded.correlation)
-    refine = loaded.run.model.regress_offset and tile_side_m(index.manifest) is not None
-    if loaded.run.model.regress_offset and not refine:
-        log("the model has an offset head but the index does not know its tiles' side in metres (build it "
-            "with --tile_m): no refined positions")
-    if pictures or refine:  # their tiles are read back: the pictures show the first MAX_TILES_SHOWN
-        check_tiles_on_disk(index, ids if refine else ids[:, :MAX_TILES_SHOWN])
-    refined = refined_positions(loaded, index, descriptors, ids, batch_size) if refine else [None] * len(panoramas)
+    refined, points = [None] * len(panoramas), None
+    pose = loaded.run.model.pose != "none"
+    refine = (pose or loaded.run.model.regress_offset) and tile_side_m(index.manifest) is not None
+    if (pose or loaded.run.model.regress_offset) and not refine:
+        log(f"the model has {'a pose' if pose else 'an offset'} head but the index does not know its tiles' side in "
+            f"metres (build it with --tile_m): no refined positions")
+    if pictures or pose or refine:  # their tiles are read back: the pictures show the first MAX_TILES_SHOWN
+        check_tiles_on_disk(index, ids if pose or refine else ids[:, :MAX_TILES_SHOWN])
+    if pose:  # the pose head refines (and gives the heading) when the model has one
+        points, headings = pose_estimates(loaded, index, PanoramaFiles(panoramas, size), ids, batch_size)
+        if refine:
+            refined = _moved_centres(index, *_candidate_tiles(index, ids), points.reshape(-1, 2), ids)
+    elif refine:
+        refined = refined_positions(loaded, index, descriptors, ids, batch_size)
     figures = _figure_names(panoramas) if pictures else [None] * len(panoramas)
     results = [_result(index, *entry) for entry in zip(panoramas, similarities, ids, refined, headings, figures)]
     for result, count in zip(results, searched or []):
         result["searched"] = count
-    _write_outputs(index, results, ids, out, pictures)
+    _write_outputs(index, results, ids, out, pictures, points)
     for result in results:
         best = result["candidates"][0]
         line = (f"{os.path.basename(result['query'])}: {best['tile']} ({best['lat']:.6f}, {best['lon']:.6f}) "

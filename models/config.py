@@ -17,6 +17,7 @@ from data import cvusa_layout
 from geometry.polar import satellite_input_size
 from models.backbones import BACKBONES
 from models.heads import HEADS, WINDOW_HEADS
+from models.pose import MIN_CELLS, POSES, cell_grid
 from models.transforms import TRANSFORMS
 
 STN_INITS = ("identity", "polar")
@@ -53,6 +54,11 @@ class ModelConfig:
                                           "regresses where inside the tile the panorama was taken (VIGOR's "
                                           "SAFA_delta); refines the metre-level localisation. VIGOR, and "
                                           "CVUSA-layout data with offset labels (--offsets_csv)")
+    pose: str = setting("none", "in-tile pose head: dense = the panorama matched against a grid of cells over the raw "
+                                "satellite tile (a position distribution, sub-cell estimate) and its heading read "
+                                "at that point (models/pose.py); refines the metre-level localisation and scores "
+                                "--rerank_score pose. Trains from offset labels (VIGOR; CVUSA: --offsets_csv)",
+                        choices=lambda: POSES)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -63,6 +69,17 @@ class ModelConfig:
             raise UserError("stn_init 'polar' starts the TPS at the polar mapping of a raw satellite image, but "
                             "polar_files feeds images that are already polar; use stn_init 'identity' with "
                             "polar_files")
+        if self.pose != "none":
+            self._check_pose()
+
+    def _check_pose(self) -> None:
+        side = self.sate_size[0]
+        if self.polar_files:
+            raise UserError(f"--pose {self.pose} reads the raw satellite tile, but polar_files feeds polar images; "
+                            f"drop one of them")
+        if side != self.sate_size[1] or cell_grid(side) < MIN_CELLS:
+            raise UserError(f"--pose {self.pose} needs a square --sate_size of at least {4 * MIN_CELLS - 3} pixels "
+                            f"({MIN_CELLS} x {MIN_CELLS} cells), got {self.sate_size[0]},{self.sate_size[1]}")
 
     @property
     def satellite_input_size(self) -> Tuple[int, int]:

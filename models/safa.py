@@ -16,6 +16,7 @@ from common.errors import UserError
 from models.backbones import build_backbone, feature_shape
 from models.heads import HEADS
 from models.offset import OffsetHead
+from models.pose import POSE_HEADS, PoseEmbedding, PoseHead
 from models.transforms import build_transform
 
 
@@ -27,7 +28,9 @@ class SAFAModel(nn.Module):
     ``satellite_backbone`` (the same module with ``shared_backbone``), ``street_attention`` and
     ``satellite_attention`` (the descriptor heads of :data:`HEADS`: SAFA's, a global pool or DSM's) and,
     with ``regress_offset``, ``offset_head`` (a
-    :class:`models.offset.OffsetHead`; else None). ``descriptor_dim`` is the descriptor length;
+    :class:`models.offset.OffsetHead`; else None), with a ``pose`` head ``pose_head`` (e.g. a
+    :class:`models.pose.PoseHead` on the street backbone's features and the raw satellite input;
+    else None). ``descriptor_dim`` is the descriptor length;
     ``similarity`` the head's pairwise similarity (a
     :class:`models.orientation.CircularCorrelation` for ``dsm``) or None (the dot product).
     Both branches' backbones see ``pano_size`` images (every block outputs that size), so
@@ -39,8 +42,10 @@ class SAFAModel(nn.Module):
     None. Returns ``(street_desc, sat_desc)`` (``B x D`` float32, L2-normalised, None
     for a None input), plus with ``return_aux`` a dict ``{"transformed": B x 3 x Hp x Wp
     block output or None}``, with an offset head also ``"offset"``: the ``B x 2``
-    normalised delta of each pair (street i, satellite i), or None. The satellite batch may be
-    longer than the street batch (training appends semi-positives); its first B are the pairs.
+    normalised delta of each pair (street i, satellite i), or None; with a pose head also
+    ``"pose"``: ``(street PoseEmbedding, tile PoseEmbedding)`` of the pairs, or None. The satellite
+    batch may be longer than the street batch (training appends semi-positives); its first B are
+    the pairs.
     """
 
     def __init__(self, cfg: "ModelConfig") -> None:
@@ -60,6 +65,7 @@ class SAFAModel(nn.Module):
         #: The pairwise similarity of the head's descriptors, or None for the dot product.
         self.similarity = getattr(self.satellite_attention, "correlation", None)
         self.offset_head = OffsetHead(self.descriptor_dim) if cfg.regress_offset else None
+        self.pose_head = None if cfg.pose == "none" else POSE_HEADS.get(cfg.pose)(channels, cfg.sate_size[0])
 
     def _check(self, images: torch.Tensor, expected: Tuple[int, int], name: str) -> None:
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != expected:
@@ -69,14 +75,27 @@ class SAFAModel(nn.Module):
                 f"(--pano_size / --sate_size, polar_files)"
             )
 
-    def encode_street(self, street: torch.Tensor) -> torch.Tensor:
-        """Street (query) descriptors ``B x D``; a head with a similarity (``dsm``) also takes windows of
-        a limited field of view, narrower than ``pano_size`` (``B x D'``; see :mod:`geometry.heading`)."""
+    def street_features(self, street: torch.Tensor) -> torch.Tensor:
+        """The street backbone's feature map of a street batch (checked as :meth:`encode_street` says)."""
         height, width = self.pano_size
         if self.similarity is not None and street.ndim == 4 and 1 <= street.shape[-1] < width:
             width = street.shape[-1]
         self._check(street, (height, width), "street")
-        return self.street_attention(self.street_backbone(street))
+        return self.street_backbone(street)
+
+    def encode_street(self, street: torch.Tensor) -> torch.Tensor:
+        """Street (query) descriptors ``B x D``; a head with a similarity (``dsm``) also takes windows of
+        a limited field of view, narrower than ``pano_size`` (``B x D'``; see :mod:`geometry.heading`)."""
+        return self.street_attention(self.street_features(street))
+
+    def pose_street(self, street: torch.Tensor) -> PoseEmbedding:
+        """The pose head's embedding of a street batch."""
+        return self._pose().embed_street(self.street_features(street))
+
+    def _pose(self) -> PoseHead:
+        if self.pose_head is None:
+            raise ValueError("this model has no pose head (built with pose 'none')")
+        return self.pose_head
 
     def encode_satellite(self, satellite: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(satellite descriptors B x D, transformed satellite B x 3 x Hp x Wp)``."""
@@ -85,7 +104,8 @@ class SAFAModel(nn.Module):
         return self.satellite_attention(self.satellite_backbone(transformed)), transformed
 
     def forward(self, street: Optional[torch.Tensor], satellite: Optional[torch.Tensor], return_aux: bool = False):
-        street_desc = None if street is None else self.encode_street(street)
+        features = None if street is None else self.street_features(street)
+        street_desc = None if features is None else self.street_attention(features)
         sat_desc = transformed = None
         if satellite is not None:
             sat_desc, transformed = self.encode_satellite(satellite)
@@ -95,6 +115,10 @@ class SAFAModel(nn.Module):
         if self.offset_head is not None:
             both = street_desc is not None and sat_desc is not None
             aux["offset"] = self.predict_offset(street_desc, sat_desc[:street_desc.shape[0]]) if both else None
+        if self.pose_head is not None:
+            both = features is not None and satellite is not None
+            aux["pose"] = (self.pose_head.embed_street(features),
+                           self.pose_head.embed_satellite(satellite[:features.shape[0]])) if both else None
         return street_desc, sat_desc, aux
 
     def predict_offset(self, street_desc: torch.Tensor, sat_desc: torch.Tensor) -> torch.Tensor:

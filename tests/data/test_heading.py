@@ -111,10 +111,11 @@ def test_settings_flags_and_errors(tmp_path):
     for argv in (["--train_fov", "0"], ["--train_fov", "400"], ["--train_heading", "north"]):
         with pytest.raises(SystemExit):
             parse_train_config("cvusa", argv)
+    assert parse_train_config("vigor", ["--train_heading", "random"])["train_heading"] == "random"  # CCVPE's protocol
     with pytest.raises(SystemExit):  # not a flag of the VIGOR scripts
         parse_train_config("vigor", ["--train_fov", "90"])
     with pytest.raises(UserError, match="CVUSA only"):  # nor a setting of a VIGOR config file
-        RunConfig.from_dict({"dataset": "vigor", "train_fov": 90.0})
+        RunConfig.from_dict({"dataset": "vigor", "test_fov": 90.0})
     old = migrate_config({k: v for k, v in defaults.items() if k not in ("train_heading", "train_fov", "test_heading",
                                                                           "test_fov", "resume")}, 2)
     assert RunConfig.from_dict(old, complete=True).train.test_fov == 360.0

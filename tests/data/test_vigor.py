@@ -291,7 +291,7 @@ def test_datasets_load_with_shapes_and_normalisation(tmp_path):
     assert torch.equal(sample["street"], to_tensor(read_image(index.street_file(4), (8, 32))))
 
     queries = VigorPanoramas(index, pano_size=(8, 32))
-    assert len(queries) == 6 and set(queries[2]) == {"street", "index"}
+    assert len(queries) == 6 and set(queries[2]) == {"street", "index", "heading"} and queries[2]["heading"] == 0.0
     assert queries[2]["street"].shape == (3, 8, 32) and queries[2]["index"] == 2
     references = VigorSatellites(index, sate_size=(16, 16))
     assert len(references) == 24 and set(references[13]) == {"satellite", "index"}
@@ -590,3 +590,28 @@ def test_pairs_with_a_semi_positive_augment_it_like_the_positive(tmp_path):
                                       augment_deltas(index.deltas[i, slot], b["flip"], b["rotation"]))
         slots.add(slot)
     assert len(slots) > 1
+
+
+def test_random_heading_turns_the_panorama_by_its_label(tmp_path):
+    """--train_heading / --test_heading random on VIGOR: the panorama is its north-aligned self rolled
+    left by heading W / 360 columns (geometry.heading), the same turns for the same seed."""
+    from geometry.heading import heading_columns
+
+    make_vigor(tmp_path)
+    index = VigorIndex(str(tmp_path), ("NewYork", "Seattle"), "train", "same")
+    plain = VigorPanoramas(index, pano_size=(8, 32))
+    turned = VigorPanoramas(index, pano_size=(8, 32), heading="random", seed=5)
+    again = VigorPanoramas(index, pano_size=(8, 32), heading="random", seed=5)
+    headings = []
+    for i in range(len(plain)):
+        sample = turned[i]
+        columns = heading_columns(sample["heading"], 32)
+        assert torch.equal(sample["street"], torch.roll(plain[i]["street"], -columns, dims=2))
+        assert torch.equal(again[i]["street"], sample["street"]) and again[i]["heading"] == sample["heading"]
+        headings.append(sample["heading"])
+    assert len(set(headings)) > 1
+    pairs = VigorPairs(index, sate_size=(16, 16), pano_size=(8, 32), heading="random", seed=1)
+    sample = pairs[0]
+    columns = heading_columns(sample["heading"], 32)
+    assert torch.equal(sample["street"], torch.roll(VigorPairs(index, sate_size=(16, 16), pano_size=(8, 32))[0]["street"],
+                                                    -columns, dims=2))

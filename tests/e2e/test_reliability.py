@@ -86,17 +86,22 @@ def test_sigterm_stops_at_a_step_saves_and_resumes_exactly(cvusa_root, tmp_path,
     assert _rows(results_dir, "run") == reference_rows
 
 
-def test_sigkill_mid_epoch_loses_only_the_current_epoch(cvusa_root, tmp_path, reference_rows):
-    results_dir = str(tmp_path)
-    proc = _script(*SLOW_TRAIN, *_flags(cvusa_root, results_dir, "run", 3))
-    last = os.path.join(results_dir, "run", "last.pth")
-    deadline = time.time() + 120
+def kill_after_first_checkpoint(proc, last: str, timeout: float = 120) -> None:
+    """SIGKILL ``proc`` half a second after it wrote ``last`` (a training run mid-way)."""
+    deadline = time.time() + timeout
     while not os.path.exists(last):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.05)
     time.sleep(0.5)
     proc.kill()
     proc.communicate()
+
+
+def test_sigkill_mid_epoch_loses_only_the_current_epoch(cvusa_root, tmp_path, reference_rows):
+    results_dir = str(tmp_path)
+    proc = _script(*SLOW_TRAIN, *_flags(cvusa_root, results_dir, "run", 3))
+    last = os.path.join(results_dir, "run", "last.pth")
+    kill_after_first_checkpoint(proc, last)
     state = torch.load(last, weights_only=True)  # never half-written
     assert 1 <= state["epoch"] < 3 and state["progress"]["step"] == 0
     train_main("cvusa", ["--resume", last])

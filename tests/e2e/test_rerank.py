@@ -236,7 +236,7 @@ def test_help_shows_the_rerank_default(script):
 
     text = " ".join(build_test_parser(script[5:-3]).format_help().split())
     assert "--rerank N" in text and "0 = off) (default: 0)" in text
-    assert "--rerank_score {sum,recentred}" in text and "alone (default: sum)" in text
+    assert "--rerank_score {sum,recentred,pose}" in text and "--pose dense) (default: sum)" in text
 
 
 def test_rerank_score_without_rerank_is_an_error(world, capsys):

@@ -14,6 +14,16 @@ CFG = {"transform": "polar", "backbone": "tiny", "pretrained": False, "sate_size
 STEPS, PER_RANK = 3, 4
 #: The losses trained with an offset head.
 OFFSET_LOSSES = ("vigor", "cvusa_offsets")
+#: ``pose``: the triplet loss and the pose head's term, headings random (64 px tiles: 16 x 16 cells), one
+#: step: its cross-entropies over 256 cells give gradients whose float32 rounding (batch of 4 vs 8) three
+#: steps at lr 0.5 amplify to 1e-4 (measured); one step compares the update itself at 1e-6.
+POSE_SIDE, POSE_STEPS = 64, 1
+
+
+def _model_cfg(loss_name: str) -> dict:
+    if loss_name == "pose":
+        return {**CFG, "sate_size": [POSE_SIDE, POSE_SIDE], "pose": "dense"}
+    return {**CFG, "regress_offset": loss_name in OFFSET_LOSSES}
 
 
 #: Side of the aerials of the CVUSA offset labels below (pixels of the aerial files, not of the 640 tile).
@@ -23,8 +33,13 @@ CVUSA_SIDE = 750
 def _batches(world_batch: int, loss_name: str = "triplet"):
     """Random batches; ``vigor`` adds semi-positive images and label deltas, ``cvusa_offsets`` deltas only."""
     generator = torch.Generator().manual_seed(1)
+    side = POSE_SIDE if loss_name == "pose" else 48
     batches = [{"street": torch.randn(world_batch, 3, 32, 96, generator=generator),
-                "satellite": torch.randn(world_batch, 3, 48, 48, generator=generator)} for _ in range(STEPS)]
+                "satellite": torch.randn(world_batch, 3, side, side, generator=generator)}
+               for _ in range(POSE_STEPS if loss_name == "pose" else STEPS)]
+    for batch in batches if loss_name == "pose" else ():
+        batch.update(delta=torch.rand(world_batch, 2, generator=generator) * 640 - 320,
+                     heading=torch.rand(world_batch, generator=generator) * 360)
     for batch in batches if loss_name == "vigor" else ():
         batch.update(semi_satellite=torch.randn(world_batch, 3, 48, 48, generator=generator),
                      delta=torch.rand(world_batch, 2, generator=generator) * 320 - 160,
@@ -40,13 +55,13 @@ def _train(env, rank: int, world_size: int, loss_name: str = "triplet", chunk: i
     from models import build_model
 
     vigor = loss_name == "vigor"  # the triplet loss with VIGOR's semi-positive and offset terms
-    offsets = loss_name in OFFSET_LOSSES  # cvusa_offsets: the triplet loss, the offset term and the re-centred loss
     torch.manual_seed(0)
-    model = distributed.wrap_model(build_model({**CFG, "regress_offset": offsets}), env)
+    model = distributed.wrap_model(build_model(_model_cfg(loss_name)), env)
     config = ObjectiveConfig(loss="infonce" if loss_name == "infonce" else "triplet", label_smoothing=0.1,
                              lambda_offset=1.0, lambda_recentre=1.0 if loss_name == "cvusa_offsets" else 0.0)
     objective = Objective.build(config, distributed.unwrap(model).cfg, semi_positive=vigor,
-                                tile_side=CVUSA_SIDE if loss_name == "cvusa_offsets" else TILE_SIDE)
+                                tile_side=CVUSA_SIDE if loss_name == "cvusa_offsets" else TILE_SIDE,
+                                heading=loss_name == "pose")
     optimizer = torch.optim.SGD(list(model.parameters()) + objective.parameters(), lr=0.5)
     for batch in _batches(PER_RANK * 2, loss_name):
         local = {k: v[rank * PER_RANK * 2 // world_size:(rank + 1) * PER_RANK * 2 // world_size]
@@ -85,14 +100,14 @@ def _free_port() -> int:
 
 # chunk 2 of each rank's 4 samples: gradient caching under DDP equals one unchunked process
 @pytest.mark.parametrize("loss_name, chunk", [("triplet", 0), ("infonce", 0), ("vigor", 0), ("cvusa_offsets", 0),
-                                              ("triplet", 2), ("infonce", 2)])
+                                              ("pose", 0), ("triplet", 2), ("infonce", 2)])
 def test_two_processes_equal_one_process_on_the_joined_batch(tmp_path, loss_name, chunk):
     out = str(tmp_path / "ddp.pth")
     mp.spawn(_worker, args=(2, _free_port(), out, loss_name, chunk), nprocs=2, join=True)
     ddp_state = torch.load(out, weights_only=True)
     assert torch.equal(ddp_state.pop("gathered"), torch.arange(5.0)[:, None] * 10)
     single = _train(distributed.DistEnv(0, 1, 0, torch.device("cpu")), 0, 1, loss_name)
-    initial = {**_initial_state(loss_name in OFFSET_LOSSES), "logit_scale": torch.tensor(math.log(1 / 0.07))}
+    initial = {**_initial_state(loss_name), "logit_scale": torch.tensor(math.log(1 / 0.07))}
     # float32 rounding differs between a batch of 4 and of 8 (other CPU kernels); three SGD steps at lr 0.5
     # amplify it most with VIGOR's terms (4e-5 measured on a 2-core AMD EPYC), still 1/7000 of the weights
     atol = 1e-4 if loss_name == "vigor" else 1e-6
@@ -104,11 +119,11 @@ def test_two_processes_equal_one_process_on_the_joined_batch(tmp_path, loss_name
         assert (value - initial[key]).abs().max() > (1e-4 if loss_name == "triplet" else 2e-5), key
 
 
-def _initial_state(regress_offset: bool = False):
+def _initial_state(loss_name: str):
     from models import build_model
 
     torch.manual_seed(0)
-    return build_model({**CFG, "regress_offset": regress_offset}).state_dict()
+    return build_model(_model_cfg(loss_name)).state_dict()
 
 
 def test_gather_by_index_single_process_orders_rows():

@@ -10,11 +10,13 @@ import torch
 from common.errors import UserError
 from helper.config import RunConfig
 from helper.losses import l1_guidance_loss
-from helper.objective import LAMBDA_OFFSET, Objective, ObjectiveConfig
+from helper.distributed import DistEnv
+from helper.objective import LAMBDA_OFFSET, Objective, ObjectiveConfig, compute_loss
 from helper.parser import build_test_parser, build_train_parser, parse_test_args, parse_train_args
 from models import build_model
 from models.polar import PolarTransform
 
+CPU = DistEnv(0, 1, 0, torch.device("cpu"))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -84,16 +86,18 @@ def test_the_exit_is_2_with_one_error_line_and_nothing_written(tmp_path):
     assert not results.exists()
 
 
-VIEW_FLAGS = ("--train_heading", "--train_fov", "--test_heading", "--test_fov")
+FOV_FLAGS = ("--train_fov", "--test_fov")
 
 
 def test_an_entry_point_lists_only_the_flags_it_can_use():
     vigor_train, cvusa_train = build_train_parser("vigor").format_help(), build_train_parser("cvusa").format_help()
     vigor_test, cvusa_test = build_test_parser("vigor").format_help(), build_test_parser("cvusa").format_help()
-    for flag in VIEW_FLAGS:
+    for flag in FOV_FLAGS:
         assert flag not in vigor_train and flag in cvusa_train
-    for flag in ("--test_heading", "--test_fov"):
-        assert flag not in vigor_test and flag in cvusa_test
+    for flag in ("--train_heading", "--test_heading"):  # unknown headings on both (VIGOR: CCVPE's protocol)
+        assert flag in vigor_train and flag in cvusa_train
+    assert "--test_fov" not in vigor_test and "--test_fov" in cvusa_test
+    assert "--test_heading" in vigor_test and "--test_heading" in cvusa_test
     with pytest.raises(SystemExit):
         parse_train_args("vigor", ["--train_fov", "90"])
 
@@ -153,3 +157,32 @@ def test_a_config_file_says_what_it_cannot_do(tmp_path, extra, message):
         parse_train_args("cvusa", ["--config", str(path)])
     path.write_text(json.dumps({"n_epochs": 2, "resume": None}))  # version-1 config.json files hold it
     assert parse_train_args("cvusa", ["--config", str(path)]).run.train.n_epochs == 2
+
+
+def test_the_pose_term_is_weighted_logged_and_needs_a_pose_head():
+    """--pose dense adds the pose term (weight --lambda_pose, logged unweighted); --lambda_pose without a pose
+    head does nothing and is refused; a narrow field of view is refused."""
+    from helper.pose import pose_loss
+    from models import build_model
+    from models.offset import normalise_delta
+
+    with pytest.raises(UserError, match="--lambda_pose does nothing without --pose dense"):
+        parse_train_args("cvusa", ["--lambda_pose", "2"])
+    with pytest.raises(UserError, match="--pose dense reads full-panorama descriptors"):
+        parse_train_args("cvusa", ["--head", "dsm", "--pose", "dense", "--sate_size", "64,64", "--train_fov", "90"])
+    torch.manual_seed(0)
+    model = build_model(dict(backbone="tiny", pretrained=False, sate_size=(64, 64), pano_size=(32, 128), pose="dense"))
+    batch = {"street": torch.rand(3, 3, 32, 128), "satellite": torch.rand(3, 3, 64, 64),
+             "delta": torch.tensor([[10.0, -20.0], [0.0, 0.0], [-30.0, 5.0]], dtype=torch.float64),
+             "heading": torch.tensor([0.0, 90.0, 300.0], dtype=torch.float64)}
+    for heading in (False, True):
+        objective = Objective.build(ObjectiveConfig(lambda_pose=0.5).resolved(False), model.cfg, tile_side=256.0,
+                                    heading=heading)
+        total, terms = compute_loss(objective, model, batch, CPU, hard_ratio=1.0)
+        _, _, aux = model(batch["street"], batch["satellite"], return_aux=True)
+        want = pose_loss(model.pose_head, *aux["pose"], normalise_delta(batch["delta"].float(), 256.0),
+                         batch["heading"].float() if heading else None)
+        torch.testing.assert_close(terms["pose"], want)
+        torch.testing.assert_close(total, terms["retrieval"] + 0.5 * terms["pose"])
+    without = Objective.build(ObjectiveConfig().resolved(False), model.cfg.replace(pose="none"), tile_side=256.0)
+    assert without.pose_weight == 0.0

@@ -219,3 +219,14 @@ def test_version_4_configs_migrate_without_the_recentred_loss():
         del stored["lambda_recentre"]
         run = RunConfig.from_dict(migrate_config(stored, 4), complete=True)
         assert run.objective.lambda_recentre == 0.0 and not run.offset_labels
+
+
+def test_version_5_configs_migrate_to_no_pose_head():
+    from helper.config import RunConfig, migrate_config
+    from helper.objective import LAMBDA_POSE
+
+    for dataset in ("cvusa", "vigor"):
+        stored = RunConfig.from_dict({"dataset": dataset}).resolved().to_dict()
+        del stored["pose"], stored["lambda_pose"]
+        run = RunConfig.from_dict(migrate_config(stored, 5), complete=True)
+        assert run.model.pose == "none" and run.objective.lambda_pose == LAMBDA_POSE

@@ -93,3 +93,11 @@ def test_rerank_needs_an_offset_head_and_raw_satellites():
     check_rerank_size(10, 10)
     with pytest.raises(UserError, match="at most 10"):
         check_rerank_size(11, 10)
+
+
+def test_rerank_by_pose_needs_a_pose_head_only():
+    with pytest.raises(UserError, match="pose head"):
+        check_rerank(ModelConfig(regress_offset=True), 5, "pose")
+    check_rerank(ModelConfig(pose="dense", sate_size=(64, 64)), 5, "pose")
+    with pytest.raises(UserError, match="offset head"):
+        check_rerank(ModelConfig(pose="dense", sate_size=(64, 64)), 5, "sum")

@@ -1,0 +1,103 @@
+"""The dense pose head's training loss, its evaluation passes and the results' ``pose`` block.
+
+Loss (:func:`pose_loss`, weighted by ``--lambda_pose``) of a batch of pairs (panorama i, its
+positive tile i), the sum of:
+
+* **position**: the cross-entropy of each pair's cell distribution against the soft target of
+  its labelled point (:meth:`models.pose.PoseHead.position_target`); mean over the pairs;
+* **tile**: the cross-entropy, over the tiles of the (global) batch, of the joint softmax over
+  every cell of every tile (:meth:`models.pose.PoseHead.tile_logits`): the panorama must match
+  its own tile better than any other tile *anywhere* (what ``--rerank_score pose`` ranks by);
+* **heading** (only with headings given, i.e. ``--train_heading random``): the cross-entropy of
+  the shift logits at the labelled point against the soft target of the true heading.
+
+Evaluation (positives known, :mod:`helper.pose_eval`): every query's pose is estimated on its
+positive tile; errors are measured against the label delta, in metres (VIGOR: label pixels times
+the city's metres per pixel) or in aerial pixels (CVUSA layout, ``_px``). Thresholds: percentage
+**strictly** below.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import torch
+
+from geometry.heading import heading_error
+from models.pose import PoseEmbedding, PoseHead
+
+#: ``within_<unit>`` thresholds of the ``pose`` block (metres, or aerial pixels).
+POSE_THRESHOLDS = (1, 3, 5, 10)
+#: ``heading_within_deg`` thresholds (degrees, percentage at or below, as the orientation block).
+HEADING_THRESHOLDS_DEG = (5, 10)
+
+
+def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return -(target * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def pose_loss(head: PoseHead, street: PoseEmbedding, tiles: PoseEmbedding, delta: torch.Tensor,
+              heading: Optional[torch.Tensor] = None,
+              gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+    """The pose loss (module doc) of the pairs (street i, tile i); ``delta`` ``B x 2`` normalised label
+    deltas, ``heading`` ``B`` degrees or None; ``gather`` joins every process's rows (with gradients)
+    for the tile term (per-pair terms are local means: DDP's averaging makes them global)."""
+    position = _soft_cross_entropy(head.position_logits(street.street, tiles.cells), head.position_target(delta))
+    street_all, cells_all = gather(street.street), gather(tiles.cells)
+    rows = torch.arange(street_all.shape[0], device=street_all.device)
+    tile = torch.nn.functional.cross_entropy(head.tile_logits(street_all, cells_all), rows)
+    total = position + tile
+    if heading is not None:
+        width = street.columns.shape[-1]
+        aerial = head.aerial_panorama(tiles.heading, delta, width)
+        total = total + _soft_cross_entropy(head.heading_logits(street.columns, aerial),
+                                            head.heading_target(heading, width))
+    return total
+
+
+def pose_block(error: np.ndarray, centre_error: np.ndarray, unit: str,
+               heading_errors: Optional[np.ndarray] = None) -> Dict[str, object]:
+    """The results JSON's ``pose`` block of per-query position errors, the tile centre's errors (both
+    in ``unit``: ``"m"`` or ``"px"``) and, with an unknown heading, the heading errors in degrees."""
+    error = np.asarray(error, dtype=np.float64).reshape(-1)
+    centre = np.asarray(centre_error, dtype=np.float64).reshape(-1)
+    block: Dict[str, object] = {
+        "queries": int(error.size), f"mean_{unit}": float(error.mean()), f"median_{unit}": float(np.median(error)),
+        f"within_{unit}": {str(t): 100.0 * int(np.count_nonzero(error < t)) / error.size for t in POSE_THRESHOLDS},
+        f"centre_mean_{unit}": float(centre.mean()), f"centre_median_{unit}": float(np.median(centre))}
+    if heading_errors is not None:
+        h = np.asarray(heading_errors, dtype=np.float64).reshape(-1)
+        block.update({"heading_mean_deg": float(h.mean()), "heading_median_deg": float(np.median(h)),
+                      "heading_within_deg": {str(t): 100.0 * int(np.count_nonzero(h <= t)) / h.size
+                                             for t in HEADING_THRESHOLDS_DEG}})
+    return block
+
+
+def pose_errors(predicted: np.ndarray, truth: np.ndarray, scale) -> tuple:
+    """``(error, centre error)`` per query: distances of predicted and zero label deltas (``N x 2``
+    pixels) to the true ones, times ``scale`` (units per pixel, scalar or ``N``)."""
+    truth = np.asarray(truth, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    error = np.hypot(*(np.asarray(predicted, dtype=np.float64) - truth).T) * scale
+    return error, np.hypot(*truth.T) * scale
+
+
+def pose_results(predicted_px: np.ndarray, truth_px: np.ndarray, scale, unit: str,
+                 heading: Optional[np.ndarray] = None, true_heading: Optional[np.ndarray] = None) -> dict:
+    """The ``pose`` block of predicted and true label deltas (pixels) and, with an unknown heading,
+    the predicted and true headings (degrees)."""
+    error, centre = pose_errors(predicted_px, truth_px, scale)
+    headings = None if true_heading is None else heading_error(heading, true_heading)
+    return pose_block(error, centre, unit, headings)
+
+
+def pose_line(block: dict) -> str:
+    """The ``pose`` block as one line of the printed table."""
+    unit = "m" if "median_m" in block else "px"
+    within = ", ".join(f"<{k} {unit} {v:.1f}%" for k, v in block[f"within_{unit}"].items())
+    line = (f"pose, positives known ({block['queries']} queries): median {block[f'median_{unit}']:.2f} {unit} "
+            f"(tile centre {block[f'centre_median_{unit}']:.2f}), mean {block[f'mean_{unit}']:.2f}; {within}")
+    if "heading_median_deg" in block:
+        line += (f"; heading median {block['heading_median_deg']:.1f} deg, <=10 deg "
+                 f"{block['heading_within_deg']['10']:.1f}%")
+    return line
