@@ -113,19 +113,24 @@ def train(args, work: str, script: str, data: str, name: str, seed: int, flags: 
 
 def mean_interval(values: Sequence[float]) -> Dict[str, float]:
     """Mean and the half-width of its two-sided Student-t interval at :data:`CONFIDENCE`
-    (``nan`` for a single value)."""
+    (None for a single value: no interval)."""
     values = [float(v) for v in values]
     mean = statistics.mean(values)
     if len(values) < 2:
-        return {"mean": round(mean, 2), "ci95": math.nan}
+        return {"mean": round(mean, 2), "ci95": None}
     half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
     return {"mean": round(mean, 2), "ci95": round(float(half), 2)}
 
 
+def interval_text(value: Dict[str, float]) -> str:
+    """A :func:`mean_interval` as table text: ``mean ± half-width``, or the mean alone for one value."""
+    return f"{value['mean']:.2f}" + ("" if value["ci95"] is None else f" ± {value['ci95']:.2f}")
+
+
 def write_json(path: str, summary: dict) -> None:
-    """Write ``summary`` to ``path`` (indented) and print it as one JSON line."""
+    """Write ``summary`` to ``path`` (indented, strict JSON: no NaN) and print it as one JSON line."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as handle:
-        json.dump(summary, handle, indent=1)
+        json.dump(summary, handle, indent=1, allow_nan=False)
         handle.write("\n")
-    print(json.dumps(summary))
+    print(json.dumps(summary, allow_nan=False))

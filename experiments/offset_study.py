@@ -59,8 +59,8 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.harness import (ROOT, add_common_arguments, cvusa_world, finish, mean_interval, names, train,  # noqa: E402
-                         vigor_world, work_folder, write_json)
+from experiments.harness import (ROOT, add_common_arguments, cvusa_world, finish, interval_text,  # noqa: E402
+                                 mean_interval, names, train, vigor_world, work_folder, write_json)
 
 RECIPE = os.path.join(ROOT, "configs", "cvusa_offcentre.json")
 TPS_L1 = ["--transform", "tps", "--lambda_l1", "1"]
@@ -241,7 +241,7 @@ def plot(path: str, summary: dict) -> None:
             cell, suffix = split_variant(name)
             x = names.index(cell) + (list(VARIANTS).index(suffix) - (len(VARIANTS) - 1) / 2) * bar
             label, colour = VARIANTS[suffix]
-            error = 0.0 if v["ci95"] != v["ci95"] else v["ci95"]
+            error = v["ci95"] or 0.0
             ax.bar(x, v["mean"], bar, yerr=error, capsize=2, color=colour, label=label)
             ax.scatter([x] * len(v["per_seed"]), list(v["per_seed"].values()), s=6, color="black", zorder=3)
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
@@ -317,7 +317,7 @@ def print_positives(table: dict) -> None:
                 u = v["unit"]
                 heading = (f"{v['heading_median_deg']['mean']:.1f} deg, {v['heading_within_10_deg']['mean']:.1f}%"
                            if "heading_median_deg" in v else "")
-                print(f"| {layout} {row} | {cell} | {v[f'median_{u}']['mean']:.2f} ± {v[f'median_{u}']['ci95']:.2f} "
+                print(f"| {layout} {row} | {cell} | {interval_text(v[f'median_{u}'])} "
                       f"{u} ({v[f'centre_median_{u}']['mean']:.2f}) | {v[f'mean_{u}']['mean']:.2f} "
                       f"({v[f'centre_mean_{u}']['mean']:.2f}) | {heading} |", file=sys.stderr)
 
@@ -329,7 +329,7 @@ def print_table(summary: dict) -> None:
         for row, cells in rows.items():
             for cell, v in cells.items():
                 seeds = ", ".join(f"{x:.2f}" for x in v["per_seed"].values())
-                print(f"| {layout} {row} | {cell} | {v['mean']:.2f} ± {v['ci95']:.2f} | {seeds} |", file=sys.stderr)
+                print(f"| {layout} {row} | {cell} | {interval_text(v)} | {seeds} |", file=sys.stderr)
 
 
 def main() -> None:
