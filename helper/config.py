@@ -25,6 +25,7 @@ from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple, Union
 from common.errors import UserError
 from common.settings import as_plain, check_settings, fields_of, pick, setting
 from common.system import usable_cpus
+from geometry.heading import FULL_CIRCLE
 from data import cvusa_layout, vigor_layout
 from helper.objective import LAMBDA_OFFSET, LAMBDA_POSE, ObjectiveConfig
 from models.config import ModelConfig
@@ -240,8 +241,13 @@ class RunConfig:
         self.objective.check(self.model, self.semi_positive, self.train.chunk_size)
         self.data.check_sampling(self.train.sampling)
         train = self.train
-        narrow = [f"--{name} {value:g}" for name, value in (("train_fov", train.train_fov), ("test_fov", train.test_fov))
-                  if value < 360.0]
+        fovs = (("train_fov", train.train_fov), ("test_fov", train.test_fov))
+        width = self.model.pano_size[1]
+        for name, value in fovs:
+            if round(width * value / FULL_CIRCLE) < 1:
+                raise UserError(f"--{name} {value:g} covers less than one column of the {width}-column panorama "
+                                f"({FULL_CIRCLE / width:.3g} degrees a column); pass at least {FULL_CIRCLE / width:.3g}")
+        narrow = [f"--{name} {value:g}" for name, value in fovs if value < FULL_CIRCLE]
         heads = [flag for flag, on in (("--regress_offset", self.model.regress_offset),
                                        (f"--pose {self.model.pose}", self.model.pose != "none")) if on]
         if heads and narrow:

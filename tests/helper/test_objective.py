@@ -186,3 +186,10 @@ def test_the_pose_term_is_weighted_logged_and_needs_a_pose_head():
         torch.testing.assert_close(total, terms["retrieval"] + 0.5 * terms["pose"])
     without = Objective.build(ObjectiveConfig().resolved(False), model.cfg.replace(pose="none"), tile_side=256.0)
     assert without.pose_weight == 0.0
+
+
+@pytest.mark.parametrize("flag", ["--train_fov", "--test_fov"])
+def test_a_field_of_view_narrower_than_one_column_is_refused(flag):
+    with pytest.raises(UserError, match=f"{flag} 1e-09 covers less than one column of the 616-column panorama"):
+        parse_train_args("cvusa", [flag, "1e-9", "--head", "dsm"])
+    assert parse_train_args("cvusa", [flag, "0.6", "--head", "dsm"]).run.train.test_fov > 0
