@@ -79,9 +79,18 @@ def test_a_second_query_into_the_same_out_replaces_the_first_as_a_whole(world, f
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 
 
+@pytest.fixture
+def default_sigint():
+    """SIGINT raises KeyboardInterrupt, as in a terminal (a process started as a background job of a
+    script inherits SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("previous, signum", [(False, signal.SIGINT), (True, signal.SIGINT), (False, signal.SIGTERM)])
 def test_ctrl_c_in_query_is_one_line_exit_130_and_writes_nothing(world, flat_index, tmp_path, monkeypatch, capsys,
-                                                                 previous, signum):
+                                                                 default_sigint, previous, signum):
     import localization.maps as maps
 
     out = str(tmp_path / "out")
