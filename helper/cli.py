@@ -228,7 +228,8 @@ def format_table(results: dict) -> str:
     lines += _localization_lines(results)
     if rerank:
         lines += [f"re-ranked: {line}" for line in _localization_lines(rerank)]
-        lines.append(f"re-ranking: {results['queries']} x {rerank['k']} candidates re-centred and embedded again "
+        how = "matched by the pose head" if rerank["score"] == "pose" else "re-centred and embedded again"
+        lines.append(f"re-ranking: {results['queries']} x {rerank['k']} candidates {how} "
                      f"in {rerank['seconds']:.1f} s, scored by {rerank['score']}")
     if "orientation" in results:
         lines.append(orientation_line(results["orientation"]))

@@ -203,12 +203,22 @@ def _from_version_5(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return {"pose": "none", "lambda_pose": LAMBDA_POSE, **cfg}
 
 
+def _from_version_6(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Version 6's pose head matched a pooled descriptor of the street backbone's features; the
+    current one (its own encoders, models/pose.py) has other weights, so such a model cannot load."""
+    if cfg.get("pose", "none") != "none":
+        raise UserError(f"this run's pose head (--pose {cfg['pose']}, config version 6) is the earlier design, "
+                        "whose weights the current pose head cannot load; retrain it with --pose dense, or "
+                        "train without a pose head")
+    return cfg
+
+
 #: Version of the stored config (``config.json``'s ``version`` key, a checkpoint's ``version``).
-CONFIG_VERSION = 6
+CONFIG_VERSION = 7
 #: ``{version: migration}``: a stored config of ``version`` becomes one of ``version + 1``
 #: (a config.json without ``version`` is version 1).
 MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3, 4: _from_version_4,
-              5: _from_version_5}
+              5: _from_version_5, 6: _from_version_6}
 
 
 def migrate_config(cfg: Mapping[str, Any], version: int) -> Dict[str, Any]:

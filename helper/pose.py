@@ -3,13 +3,15 @@
 Loss (:func:`pose_loss`, weighted by ``--lambda_pose``) of a batch of pairs (panorama i, its
 positive tile i), the sum of:
 
-* **position**: the cross-entropy of each pair's cell distribution against the soft target of
-  its labelled point (:meth:`models.pose.PoseHead.position_target`); mean over the pairs;
+* **pose**: the cross-entropy of each pair's joint distribution over cells and headings
+  (:meth:`models.pose.PoseHead.cell_logits`) against the soft target of its labelled point and
+  heading (0 for north-aligned panoramas); mean over the pairs;
 * **tile**: the cross-entropy, over the tiles of the (global) batch, of the joint softmax over
-  every cell of every tile (:meth:`models.pose.PoseHead.tile_logits`): the panorama must match
-  its own tile better than any other tile *anywhere* (what ``--rerank_score pose`` ranks by);
-* **heading** (only with headings given, i.e. ``--train_heading random``): the cross-entropy of
-  the shift logits at the labelled point against the soft target of the true heading.
+  every cell of every tile at the panorama's heading (:meth:`models.pose.PoseHead.tile_logits`):
+  the panorama must match its own tile better than any other tile *anywhere* (what
+  ``--rerank_score pose`` ranks by);
+* **heading**: the cross-entropy of the shift logits at the labelled point (where the estimate
+  reads the heading) against the soft target of the heading.
 
 Evaluation (positives known, :mod:`helper.pose_eval`): every query's pose is estimated on its
 positive tile; errors are measured against the label delta, in metres (VIGOR: label pixels times
@@ -40,19 +42,18 @@ def pose_loss(head: PoseHead, street: PoseEmbedding, tiles: PoseEmbedding, delta
               heading: Optional[torch.Tensor] = None,
               gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
     """The pose loss (module doc) of the pairs (street i, tile i); ``delta`` ``B x 2`` normalised label
-    deltas, ``heading`` ``B`` degrees or None; ``gather`` joins every process's rows (with gradients)
-    for the tile term (per-pair terms are local means: DDP's averaging makes them global)."""
-    position = _soft_cross_entropy(head.position_logits(street.street, tiles.cells), head.position_target(delta))
-    street_all, cells_all = gather(street.street), gather(tiles.cells)
-    rows = torch.arange(street_all.shape[0], device=street_all.device)
-    tile = torch.nn.functional.cross_entropy(head.tile_logits(street_all, cells_all), rows)
-    total = position + tile
-    if heading is not None:
-        width = street.columns.shape[-1]
-        aerial = head.aerial_panorama(tiles.heading, delta, width)
-        total = total + _soft_cross_entropy(head.heading_logits(street.columns, aerial),
-                                            head.heading_target(heading, width))
-    return total
+    deltas, ``heading`` ``B`` degrees (None: north-aligned, 0); ``gather`` joins every process's rows
+    (with gradients) for the tile term (per-pair terms are local means: DDP's averaging makes them
+    global)."""
+    if heading is None:
+        heading = delta.new_zeros(delta.shape[0])
+    shifts = head.heading_target(heading)
+    target = head.position_target(delta)[:, :, None] * shifts[:, None, :]
+    pose = _soft_cross_entropy(head.cell_logits(street, tiles).flatten(1), target.flatten(1))
+    north, tiles_all = gather(head.rolled(street.strip, heading)), gather(tiles.tiles)
+    rows = torch.arange(north.shape[0], device=north.device)
+    tile = torch.nn.functional.cross_entropy(head.tile_logits(north, tiles_all), rows)
+    return pose + tile + _soft_cross_entropy(head.point_logits(street, tiles, delta), shifts)
 
 
 def pose_block(error: np.ndarray, centre_error: np.ndarray, unit: str,

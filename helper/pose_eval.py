@@ -53,11 +53,10 @@ def _stream(model, dataset: Dataset, key: str, env, batch_size: int, workers: in
 def embed_panoramas(model, panoramas: Dataset, env, batch_size: int, workers: int) -> PoseEmbedding:
     """The pose embeddings of every ``"street"`` image of ``panoramas`` (on ``env.device``)."""
     def compute(net, images, index):
-        street = net.pose_street(images)
-        return street.street, street.columns
+        return (net.pose_street(images).strip,)
 
-    street, columns = _stream(model, panoramas, "street", env, batch_size, workers, compute, "pose panoramas")
-    return PoseEmbedding(street=street, columns=columns)
+    strip, = _stream(model, panoramas, "street", env, batch_size, workers, compute, "pose panoramas")
+    return PoseEmbedding(strip=strip)
 
 
 def pose_of_pairs(model, street: PoseEmbedding, satellites: Dataset, tiles: torch.Tensor, env, batch_size: int,
@@ -70,7 +69,7 @@ def pose_of_pairs(model, street: PoseEmbedding, satellites: Dataset, tiles: torc
 
     def compute(net, images, index):
         query = index // k
-        mine = PoseEmbedding(street=street.street[query], columns=street.columns[query])
+        mine = PoseEmbedding(strip=street.strip[query])
         delta, heading, score = net.pose_head.predict(mine, net.pose_head.embed_satellite(images))
         return delta, heading, score
 

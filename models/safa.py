@@ -29,7 +29,7 @@ class SAFAModel(nn.Module):
     ``satellite_attention`` (the descriptor heads of :data:`HEADS`: SAFA's, a global pool or DSM's) and,
     with ``regress_offset``, ``offset_head`` (a
     :class:`models.offset.OffsetHead`; else None), with a ``pose`` head ``pose_head`` (e.g. a
-    :class:`models.pose.PoseHead` on the street backbone's features and the raw satellite input;
+    :class:`models.pose.PoseHead`, its own encoders on the raw street and satellite inputs;
     else None). ``descriptor_dim`` is the descriptor length;
     ``similarity`` the head's pairwise similarity (a
     :class:`models.orientation.CircularCorrelation` for ``dsm``) or None (the dot product).
@@ -65,7 +65,7 @@ class SAFAModel(nn.Module):
         #: The pairwise similarity of the head's descriptors, or None for the dot product.
         self.similarity = getattr(self.satellite_attention, "correlation", None)
         self.offset_head = OffsetHead(self.descriptor_dim) if cfg.regress_offset else None
-        self.pose_head = None if cfg.pose == "none" else POSE_HEADS.get(cfg.pose)(channels, cfg.sate_size[0])
+        self.pose_head = None if cfg.pose == "none" else POSE_HEADS.get(cfg.pose)(cfg.sate_size[0])
 
     def _check(self, images: torch.Tensor, expected: Tuple[int, int], name: str) -> None:
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != expected:
@@ -89,8 +89,9 @@ class SAFAModel(nn.Module):
         return self.street_attention(self.street_features(street))
 
     def pose_street(self, street: torch.Tensor) -> PoseEmbedding:
-        """The pose head's embedding of a street batch."""
-        return self._pose().embed_street(self.street_features(street))
+        """The pose head's embedding of a street batch (checked as :meth:`encode_street` says)."""
+        self._check(street, self.pano_size, "street")
+        return self._pose().embed_street(street)
 
     def _pose(self) -> PoseHead:
         if self.pose_head is None:
@@ -116,8 +117,8 @@ class SAFAModel(nn.Module):
             both = street_desc is not None and sat_desc is not None
             aux["offset"] = self.predict_offset(street_desc, sat_desc[:street_desc.shape[0]]) if both else None
         if self.pose_head is not None:
-            both = features is not None and satellite is not None
-            aux["pose"] = (self.pose_head.embed_street(features),
+            both = street is not None and satellite is not None
+            aux["pose"] = (self.pose_head.embed_street(street),
                            self.pose_head.embed_satellite(satellite[:features.shape[0]])) if both else None
         return street_desc, sat_desc, aux
 

@@ -230,3 +230,13 @@ def test_version_5_configs_migrate_to_no_pose_head():
         del stored["pose"], stored["lambda_pose"]
         run = RunConfig.from_dict(migrate_config(stored, 5), complete=True)
         assert run.model.pose == "none" and run.objective.lambda_pose == LAMBDA_POSE
+
+
+def test_a_version_6_pose_head_is_refused_and_other_version_6_configs_load():
+    from common.errors import UserError
+    from helper.config import RunConfig, migrate_config
+
+    plain = RunConfig.from_dict({"dataset": "vigor"}).resolved().to_dict()
+    assert RunConfig.from_dict(migrate_config(plain, 6), complete=True).model.pose == "none"
+    with pytest.raises(UserError, match="earlier design.*retrain it with --pose dense"):
+        migrate_config({**plain, "pose": "dense"}, 6)
