@@ -261,7 +261,7 @@ class RunConfig:
         heads = [flag for flag, on in (("--regress_offset", self.model.regress_offset),
                                        (f"--pose {self.model.pose}", self.model.pose != "none")) if on]
         if heads and narrow:
-            raise UserError(f"{heads[0]} reads full-panorama descriptors, but {' and '.join(narrow)} gives street "
+            raise UserError(f"{heads[0]} reads full panoramas, but {' and '.join(narrow)} gives street "
                             f"windows narrower than 360 degrees; drop one of them")
         if self.dataset != "cvusa" and narrow:
             raise UserError(f"--train_fov and --test_fov apply to CVUSA only for now, not {self.dataset}; drop them")

@@ -43,6 +43,7 @@ from helper.losses import (DEFAULT_HARD_RATIOS, LAMBDA_SM, LogitScale, infonce_l
 from helper.pose import pose_loss
 from models.offset import normalise_delta
 from models.polar import PolarTransform
+from models.pose import PoseEmbedding
 from models.transforms import STN_TRANSFORMS
 
 LOSSES = ("triplet", "infonce")
@@ -281,8 +282,14 @@ def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env:
         weights["offset"] = objective.offset_weight
     if objective.pose_weight:
         heading = batch["heading"].to(env.device, torch.float32) if objective.heading else None
-        terms["pose"] = pose_loss(distributed.unwrap(model).pose_head, *aux["pose"],
-                                  objective.normalised_delta(batch, env.device), heading, distributed.gather_with_grad)
+        street_pose, tiles_pose = aux["pose"]
+        semi = None
+        if objective.semi_positive:
+            semi_delta = normalise_delta(batch["semi_delta"].to(env.device, torch.float32), objective.tile_side)
+            semi = (PoseEmbedding(tiles=tiles_pose.tiles[b:2 * b]), semi_delta)
+        terms["pose"] = pose_loss(distributed.unwrap(model).pose_head, street_pose,
+                                  PoseEmbedding(tiles=tiles_pose.tiles[:b]), objective.normalised_delta(batch, env.device),
+                                  heading, distributed.gather_with_grad, semi)
         weights["pose"] = objective.pose_weight
     if l1 is not None:
         terms["l1"] = l1

@@ -11,7 +11,9 @@ positive tile i), the sum of:
   the panorama must match its own tile better than any other tile *anywhere* (what
   ``--rerank_score pose`` ranks by);
 * **heading**: the cross-entropy of the shift logits at the labelled point (where the estimate
-  reads the heading) against the soft target of the heading.
+  reads the heading) against the soft target of the heading;
+* **semi-positive** (VIGOR with ``--semi_positive iou``): the pose term of the pairs (panorama i,
+  its semi-positive tile i) at their labelled points; the panorama is in that tile too.
 
 Evaluation (positives known, :mod:`helper.pose_eval`): every query's pose is estimated on its
 positive tile; errors are measured against the label delta, in metres (VIGOR: label pixels times
@@ -20,7 +22,7 @@ the city's metres per pixel) or in aerial pixels (CVUSA layout, ``_px``). Thresh
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,22 +40,32 @@ def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return -(target * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
+def _pair_loss(head: PoseHead, street: PoseEmbedding, tiles: PoseEmbedding, delta: torch.Tensor,
+               shifts: torch.Tensor) -> torch.Tensor:
+    """The pose term: the joint distribution of each pair against its point's and heading's soft target."""
+    target = head.position_target(delta)[:, :, None] * shifts[:, None, :]
+    return _soft_cross_entropy(head.cell_logits(street, tiles).flatten(1), target.flatten(1))
+
+
 def pose_loss(head: PoseHead, street: PoseEmbedding, tiles: PoseEmbedding, delta: torch.Tensor,
               heading: Optional[torch.Tensor] = None,
-              gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+              gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+              semi: Optional[Tuple[PoseEmbedding, torch.Tensor]] = None) -> torch.Tensor:
     """The pose loss (module doc) of the pairs (street i, tile i); ``delta`` ``B x 2`` normalised label
     deltas, ``heading`` ``B`` degrees (None: north-aligned, 0); ``gather`` joins every process's rows
     (with gradients) for the tile term (per-pair terms are local means: DDP's averaging makes them
-    global)."""
+    global); ``semi``: the semi-positive tiles and their normalised deltas."""
     if heading is None:
         heading = delta.new_zeros(delta.shape[0])
     shifts = head.heading_target(heading)
-    target = head.position_target(delta)[:, :, None] * shifts[:, None, :]
-    pose = _soft_cross_entropy(head.cell_logits(street, tiles).flatten(1), target.flatten(1))
     north, tiles_all = gather(head.rolled(street.strip, heading)), gather(tiles.tiles)
     rows = torch.arange(north.shape[0], device=north.device)
-    tile = torch.nn.functional.cross_entropy(head.tile_logits(north, tiles_all), rows)
-    return pose + tile + _soft_cross_entropy(head.point_logits(street, tiles, delta), shifts)
+    total = (_pair_loss(head, street, tiles, delta, shifts)
+             + torch.nn.functional.cross_entropy(head.tile_logits(north, tiles_all), rows)
+             + _soft_cross_entropy(head.point_logits(street, tiles, delta), shifts))
+    if semi is not None:
+        total = total + _pair_loss(head, street, *semi, shifts)
+    return total
 
 
 def pose_block(error: np.ndarray, centre_error: np.ndarray, unit: str,

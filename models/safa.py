@@ -43,9 +43,9 @@ class SAFAModel(nn.Module):
     for a None input), plus with ``return_aux`` a dict ``{"transformed": B x 3 x Hp x Wp
     block output or None}``, with an offset head also ``"offset"``: the ``B x 2``
     normalised delta of each pair (street i, satellite i), or None; with a pose head also
-    ``"pose"``: ``(street PoseEmbedding, tile PoseEmbedding)`` of the pairs, or None. The satellite
-    batch may be longer than the street batch (training appends semi-positives); its first B are
-    the pairs.
+    ``"pose"``: ``(street PoseEmbedding, tile PoseEmbedding)`` of the street and of every satellite
+    input, or None. The satellite batch may be longer than the street batch (training appends
+    semi-positives); its first B are the pairs.
     """
 
     def __init__(self, cfg: "ModelConfig") -> None:
@@ -118,8 +118,7 @@ class SAFAModel(nn.Module):
             aux["offset"] = self.predict_offset(street_desc, sat_desc[:street_desc.shape[0]]) if both else None
         if self.pose_head is not None:
             both = street is not None and satellite is not None
-            aux["pose"] = (self.pose_head.embed_street(street),
-                           self.pose_head.embed_satellite(satellite[:features.shape[0]])) if both else None
+            aux["pose"] = (self.pose_head.embed_street(street), self.pose_head.embed_satellite(satellite)) if both else None
         return street_desc, sat_desc, aux
 
     def predict_offset(self, street_desc: torch.Tensor, sat_desc: torch.Tensor) -> torch.Tensor:

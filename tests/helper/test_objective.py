@@ -140,9 +140,9 @@ def test_the_l1_term_pulls_the_block_output_towards_the_polar_image(transform, l
 def test_an_offset_head_with_street_windows_is_refused_up_front(argv):
     """The offset head takes full-panorama descriptors: with a narrower field of view the first step (or,
     at evaluation, re-ranking) would fail on descriptor widths."""
-    with pytest.raises(UserError, match="--regress_offset reads full-panorama descriptors"):
+    with pytest.raises(UserError, match="--regress_offset reads full panoramas"):
         parse_train_args("cvusa", ["--head", "dsm", "--regress_offset", *argv])
-    with pytest.raises(UserError, match="--regress_offset reads full-panorama descriptors"):
+    with pytest.raises(UserError, match="--regress_offset reads full panoramas"):
         RunConfig.from_dict({"dataset": "cvusa", "head": "dsm", "regress_offset": True}).replace(
             **{argv[0][2:]: float(argv[1])})
 
@@ -168,7 +168,7 @@ def test_the_pose_term_is_weighted_logged_and_needs_a_pose_head():
 
     with pytest.raises(UserError, match="--lambda_pose does nothing without --pose dense"):
         parse_train_args("cvusa", ["--lambda_pose", "2"])
-    with pytest.raises(UserError, match="--pose dense reads full-panorama descriptors"):
+    with pytest.raises(UserError, match="--pose dense reads full panoramas"):
         parse_train_args("cvusa", ["--head", "dsm", "--pose", "dense", "--sate_size", "64,64", "--train_fov", "90"])
     torch.manual_seed(0)
     model = build_model(dict(backbone="tiny", pretrained=False, sate_size=(64, 64), pano_size=(32, 128), pose="dense"))
@@ -186,6 +186,33 @@ def test_the_pose_term_is_weighted_logged_and_needs_a_pose_head():
         torch.testing.assert_close(total, terms["retrieval"] + 0.5 * terms["pose"])
     without = Objective.build(ObjectiveConfig().resolved(False), model.cfg.replace(pose="none"), tile_side=256.0)
     assert without.pose_weight == 0.0
+
+
+def test_the_pose_term_also_trains_on_the_semi_positives():
+    """VIGOR with --semi_positive iou: the pose term adds each panorama's semi-positive tile at its label."""
+    from helper.pose import _pair_loss, pose_loss
+    from models import build_model
+    from models.offset import normalise_delta
+    from models.pose import PoseEmbedding
+
+    torch.manual_seed(0)
+    model = build_model(dict(backbone="tiny", pretrained=False, sate_size=(64, 64), pano_size=(32, 128), pose="dense"))
+    batch = {"street": torch.rand(2, 3, 32, 128), "satellite": torch.rand(2, 3, 64, 64),
+             "semi_satellite": torch.rand(2, 3, 64, 64),
+             "delta": torch.tensor([[10.0, -20.0], [-30.0, 5.0]], dtype=torch.float64),
+             "semi_delta": torch.tensor([[100.0, -90.0], [-110.0, 120.0]], dtype=torch.float64)}
+    objective = Objective.build(ObjectiveConfig().resolved(False), model.cfg, semi_positive=True, tile_side=256.0)
+    _, terms = compute_loss(objective, model, batch, CPU, hard_ratio=1.0)
+    head = model.pose_head
+    street = head.embed_street(batch["street"])
+    tiles = head.embed_satellite(torch.cat([batch["satellite"], batch["semi_satellite"]]))
+    positives, semis = PoseEmbedding(tiles=tiles.tiles[:2]), PoseEmbedding(tiles=tiles.tiles[2:])
+    delta = normalise_delta(batch["delta"].float(), 256.0)
+    semi_delta = normalise_delta(batch["semi_delta"].float(), 256.0)
+    positives_only = pose_loss(head, street, positives, delta)
+    semi_term = _pair_loss(head, street, semis, semi_delta, head.heading_target(torch.zeros(2)))
+    torch.testing.assert_close(terms["pose"], positives_only + semi_term)
+    assert float(semi_term) > 0
 
 
 @pytest.mark.parametrize("flag", ["--train_fov", "--test_fov"])

@@ -180,8 +180,8 @@ def test_model_forward_gives_the_pairs_pose_embeddings_from_the_raw_inputs():
     street, satellite = torch.randn(2, 3, 32, 128), torch.randn(3, 3, 64, 64)  # a semi-positive appended
     _, _, aux = model(street, satellite, return_aux=True)
     pano, tiles = aux["pose"]
-    assert pano.strip.shape == (2, CHANNELS, len(RADII), COLUMNS) and tiles.tiles.shape == (2, CHANNELS, 16, 16)
+    assert pano.strip.shape == (2, CHANNELS, len(RADII), COLUMNS) and tiles.tiles.shape == (3, CHANNELS, 16, 16)
     assert torch.allclose(pano.strip, model.pose_street(street).strip)
-    assert torch.allclose(tiles.tiles, model.pose_head.embed_satellite(satellite[:2]).tiles)
+    assert torch.allclose(tiles.tiles, model.pose_head.embed_satellite(satellite).tiles)
     shared = {id(p) for m in (model.street_backbone, model.satellite_backbone, model.transform) for p in m.parameters()}
     assert not shared & {id(p) for p in model.pose_head.parameters()}  # its own encoders
