@@ -308,6 +308,48 @@ def pose_vs_mlp(known: dict) -> dict:
     return out
 
 
+def plot_positives(path: str, table: dict) -> None:
+    """Positives known: per world, the median error of each in-tile cell and of the tile centre (the
+    mean over seeds with its 95% interval, the seeds as dots), and with an unknown heading the heading
+    median on a second axis row."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    worlds = [(f"{layout} {row}", cells) for layout, rows in table.items() for row, cells in rows.items()]
+    if not worlds:
+        return
+    fig, axes = plt.subplots(2, len(worlds), figsize=(4.5 * len(worlds), 6.0), squeeze=False)
+    for column, (title, cells) in enumerate(worlds):
+        unit = next(iter(cells.values()))["unit"]
+        bars = [("tile centre", next(iter(cells.values()))[f"centre_median_{unit}"], None, "#8c8c8c")]
+        bars += [(cell, v[f"median_{unit}"], [b[f"median_{unit}"] for b in v["per_seed"].values()],
+                  "#55a868" if "pose" in cell else "#dd8452") for cell, v in cells.items()]
+        ax = axes[0][column]
+        for x, (label, stat, seeds, colour) in enumerate(bars):
+            ax.bar(x, stat["mean"], 0.7, yerr=stat["ci95"] or 0.0, capsize=3, color=colour)
+            if seeds:
+                ax.scatter([x] * len(seeds), seeds, s=8, color="black", zorder=3)
+        ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(f"median error ({unit}), positives known")
+        ax.set_title(title, fontsize=9)
+        heading = [(cell, v) for cell, v in cells.items() if "heading_median_deg" in v]
+        ax = axes[1][column]
+        for x, (cell, v) in enumerate(heading):
+            ax.bar(x, v["heading_median_deg"]["mean"], 0.7, yerr=v["heading_median_deg"]["ci95"] or 0.0, capsize=3,
+                   color="#4c72b0")
+            ax.scatter([x] * len(v["per_seed"]), [b["heading_median_deg"] for b in v["per_seed"].values()], s=8,
+                       color="black", zorder=3)
+        ax.axhline(10, color="#c44e52", linewidth=0.8, linestyle="--")
+        ax.set_xticks(range(len(heading)), [c for c, _ in heading], fontsize=8)
+        ax.set_ylabel("heading median (deg)")
+    fig.suptitle("positives known: mean of the seeds, 95% intervals, seeds as dots", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def print_positives(table: dict) -> None:
     print("| world | cell | median (centre) | mean (centre) | heading median, <=10 deg |", file=sys.stderr)
     print("|---|---|---|---|---|", file=sys.stderr)
@@ -349,6 +391,8 @@ def main() -> None:
     parser.add_argument("--vigor_epochs", type=int, default=20)
     parser.add_argument("--plot", help="also draw the plot to this PNG file (the README's: "
                                        "docs/images/offset_study.png)")
+    parser.add_argument("--pose_plot", help="also draw the positives-known errors (in-tile heads) to this PNG file "
+                                            "(the pose study's: docs/images/pose_study.png)")
     add_common_arguments(parser, train=800, test=400, epochs=12, out="offset_study_cpu.json")
     args = parser.parse_args()
     cells = [] if args.cells == "none" else names(args.cells, CVUSA_CELLS, "cells", parser)
@@ -359,8 +403,9 @@ def main() -> None:
         parser.error("--offsets are the off-centre worlds (> 0); the centred one trains --centred_cells")
     if args.rerank < 1:
         parser.error(f"--rerank is the number of candidates re-ranked per query (at least 1), got {args.rerank}")
-    if args.plot and os.path.isdir(args.plot):
-        parser.error(f"--plot {args.plot} is a folder; pass a file name such as {os.path.join(args.plot, 'study.png')}")
+    for flag, path in (("--plot", args.plot), ("--pose_plot", args.pose_plot)):
+        if path and os.path.isdir(path):
+            parser.error(f"{flag} {path} is a folder; pass a file name such as {os.path.join(path, 'study.png')}")
     work = work_folder(args, "offset_study_")
     cvusa: dict = {}
     vigor: dict = {}
@@ -403,6 +448,8 @@ def main() -> None:
     print_positives(summary["positives_known"])
     if args.plot:
         plot(args.plot, summary)
+    if args.pose_plot:
+        plot_positives(args.pose_plot, summary["positives_known"])
     write_json(args.out, summary)
 
 
