@@ -40,11 +40,12 @@ def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return -(target * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-def _pair_loss(head: PoseHead, street: PoseEmbedding, tiles: PoseEmbedding, delta: torch.Tensor,
+def _pair_loss(head: PoseHead, street: PoseEmbedding, aerial: torch.Tensor, delta: torch.Tensor,
                shifts: torch.Tensor) -> torch.Tensor:
-    """The pose term: the joint distribution of each pair against its point's and heading's soft target."""
+    """The pose term: the joint distribution of each pair (strip i, the aerial panoramas ``aerial`` i of
+    its tile's cells) against its point's and heading's soft target."""
     target = head.position_target(delta)[:, :, None] * shifts[:, None, :]
-    return _soft_cross_entropy(head.cell_logits(street, tiles).flatten(1), target.flatten(1))
+    return _soft_cross_entropy(head.pair_logits(street.strip, aerial).flatten(1), target.flatten(1))
 
 
 def pose_loss(head: PoseHead, street: PoseEmbedding, tiles: PoseEmbedding, delta: torch.Tensor,
@@ -53,18 +54,22 @@ def pose_loss(head: PoseHead, street: PoseEmbedding, tiles: PoseEmbedding, delta
               semi: Optional[Tuple[PoseEmbedding, torch.Tensor]] = None) -> torch.Tensor:
     """The pose loss (module doc) of the pairs (street i, tile i); ``delta`` ``B x 2`` normalised label
     deltas, ``heading`` ``B`` degrees (None: north-aligned, 0); ``gather`` joins every process's rows
-    (with gradients) for the tile term (per-pair terms are local means: DDP's averaging makes them
-    global); ``semi``: the semi-positive tiles and their normalised deltas."""
+    (with gradients) for the tile term: the north-turned strips, and each process's block of tile
+    columns (per-pair terms are local means: DDP's averaging makes them global); ``semi``: the
+    semi-positive tiles and their normalised deltas."""
     if heading is None:
         heading = delta.new_zeros(delta.shape[0])
     shifts = head.heading_target(heading)
-    north, tiles_all = gather(head.rolled(street.strip, heading)), gather(tiles.tiles)
-    rows = torch.arange(north.shape[0], device=north.device)
-    total = (_pair_loss(head, street, tiles, delta, shifts)
-             + torch.nn.functional.cross_entropy(head.tile_logits(north, tiles_all), rows)
+    aerial = head.cell_panoramas(tiles)
+    north = gather(head.rolled(street.strip, heading))
+    matrix = gather(head.tile_logits(north, aerial).t()).t()  # every strip x every process's tiles
+    rows = torch.arange(matrix.shape[0], device=matrix.device)
+    total = (_pair_loss(head, street, aerial, delta, shifts)
+             + torch.nn.functional.cross_entropy(matrix, rows)
              + _soft_cross_entropy(head.point_logits(street, tiles, delta), shifts))
     if semi is not None:
-        total = total + _pair_loss(head, street, *semi, shifts)
+        semi_tiles, semi_delta = semi
+        total = total + _pair_loss(head, street, head.cell_panoramas(semi_tiles), semi_delta, shifts)
     return total
 
 

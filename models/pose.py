@@ -24,8 +24,8 @@ global descriptors; the polar geometry of SAFA, applied at every cell instead of
   strip rolled left by ``k = h COLUMNS / 360`` columns, so its column ``c`` matches the aerial
   panorama's column ``c + k``. The logit of (cell ``p``, shift ``k``) is a learned scale times the
   mean over radii and columns of ``<strip[r, c], aerial_p[r, (c + k) mod COLUMNS]>`` (a circular
-  cross-correlation, computed with FFTs): a joint distribution over ``G x G`` cells and
-  ``COLUMNS`` headings. Training puts its target at the labelled point and heading (0 for
+  cross-correlation: the strip rolled to every shift, one matrix product): a joint distribution
+  over ``G x G`` cells and ``COLUMNS`` headings. Training puts its target at the labelled point and heading (0 for
   north-aligned panoramas); the position distribution is the heading marginal.
 * **Estimates**: the position is the soft-argmax of the cell centres in the 3x3 window around the
   marginal's peak (sub-cell); the heading is read from the shift logits of the aerial panorama of
@@ -39,8 +39,9 @@ Positions are normalised label deltas ``(d0, d1)`` (:mod:`models.offset`): the p
 index row ``S/2 (1 + d0)``, column ``S/2 (1 - d1)``. The cell grid has ``G`` =
 :func:`cell_grid` cells a side; cell ``(i, j)`` (row-major index ``i G + j``) has its centre at
 row ``(i + 1/2) S / G``, column ``(j + 1/2) S / G``. Cost per pair: ``G^2 x COLUMNS x
-len(RADII)`` bilinear samples of ``CHANNELS`` features (at ``G = 24``: 110,592 samples, 1.8 M
-values) and their FFTs; computed in float32 with autocast off.
+len(RADII)`` bilinear samples of ``CHANNELS`` features (at ``G = 32``: 131,072 samples, 2.1 M
+values) and ``G^2 x COLUMNS^2 x CHANNELS x len(RADII)`` multiply-adds of the correlation (67 M);
+computed in float32 with autocast off.
 """
 from __future__ import annotations
 
@@ -163,17 +164,21 @@ class PoseHead(nn.Module):
     def pair_logits(self, strip: torch.Tensor, aerial: torch.Tensor) -> torch.Tensor:
         """``B x P x COLUMNS`` joint logits of the pairs (strip i ``B x E x R x COLUMNS``, aerial panoramas
         i ``B x E x R x P x COLUMNS``): entry ``[b, p, k]`` scores point ``p`` at shift ``k`` (module doc)."""
-        spectrum = torch.einsum("berf,berpf->bpf", torch.fft.rfft(strip.float(), dim=-1).conj(),
-                                torch.fft.rfft(aerial.float(), dim=-1))
-        return self._scaled(torch.fft.irfft(spectrum, n=COLUMNS, dim=-1))
+        column = torch.arange(COLUMNS, device=strip.device)
+        shifted = strip.float()[..., (column[None, :] - column[:, None]) % COLUMNS]  # [..., k, c] = strip[c - k]
+        return self._scaled(torch.einsum("berkc,berpc->bpk", shifted, aerial.float()))
 
     def _scaled(self, correlation: torch.Tensor) -> torch.Tensor:
         """The scale times the mean over radii and columns of the summed cosines."""
         return self.scale() * correlation / (len(RADII) * COLUMNS)
 
+    def cell_panoramas(self, tiles: PoseEmbedding) -> torch.Tensor:
+        """``B x E x R x G^2 x COLUMNS``: the tiles' aerial panoramas at every cell centre."""
+        return self.aerial_panoramas(tiles.tiles, self.cell_points)
+
     def cell_logits(self, street: PoseEmbedding, tiles: PoseEmbedding) -> torch.Tensor:
         """``B x G^2 x COLUMNS`` joint logits of the pairs (panorama i, tile i) over every cell and shift."""
-        return self.pair_logits(street.strip, self.aerial_panoramas(tiles.tiles, self.cell_points))
+        return self.pair_logits(street.strip, self.cell_panoramas(tiles))
 
     def rolled(self, strip: torch.Tensor, heading_deg: torch.Tensor) -> torch.Tensor:
         """Strips ``B x E x R x COLUMNS`` turned to north: each rolled right by its heading's shift
@@ -186,13 +191,13 @@ class PoseHead(nn.Module):
         gather = lambda idx: strip.gather(3, idx[:, None, None, :].expand_as(strip))  # noqa: E731
         return (1 - frac) * gather(index) + frac * gather((index - 1) % COLUMNS)
 
-    def tile_logits(self, north: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
+    def tile_logits(self, north: torch.Tensor, aerial: torch.Tensor) -> torch.Tensor:
         """``N x M``: ``logsumexp`` over the cells of the logits at shift 0 of every north-turned strip
-        ``N x E x R x COLUMNS`` (:meth:`rolled`) with every tile map ``M x E x h x w``; a softmax over a
-        row is the tile's share of a joint softmax over every cell of every tile."""
-        aerial = self.aerial_panoramas(tiles, self.cell_points)  # M x E x R x P x COLUMNS
+        ``N x E x R x COLUMNS`` (:meth:`rolled`) with every tile's aerial panoramas at the cell centres
+        ``M x E x R x G^2 x COLUMNS``; a softmax over a row is the tile's share of a joint softmax over
+        every cell of every tile."""
         flat = aerial.permute(0, 3, 1, 2, 4).flatten(2)  # M x P x (E R COLUMNS)
-        logits = self._scaled(torch.einsum("nd,mpd->nmp", north.float().flatten(1), flat))
+        logits = self._scaled(torch.einsum("nd,mpd->nmp", north.float().flatten(1), flat.float()))
         return torch.logsumexp(logits, dim=2)
 
     # -- targets and decoding ------------------------------------------------------------------------

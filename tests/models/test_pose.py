@@ -77,7 +77,7 @@ def test_constructed_heading_is_the_roll(k):
 
 
 def test_joint_logits_are_the_brute_force_correlation():
-    """pair_logits (FFTs) against the sum over radii and columns of the rolled dot products."""
+    """pair_logits against the sum over radii and columns of the rolled dot products."""
     head = PoseHead(64)
     torch.manual_seed(2)
     strip = F.normalize(torch.randn(2, CHANNELS, len(RADII), COLUMNS), dim=1)
@@ -110,7 +110,7 @@ def test_tile_logits_are_the_pairwise_logsumexp_at_the_heading():
     tiles = F.normalize(torch.randn(2, CHANNELS, head.cells, head.cells), dim=1)
     heading = torch.tensor([0.0, 45.0, 292.5])  # whole shifts (11.25 degrees each)
     with torch.no_grad():
-        matrix = head.tile_logits(head.rolled(strip, heading), tiles)
+        matrix = head.tile_logits(head.rolled(strip, heading), head.cell_panoramas(PoseEmbedding(tiles=tiles)))
         for i in range(3):
             for j in range(2):
                 pair = head.cell_logits(PoseEmbedding(strip=strip[i:i + 1]), PoseEmbedding(tiles=tiles[j:j + 1]))
