@@ -38,7 +38,9 @@ heading errors; ``pose_vs_mlp`` pairs them per seed.
 VIGOR layout (synthetic; its panoramas are off-centre by construction): ``polar``,
 ``polar_iou_offset`` (``--semi_positive iou --regress_offset``, also re-ranked),
 ``polar_iou_offset_l1`` (the same with ``--lambda_offset 1``, 100x the official weight) and
-``polar_iou_offset_recentred`` (that with ``--lambda_recentre 1``); with an offset head a cell also
+``polar_iou_offset_recentred`` (that with ``--lambda_recentre 1``), the pose cells and
+``polar_iou_pose`` / ``polar_iou_pose_heading`` (the pose head also trained on the semi-positives,
+the MLP head's training data); with an offset head a cell also
 reports the metre-level error of the queries whose top-1 is their positive, at the tile centre
 and refined by the offset.
 
@@ -93,6 +95,8 @@ VIGOR_CELLS = {
     "polar_iou_offset_l1": ([*VIGOR_IOU, *HEAD_L1], OFFSET),
     "polar_iou_offset_recentred": ([*VIGOR_IOU, *HEAD_L1, *RECENTRED], OFFSET),
     **POSE_CELLS,
+    "polar_iou_pose": ([*VIGOR_IOU, "--pose", "dense"], POSE_HEAD),
+    "polar_iou_pose_heading": ([*VIGOR_IOU, "--pose", "dense", *UNKNOWN_HEADING], POSE_HEAD),
 }
 #: Cells with the re-centred loss and the same cell without it (paired in the summary).
 RECENTRED_PAIRS = {"polar_recentred": "polar", "polar_offset_recentred": "polar_offset_l1",
@@ -286,7 +290,7 @@ def summarise_positives(known: dict) -> dict:
 
 
 #: The pose cell and the MLP offset-head cell compared by :func:`pose_vs_mlp`, per layout.
-POSE_VERSUS = {"cvusa": ("polar_pose", "polar_offset_l1"), "vigor": ("polar_pose", "polar_iou_offset_l1")}
+POSE_VERSUS = {"cvusa": ("polar_pose", "polar_offset_l1"), "vigor": ("polar_iou_pose", "polar_iou_offset_l1")}
 
 
 def pose_vs_mlp(known: dict) -> dict:
