@@ -187,9 +187,8 @@ class PoseHead(nn.Module):
         column = torch.arange(COLUMNS, device=strip.device)
         k0 = shift.floor().long()
         frac = (shift - k0)[:, None, None, None]
-        index = (column[None] - k0[:, None]) % COLUMNS  # B x COLUMNS: rolled[c] = strip[c - k]
-        gather = lambda idx: strip.gather(3, idx[:, None, None, :].expand_as(strip))  # noqa: E731
-        return (1 - frac) * gather(index) + frac * gather((index - 1) % COLUMNS)
+        index = ((column[None] - k0[:, None]) % COLUMNS)[:, None, None, :].expand_as(strip)  # rolled[c] = strip[c - k]
+        return (1 - frac) * strip.gather(3, index) + frac * strip.gather(3, (index - 1) % COLUMNS)
 
     def tile_logits(self, north: torch.Tensor, aerial: torch.Tensor) -> torch.Tensor:
         """``N x M``: ``logsumexp`` over the cells of the logits at shift 0 of every north-turned strip
