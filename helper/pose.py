@@ -40,7 +40,7 @@ def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return -(target * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-def _pair_loss(head: PoseHead, street: PoseEmbedding, aerial: torch.Tensor, delta: torch.Tensor,
+def pair_loss(head: PoseHead, street: PoseEmbedding, aerial: torch.Tensor, delta: torch.Tensor,
                shifts: torch.Tensor) -> torch.Tensor:
     """The pose term: the joint distribution of each pair (strip i, the aerial panoramas ``aerial`` i of
     its tile's cells) against its point's and heading's soft target."""
@@ -64,12 +64,12 @@ def pose_loss(head: PoseHead, street: PoseEmbedding, tiles: PoseEmbedding, delta
     north = gather(head.rolled(street.strip, heading))
     matrix = gather(head.tile_logits(north, aerial).t()).t()  # every strip x every process's tiles
     rows = torch.arange(matrix.shape[0], device=matrix.device)
-    total = (_pair_loss(head, street, aerial, delta, shifts)
+    total = (pair_loss(head, street, aerial, delta, shifts)
              + torch.nn.functional.cross_entropy(matrix, rows)
              + _soft_cross_entropy(head.point_logits(street, tiles, delta), shifts))
     if semi is not None:
         semi_tiles, semi_delta = semi
-        total = total + _pair_loss(head, street, head.cell_panoramas(semi_tiles), semi_delta, shifts)
+        total = total + pair_loss(head, street, head.cell_panoramas(semi_tiles), semi_delta, shifts)
     return total
 
 

@@ -190,7 +190,7 @@ def test_the_pose_term_is_weighted_logged_and_needs_a_pose_head():
 
 def test_the_pose_term_also_trains_on_the_semi_positives():
     """VIGOR with --semi_positive iou: the pose term adds each panorama's semi-positive tile at its label."""
-    from helper.pose import _pair_loss, pose_loss
+    from helper.pose import pair_loss, pose_loss
     from models import build_model
     from models.offset import normalise_delta
     from models.pose import PoseEmbedding
@@ -210,7 +210,7 @@ def test_the_pose_term_also_trains_on_the_semi_positives():
     delta = normalise_delta(batch["delta"].float(), 256.0)
     semi_delta = normalise_delta(batch["semi_delta"].float(), 256.0)
     positives_only = pose_loss(head, street, positives, delta)
-    semi_term = _pair_loss(head, street, head.cell_panoramas(semis), semi_delta, head.heading_target(torch.zeros(2)))
+    semi_term = pair_loss(head, street, head.cell_panoramas(semis), semi_delta, head.heading_target(torch.zeros(2)))
     torch.testing.assert_close(terms["pose"], positives_only + semi_term)
     assert float(semi_term.detach()) > 0
 
