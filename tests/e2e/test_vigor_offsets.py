@@ -82,3 +82,31 @@ def test_refined_error_with_the_true_offsets_beats_the_centre(vigor_root):
     assert hits["queries"] == int((~wrong).sum())
     assert hits["median_m_refined"] < 0.05 < 1.0 < hits["median_m"]
     assert out["localization_refined"]["within_m"]["1"] == pytest.approx(100.0 * (~wrong).mean())
+
+
+def test_train_and_test_with_the_pose_head_and_unknown_headings(vigor_root, tmp_path):
+    """VIGOR end to end with --pose dense: trained on the positives and semi-positives with random
+    headings, tested with random headings: the positives-known ``pose`` block in metres with the
+    heading keys, the refined localisation from the pose head, re-ranking by the pose score."""
+    from helper.offsets import city_metres_per_pixel
+
+    results_dir = str(tmp_path / "runs")
+    train_main("vigor", ["--data_root", vigor_root, "--results_dir", results_dir, "--name", "pose", *FLAGS,
+                         "--transform", "polar", "--semi_positive", "iou", "--pose", "dense",
+                         "--train_heading", "random"])
+    run = os.path.join(results_dir, "pose")
+    assert json.loads(open(os.path.join(run, "metrics.jsonl")).readline())["train_pose"] > 0
+    out = str(tmp_path / "results.json")
+    results = evaluate_main("vigor", ["--checkpoint", os.path.join(run, "last.pth"), "--results_json", out,
+                                      "--device", "cpu", "--workers", "0", "--test_heading", "random",
+                                      "--rerank", "2", "--rerank_score", "pose"])
+    block = results["pose"]
+    assert set(block) == {"queries", "mean_m", "median_m", "within_m", "centre_mean_m", "centre_median_m",
+                          "heading_mean_deg", "heading_median_deg", "heading_within_deg"}
+    index = _run(vigor_root).data.index("test")
+    centre = np.hypot(*index.deltas[:, 0].T) * city_metres_per_pixel(index)[index.street_city]
+    assert block["queries"] == index.num_panoramas == results["queries"]
+    assert block["centre_median_m"] == pytest.approx(float(np.median(centre)), rel=1e-9)
+    assert set(results["localization_refined"]["within_m"]) == {"1", "5", "10", "25", "50"}
+    assert results["rerank"]["score"] == "pose" and results["view"]["test_heading"] == "random"
+    assert "pose, positives known" in format_table(results) and json.load(open(out))["pose"] == block
