@@ -291,6 +291,16 @@ class RunConfig:
                 raise UserError(f"--{name}{where} does nothing without {inert[name]}; pass {inert[name]} or "
                                 f"drop --{name}")
 
+    def refuse_untrained_heads(self) -> None:
+        """A :class:`UserError` for a training run with an in-tile head whose loss weight is 0: the head would
+        be saved at its random start and evaluated as if trained."""
+        heads = ((self.model.regress_offset, "--regress_offset", "lambda_offset"),
+                 (self.model.pose != "none", f"--pose {self.model.pose}", "lambda_pose"))
+        for on, flag, weight in heads:
+            if on and getattr(self.objective, weight) == 0:
+                raise UserError(f"{flag} with --{weight} 0 never trains its head; pass a --{weight} above 0 or "
+                                f"drop {flag}")
+
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], dataset: Optional[str] = None, source: Optional[str] = None,
                   strict: bool = True, complete: bool = False) -> "RunConfig":

@@ -142,6 +142,7 @@ def parse_train_args(dataset: str, argv: Optional[Sequence[str]] = None) -> Trai
         values.update({k: args[k] for k in explicit})
     run = RunConfig.from_dict(values, dataset, source=source)
     run.refuse_inert({**given, **{k: "" for k in explicit}})
+    run.refuse_untrained_heads()
     return TrainArgs(run.resolved(), resume, explicit)
 
 

@@ -220,3 +220,13 @@ def test_a_field_of_view_narrower_than_one_column_is_refused(flag):
     with pytest.raises(UserError, match=f"{flag} 1e-09 covers less than one column of the 616-column panorama"):
         parse_train_args("cvusa", [flag, "1e-9", "--head", "dsm"])
     assert parse_train_args("cvusa", [flag, "0.6", "--head", "dsm"]).run.train.test_fov > 0
+
+
+@pytest.mark.parametrize("dataset,flags,message", [
+    ("cvusa", ["--pose", "dense", "--lambda_pose", "0"], "--pose dense with --lambda_pose 0 never trains its head"),
+    ("vigor", ["--regress_offset", "--lambda_offset", "0"],
+     "--regress_offset with --lambda_offset 0 never trains its head"),
+])
+def test_an_in_tile_head_with_a_zero_weight_is_refused_at_training(dataset, flags, message):
+    with pytest.raises(UserError, match=message):
+        parse_train_args(dataset, flags)
