@@ -44,6 +44,7 @@ import numpy as np
 
 from common.errors import UserError
 from data.io import resize
+from localization.tiles import Tile, stamped
 
 #: A tile is kept when at least this fraction of its footprint has data.
 MIN_VALID = 0.5
@@ -390,29 +391,26 @@ def open_source(kind: str, path: str, zoom: Optional[int] = None) -> GeoSource:
 
 # ------------------------------------------------------------------------------ tiling
 @dataclass(frozen=True)
-class GeoTile:
-    """A tile rendered from a georeferenced source, with the fields of
-    :class:`localization.tiles.Tile` (``box`` always None; ``path`` the raster / folder / MBTiles)
-    plus ``kind`` (one of :data:`GEO_KINDS`), ``side_m`` (tile side in metres) and ``zoom``
-    (slippy tiles). ``Tile.from_dict`` returns one for a row with ``kind``."""
+class GeoTile(Tile):
+    """A tile rendered from a georeferenced source: a :class:`localization.tiles.Tile` (``box`` always
+    None; ``path`` the raster / z/x/y folder / MBTiles file, stamped like a tile file) plus ``kind``
+    (one of :data:`GEO_KINDS`), ``side_m`` (tile side in metres) and ``zoom`` (slippy tiles).
+    ``Tile.from_dict`` returns one for a row with ``kind``."""
 
-    name: str
-    path: str
-    lat: float
-    lon: float
-    box: None = None
     kind: str = "raster"
     side_m: float = 0.0
     zoom: Optional[int] = None
 
-    def as_dict(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if value is not None}
-
     @classmethod
     def from_dict(cls, row: dict) -> "GeoTile":
         zoom = row.get("zoom")
-        return cls(row["name"], row["path"], float(row["lat"]), float(row["lon"]), None, row["kind"],
+        stamp = (int(row[key]) if row.get(key) is not None else None for key in ("size", "mtime_ns"))
+        return cls(row["name"], row["path"], float(row["lat"]), float(row["lon"]), None, *stamp, row["kind"],
                    float(row["side_m"]), int(zoom) if zoom is not None else None)
+
+    @property
+    def place(self) -> tuple:
+        return (*super().place, self.kind, self.side_m, self.zoom)
 
 
 @dataclass
@@ -479,7 +477,7 @@ def cut_tiles(source: GeoSource, tile_m: float, stride_m: float, name: str) -> T
     for number in np.nonzero(keep)[0]:
         r, c = divmod(int(number), columns)
         tiles.append(GeoTile(f"{name}_r{r:04d}_c{c:04d}", source.path, float(lats[number]), float(lons[number]),
-                             None, source.kind, float(tile_m), source.zoom))
+                             kind=source.kind, side_m=float(tile_m), zoom=source.zoom))
     return Tiling(tiles, int((~keep).sum()), frame, rows, columns)
 
 
@@ -522,5 +520,5 @@ def tiles_from_geo(kind: str, paths: Sequence[str], tile_m: float, stride_m: flo
                        "skipped": tiling.skipped})
         log(f"{source.path}: {len(tiling.tiles)} tiles of {tile_m:g} m every {stride_m:g} m "
             f"({tiling.rows} x {tiling.columns} grid; {tiling.skipped} skipped: nodata or outside)")
-    return tiles, {kind: [r["path"] for r in record], "tile_m": tile_m, "stride_m": stride_m,
+    return stamped(tiles), {kind: [r["path"] for r in record], "tile_m": tile_m, "stride_m": stride_m,
                    "skipped": skipped, "sources": record}

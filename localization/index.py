@@ -53,6 +53,7 @@ from tqdm import tqdm
 
 from common.errors import UserError, user_message
 from common.fileio import lock_folder, unlock, write_bytes_atomic, write_json_atomic
+from localization.geo import GEO_KINDS
 from localization.tiles import Tile
 
 MANIFEST, TILES, INDEX_FILE, BUILDING, PLAN = "manifest.json", "tiles.json", "index.faiss", "building", "plan.json"
@@ -264,7 +265,7 @@ def tile_changes(old: Sequence[Tile], new: Sequence[Tile]) -> Optional[str]:
 _FLAGS = {"kind": "--index", "nlist": "--nlist", "nprobe": "--nprobe", "pq_m": "--pq_m", "refine": "--refine",
           "refine_bits": "--refine_bits", "tile_m": "--tile_m", "stride_m": "--stride_m", "bounds": "--bounds",
           "projection": "--projection"}
-_SOURCES = ("satellites", "tiles", "mosaic")
+_SOURCES = ("satellites", "tiles", "mosaic", *GEO_KINDS)
 
 
 def _value(value) -> str:

@@ -182,3 +182,22 @@ def test_near_on_an_ivfpq_index_of_a_raster(world, maps, tmp_path, capsys):
     assert [c["tile"] for c in found["ivfpq"]["candidates"]] == [index.tiles[rows[i]].name for i in order]
     exact = {c["tile"]: c["similarity"] for c in found["flat"]["candidates"]}
     assert max(abs(c["similarity"] - exact[c["tile"]]) for c in found["ivfpq"]["candidates"]) < 0.02
+
+
+@pytest.mark.parametrize("source", ["geotiff", "xyz", "mbtiles"])
+def test_a_geo_index_reruns_and_queries_with_pictures(world, maps, tmp_path, capsys, source):
+    """A finished index of a raster or slippy source: re-running the same index is accepted (nothing
+    changed), and a query with pictures reads its tiles back from the source."""
+    flags = {"geotiff": ["--raster", maps["geotiff"]], "xyz": ["--xyz", maps["xyz"], "--zoom", str(maps["zoom"])],
+             "mbtiles": ["--mbtiles", maps["mbtiles"]]}[source]
+    index = str(tmp_path / "index")
+    for _ in range(2):
+        code, _, err = run_cli(index_args(world, index, *flags), capsys)
+        assert code == 0, err
+    panorama = os.path.join(world["root"], CITY, "panorama", sorted(os.listdir(os.path.join(world["root"], CITY,
+                                                                                           "panorama")))[0])
+    out = str(tmp_path / "query")
+    code, _, err = run_cli(["query", "--index", index, "--out", out, "-k", "3", "--device", "cpu", panorama], capsys)
+    assert code == 0, err
+    result = json.load(open(os.path.join(out, "results.json")))[0]
+    assert os.path.exists(os.path.join(out, result["figure"]))
