@@ -210,10 +210,11 @@ class Objective:
     def parameters(self) -> list:
         return [] if self.logit_scale is None else list(self.logit_scale.parameters())
 
-    def normalised_delta(self, batch: dict, device: torch.device) -> torch.Tensor:
-        """The batch's label deltas over half the tile side (``B x 2`` float32): the offset head's
-        target and the point :func:`geometry.affine.recentre` brings to the centre."""
-        return normalise_delta(batch["delta"].to(device, torch.float32), self.tile_side)
+    def normalised_delta(self, batch: dict, device: torch.device, key: str = "delta") -> torch.Tensor:
+        """The batch's label deltas (``key``: ``delta``, or ``semi_delta`` of the semi-positives) over half
+        the tile side (``B x 2`` float32): the offset and pose heads' target and the point
+        :func:`geometry.affine.recentre` brings to the centre."""
+        return normalise_delta(batch[key].to(device, torch.float32), self.tile_side)
 
     def l1(self, satellite: torch.Tensor, aux: dict) -> Optional[torch.Tensor]:
         """The L1 guidance of the STN output (``aux["transformed"]``) towards the polar image of ``satellite``
@@ -255,11 +256,13 @@ def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env:
     inputs = [satellite]  # one forward pass: the positives, [the semi-positives], [the re-centred positives]
     if objective.semi_positive:
         inputs.append(distributed.move_images(batch, "semi_satellite", env.device))
+    delta = objective.normalised_delta(batch, env.device) if "delta" in batch else None
     if config.lambda_recentre:
-        inputs.append(recentre(satellite, objective.normalised_delta(batch, env.device)))
+        inputs.append(recentre(satellite, delta))
     satellites = torch.cat(inputs) if len(inputs) > 1 else satellite
-    with distributed.autocast(env.device, objective.amp):
-        street_desc, sat_desc, aux = model(street, satellites, return_aux=True)
+    with distributed.autocast(env.device, objective.amp):  # the pose head: the positives [and semi-positives]
+        street_desc, sat_desc, aux = model(street, satellites, return_aux=True,
+                                           pose_tiles=b * (2 if objective.semi_positive else 1))
         l1 = objective.l1(satellites, aux)  # every satellite the model saw
     similarity = _similarity(model)
     street_all = distributed.gather_with_grad(street_desc.float())
@@ -278,18 +281,17 @@ def compute_loss(objective: Objective, model: torch.nn.Module, batch: dict, env:
             batch["semi_delta"].to(device, torch.float32), objective.tile_side)
         weights["semi_positive"] = 1.0
     if objective.offset_weight:
-        terms["offset"] = offset_regression_loss(aux["offset"].float(), objective.normalised_delta(batch, env.device))
+        terms["offset"] = offset_regression_loss(aux["offset"].float(), delta)
         weights["offset"] = objective.offset_weight
     if objective.pose_weight:
         heading = batch["heading"].to(env.device, torch.float32) if objective.heading else None
         street_pose, tiles_pose = aux["pose"]
         semi = None
         if objective.semi_positive:
-            semi_delta = normalise_delta(batch["semi_delta"].to(env.device, torch.float32), objective.tile_side)
-            semi = (PoseEmbedding(tiles=tiles_pose.tiles[b:2 * b]), semi_delta)
+            semi = (PoseEmbedding(tiles=tiles_pose.tiles[b:]), objective.normalised_delta(batch, env.device, "semi_delta"))
         terms["pose"] = pose_loss(distributed.unwrap(model).pose_head, street_pose,
-                                  PoseEmbedding(tiles=tiles_pose.tiles[:b]), objective.normalised_delta(batch, env.device),
-                                  heading, distributed.gather_with_grad, semi)
+                                  PoseEmbedding(tiles=tiles_pose.tiles[:b]), delta, heading,
+                                  distributed.gather_with_grad, semi)
         weights["pose"] = objective.pose_weight
     if l1 is not None:
         terms["l1"] = l1

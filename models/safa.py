@@ -37,14 +37,14 @@ class SAFAModel(nn.Module):
     both heads are sized from the backbone's feature map at ``pano_size`` (found by a
     meta-device dummy forward at build time).
 
-    ``forward(street, satellite, return_aux=False)``: ``street`` ``B x 3 x Hp x Wp``,
+    ``forward(street, satellite, return_aux=False, pose_tiles=None)``: ``street`` ``B x 3 x Hp x Wp``,
     ``satellite`` ``B x 3 x Hs x Ws`` (``Hp x Wp`` with ``polar_files``); either may be
     None. Returns ``(street_desc, sat_desc)`` (``B x D`` float32, L2-normalised, None
     for a None input), plus with ``return_aux`` a dict ``{"transformed": B x 3 x Hp x Wp
     block output or None}``, with an offset head also ``"offset"``: the ``B x 2``
     normalised delta of each pair (street i, satellite i), or None; with a pose head also
-    ``"pose"``: ``(street PoseEmbedding, tile PoseEmbedding)`` of the street and of every satellite
-    input, or None. The satellite batch may be longer than the street batch (training appends
+    ``"pose"``: ``(street PoseEmbedding, tile PoseEmbedding)`` of the street and of the first
+    ``pose_tiles`` satellite inputs (None: all), or None. The satellite batch may be longer than the street batch (training appends
     semi-positives); its first B are the pairs.
     """
 
@@ -104,7 +104,8 @@ class SAFAModel(nn.Module):
         transformed = self.transform(satellite)
         return self.satellite_attention(self.satellite_backbone(transformed)), transformed
 
-    def forward(self, street: Optional[torch.Tensor], satellite: Optional[torch.Tensor], return_aux: bool = False):
+    def forward(self, street: Optional[torch.Tensor], satellite: Optional[torch.Tensor], return_aux: bool = False,
+                pose_tiles: Optional[int] = None):
         features = None if street is None else self.street_features(street)
         street_desc = None if features is None else self.street_attention(features)
         sat_desc = transformed = None
@@ -118,7 +119,8 @@ class SAFAModel(nn.Module):
             aux["offset"] = self.predict_offset(street_desc, sat_desc[:street_desc.shape[0]]) if both else None
         if self.pose_head is not None:
             both = street is not None and satellite is not None
-            aux["pose"] = (self.pose_head.embed_street(street), self.pose_head.embed_satellite(satellite)) if both else None
+            aux["pose"] = (self.pose_head.embed_street(street),
+                           self.pose_head.embed_satellite(satellite[:pose_tiles])) if both else None
         return street_desc, sat_desc, aux
 
     def predict_offset(self, street_desc: torch.Tensor, sat_desc: torch.Tensor) -> torch.Tensor:
