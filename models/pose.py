@@ -132,6 +132,9 @@ class PoseHead(nn.Module):
         radii = torch.tensor(RADII, dtype=torch.float32)[:, None]
         rays = torch.stack([radii * torch.sin(azimuth), -radii * torch.cos(azimuth)], dim=-1)  # R x COLUMNS x 2
         self.register_buffer("rays", rays, persistent=False)
+        column = torch.arange(COLUMNS)
+        #: ``[k, c] = (c - k) mod COLUMNS``: a strip indexed by it is the strip rolled right by every shift k.
+        self.register_buffer("shifts", (column[None, :] - column[:, None]) % COLUMNS, persistent=False)
 
     # -- embeddings -----------------------------------------------------------------------------
     def embed_street(self, panoramas: torch.Tensor) -> PoseEmbedding:
@@ -164,9 +167,7 @@ class PoseHead(nn.Module):
     def pair_logits(self, strip: torch.Tensor, aerial: torch.Tensor) -> torch.Tensor:
         """``B x P x COLUMNS`` joint logits of the pairs (strip i ``B x E x R x COLUMNS``, aerial panoramas
         i ``B x E x R x P x COLUMNS``): entry ``[b, p, k]`` scores point ``p`` at shift ``k`` (module doc)."""
-        column = torch.arange(COLUMNS, device=strip.device)
-        shifted = strip.float()[..., (column[None, :] - column[:, None]) % COLUMNS]  # [..., k, c] = strip[c - k]
-        return self._scaled(torch.einsum("berkc,berpc->bpk", shifted, aerial.float()))
+        return self._scaled(torch.einsum("berkc,berpc->bpk", strip.float()[..., self.shifts], aerial.float()))
 
     def _scaled(self, correlation: torch.Tensor) -> torch.Tensor:
         """The scale times the mean over radii and columns of the summed cosines."""
@@ -182,13 +183,9 @@ class PoseHead(nn.Module):
 
     def rolled(self, strip: torch.Tensor, heading_deg: torch.Tensor) -> torch.Tensor:
         """Strips ``B x E x R x COLUMNS`` turned to north: each rolled right by its heading's shift
-        ``h COLUMNS / 360`` (linear between the two whole shifts), so that shift 0 scores it."""
-        shift = torch.remainder(heading_deg.float() * COLUMNS / FULL_CIRCLE, COLUMNS)
-        column = torch.arange(COLUMNS, device=strip.device)
-        k0 = shift.floor().long()
-        frac = (shift - k0)[:, None, None, None]
-        index = ((column[None] - k0[:, None]) % COLUMNS)[:, None, None, :].expand_as(strip)  # rolled[c] = strip[c - k]
-        return (1 - frac) * strip.gather(3, index) + frac * strip.gather(3, (index - 1) % COLUMNS)
+        ``h COLUMNS / 360`` (the weights of :meth:`heading_target`, linear between the two whole shifts),
+        so that shift 0 scores it."""
+        return torch.einsum("bk,berkc->berc", self.heading_target(heading_deg), strip.float()[..., self.shifts])
 
     def tile_logits(self, north: torch.Tensor, aerial: torch.Tensor) -> torch.Tensor:
         """``N x M``: ``logsumexp`` over the cells of the logits at shift 0 of every north-turned strip
