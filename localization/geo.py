@@ -31,6 +31,7 @@ of it (VIGOR's half overlap).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -209,6 +210,11 @@ class RasterSource(GeoSource):
         return mask, transform, self.crs
 
     def metres_per_pixel(self, lat: float) -> float:
+        return self._centre_metres_per_pixel
+
+    @functools.cached_property
+    def _centre_metres_per_pixel(self) -> float:
+        """The raster's pixel size in metres at its centre (measured once; every tile reads it)."""
         lon_lat = _transformer(self.crs, "EPSG:4326")
         x0, y0 = self.transform @ (self.width / 2, self.height / 2)
         x1, y1 = self.transform @ (self.width / 2 + 1, self.height / 2)
