@@ -35,6 +35,8 @@ OFFSET_TERMS = "--regress_offset / --lambda_recentre / --pose dense"
 DEFAULT_TRAIN_CSV = "splits/train-19zl.csv"
 DEFAULT_VAL_CSV = "splits/val-19zl.csv"
 AERIAL_DIR = "bingmap/19"
+#: Ground side of a CVUSA aerial in metres (750 px at about 0.22 m/px, zoom 19).
+AERIAL_SIDE_M = 165.0
 POLAR_DIR = "polarmap/19"
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -40,6 +40,8 @@ TILE_SIDE = 640
 """Side in pixels of the original satellite tiles; the label deltas are in these pixels."""
 NOMINAL_METRES_PER_PIXEL = 0.114
 """VIGOR's nominal ground resolution of those tiles (per city: 0.1008-0.1181, SliceMatch)."""
+TILE_SIDE_M = TILE_SIDE * NOMINAL_METRES_PER_PIXEL
+"""A tile's side in metres at the nominal resolution (72.96 m)."""
 
 SPLITS = ("train", "test")
 MODES = ("same", "cross")

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from common.errors import UserError
 from common.fileio import check_output_dir
 from common.system import usable_cpus
-from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, TILE_SIDE
+from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, TILE_SIDE, TILE_SIDE_M
 from helper.config import DEVICES
 from localization.index import REFINE_BITS, IndexSpec
 from localization.tiles import PROJECTIONS
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tile side in metres: --mosaic cuts tiles of this size; with --satellites / --tiles it "
                             "scales the in-tile offsets of a model with an offset head (default for --satellites: "
                             f"VIGOR's {TILE_SIDE} px x {NOMINAL_METRES_PER_PIXEL} m = "
-                            f"{TILE_SIDE * NOMINAL_METRES_PER_PIXEL:.2f} m; --tiles: unknown, no refined positions; "
+                            f"{TILE_SIDE_M:.2f} m; --tiles: unknown, no refined positions; "
                             "--raster / --xyz / --mbtiles: the side of the tiles the checkpoint was trained on)")
     index.add_argument("--stride_m", type=float, help="--mosaic / --raster / --xyz / --mbtiles: distance between "
                                                       "tile centres in metres (half the tile side gives VIGOR's "
@@ -175,7 +175,7 @@ def _index(args) -> None:
     spec = IndexSpec(args.index, args.nlist, args.nprobe, args.pq_m, args.refine, args.refine_bits)
     if args.satellites:
         tiles = sources.tiles_from_folders(args.satellites)
-        source = {"satellites": args.satellites, "tile_m": args.tile_m or TILE_SIDE * NOMINAL_METRES_PER_PIXEL}
+        source = {"satellites": args.satellites, "tile_m": args.tile_m or TILE_SIDE_M}
     elif args.tiles:
         tiles, source = sources.tiles_from_csv(args.tiles), {"tiles": args.tiles, "tile_m": args.tile_m}
     else:

@@ -28,7 +28,8 @@ from helper import distributed
 from helper.checkpoint import model_from_checkpoint
 from helper.config import RunConfig
 from helper.engine import extract_features
-from localization.tiles import Tile, TileReader
+from localization.geo import GeoTileReader
+from localization.tiles import Tile
 
 
 def weights_sha256(state_dict: Dict[str, torch.Tensor]) -> str:
@@ -89,7 +90,7 @@ class TileImages(Dataset):
         self.tiles = list(tiles)
         self.size = tuple(size)
         self.polar = bool(polar)
-        self.read = TileReader()
+        self.read = GeoTileReader()
 
     def __len__(self) -> int:
         return len(self.tiles)

@@ -45,7 +45,7 @@ import numpy as np
 
 from common.errors import UserError
 from data.io import resize
-from localization.tiles import Tile, stamped
+from localization.tiles import Tile, TileReader, stamped
 
 #: A tile is kept when at least this fraction of its footprint has data.
 MIN_VALID = 0.5
@@ -85,9 +85,10 @@ def local_frame(lat: float, lon: float) -> str:
 
 def training_tile_m(run) -> float:
     """Side in metres of the satellite tiles the checkpoint's dataset trains on."""
-    from data.synth.layouts import CVUSA_AERIAL_M, VIGOR_TILE_M
+    from data.cvusa_layout import AERIAL_SIDE_M
+    from data.vigor_layout import TILE_SIDE_M
 
-    return {"vigor": VIGOR_TILE_M, "cvusa": CVUSA_AERIAL_M}[run.dataset]
+    return {"vigor": TILE_SIDE_M, "cvusa": AERIAL_SIDE_M}[run.dataset]
 
 
 def slippy_metres_per_pixel(lat: float, zoom: int) -> float:
@@ -401,7 +402,7 @@ class GeoTile(Tile):
     """A tile rendered from a georeferenced source: a :class:`localization.tiles.Tile` (``box`` always
     None; ``path`` the raster / z/x/y folder / MBTiles file, stamped like a tile file) plus ``kind``
     (one of :data:`GEO_KINDS`), ``side_m`` (tile side in metres) and ``zoom`` (slippy tiles).
-    ``Tile.from_dict`` returns one for a row with ``kind``."""
+    :func:`tile_from_dict` returns one for a row with ``kind``."""
 
     kind: str = "raster"
     side_m: float = 0.0
@@ -417,6 +418,11 @@ class GeoTile(Tile):
     @property
     def place(self) -> tuple:
         return (*super().place, self.kind, self.side_m, self.zoom)
+
+
+def tile_from_dict(row: dict) -> Tile:
+    """A ``tiles.json`` row as a :class:`GeoTile` (a row with ``kind``) or a :class:`Tile`."""
+    return GeoTile.from_dict(row) if "kind" in row else Tile.from_dict(row)
 
 
 @dataclass
@@ -488,14 +494,19 @@ def cut_tiles(source: GeoSource, tile_m: float, stride_m: float, name: str) -> T
 
 
 # ------------------------------------------------------------------------------ reading
-class GeoTileReader:
-    """Renders :class:`GeoTile` images (module convention); sources opened once per process."""
+class GeoTileReader(TileReader):
+    """Reads every tile kind: renders a :class:`GeoTile` from its source (module convention; sources
+    opened once per process), reads the others as :class:`localization.tiles.TileReader` does."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._sources: Dict[Tuple[str, str, Optional[int]], GeoSource] = {}
 
-    def __call__(self, tile: GeoTile, size: Optional[Sequence[int]] = None) -> np.ndarray:
+    def __call__(self, tile: Tile, size: Optional[Sequence[int]] = None) -> np.ndarray:
         from rasterio.transform import from_origin
+
+        if not isinstance(tile, GeoTile):
+            return super().__call__(tile, size)
 
         key = (tile.kind, tile.path, tile.zoom)
         if key not in self._sources:

@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from common.errors import UserError, user_message
 from common.fileio import lock_folder, unlock, write_bytes_atomic, write_json_atomic
-from localization.geo import GEO_KINDS
+from localization.geo import GEO_KINDS, tile_from_dict
 from localization.tiles import Tile
 
 MANIFEST, TILES, INDEX_FILE, BUILDING, PLAN = "manifest.json", "tiles.json", "index.faiss", "building", "plan.json"
@@ -308,7 +308,7 @@ def _differences(out: str, manifest: dict, checkpoint: dict, tiles: Sequence[Til
 def _stored_tiles(out: str, manifest: dict) -> List[Tile]:
     path = Path(_verify(out, TILES, manifest))  # outside the try: its UserError is a ValueError too
     try:
-        return [Tile.from_dict(row) for row in json.loads(path.read_text(encoding="utf-8"))]
+        return [tile_from_dict(row) for row in json.loads(path.read_text(encoding="utf-8"))]
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{os.path.join(out, TILES)} is not a tile list ({exc}); rebuild the index with "
                         f"localize.py index --rebuild") from None

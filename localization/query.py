@@ -46,10 +46,11 @@ import torch
 from common.errors import UserError
 from common.fileio import check_output_dir, write_bytes_atomic, write_json_atomic
 from data.io import read_image
-from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, TILE_SIDE, parse_panorama_name
+from data.vigor_layout import TILE_SIDE, TILE_SIDE_M, parse_panorama_name
 from geometry.earth import haversine_m, panorama_gps
+from localization.geo import GeoTileReader
 from localization.maps import MAX_TILES_SHOWN
-from localization.tiles import TileReader, check_image_file, image_names
+from localization.tiles import check_image_file, image_names
 from models.offset import delta_pixels
 
 #: Accepted width / height of a 360-degree panorama: 2:1 equirectangular up to a 5.5:1 strip.
@@ -162,7 +163,7 @@ def tile_side_m(manifest: dict) -> Optional[float]:
     """The index's tile side in metres (indexes of VIGOR tiles built before it was recorded: nominal)."""
     source = manifest.get("source", {})
     if source.get("tile_m") is None and "satellites" in source:
-        return TILE_SIDE * NOMINAL_METRES_PER_PIXEL
+        return TILE_SIDE_M
     return source.get("tile_m")
 
 
@@ -286,7 +287,7 @@ def _write_outputs(index, results: List[dict], ids, out: str, pictures: bool,
     try:
         os.mkdir(staging)
         if pictures:
-            reader = TileReader()
+            reader = GeoTileReader()
             all_latlon = np.array([(t.lat, t.lon) for t in index.tiles], dtype=np.float64)
             for q, (result, rows) in enumerate(zip(results, ids)):
                 shown = [reader(index.tiles[int(r)]) for r in rows[:len(result["candidates"])][:MAX_TILES_SHOWN]]

@@ -68,10 +68,6 @@ class Tile:
 
     @classmethod
     def from_dict(cls, row: dict) -> "Tile":
-        if "kind" in row:  # a tile of a georeferenced source
-            from localization.geo import GeoTile
-
-            return GeoTile.from_dict(row)
         box = row.get("box")
         return cls(row["name"], row["path"], float(row["lat"]), float(row["lon"]),
                    tuple(int(v) for v in box) if box is not None else None,
@@ -383,14 +379,8 @@ class TileReader:
     def __init__(self) -> None:
         self._mosaic_path: Optional[str] = None
         self._mosaic: Optional[np.ndarray] = None
-        self._geo = None
 
     def __call__(self, tile: Tile, size: Optional[Sequence[int]] = None) -> np.ndarray:
-        if hasattr(tile, "side_m"):  # a GeoTile: rendered from its source
-            from localization.geo import GeoTileReader
-
-            self._geo = self._geo or GeoTileReader()
-            return self._geo(tile, size)
         if tile.box is None:
             return read_image(tile.path, size)
         if self._mosaic_path != tile.path:

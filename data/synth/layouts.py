@@ -64,12 +64,13 @@ from data.synth.scene import Scene, city_preset, make_city_scene, make_location_
 from geometry.earth import gps_to_north_east, north_east_to_gps
 from geometry.heading import columns_heading, crop_fov, roll_to_heading
 from common.errors import UserError
-from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, SAME_AREA_CITIES, TILE_SIDE
+from data.cvusa_layout import AERIAL_SIDE_M
+from data.vigor_layout import NOMINAL_METRES_PER_PIXEL, SAME_AREA_CITIES, TILE_SIDE_M
 
 VIGOR_M_PER_PX = NOMINAL_METRES_PER_PIXEL  # at the 640 px tile
-VIGOR_TILE_M = TILE_SIDE * VIGOR_M_PER_PX
+VIGOR_TILE_M = TILE_SIDE_M
 VIGOR_STRIDE_M = VIGOR_TILE_M / 2
-CVUSA_AERIAL_M = 165.0            # 750 px at 0.22 m/px
+CVUSA_AERIAL_M = AERIAL_SIDE_M
 VIEW_RADIUS_M = 80.0
 CITY_ORIGINS = {"NewYork": (40.7648, -73.9935), "Seattle": (47.6205, -122.3493),
                 "SanFrancisco": (37.7935, -122.4260), "Chicago": (41.8960, -87.6500)}
